@@ -74,6 +74,17 @@ pub fn value_from_slice(bytes: &[u8], limit: usize) -> Result<Value, CanonicalEr
     from_slice(bytes, limit)
 }
 
+/// The unsigned integer under the text key `version` of a top-level map, if there is one.
+/// Lets a decoder report "unknown version" even when the rest of the layout is unknown too.
+pub fn version_of(value: &Value) -> Option<u64> {
+    value
+        .as_map()?
+        .iter()
+        .find(|(k, _)| k.as_text() == Some("version"))
+        .and_then(|(_, v)| v.as_integer())
+        .and_then(|i| u64::try_from(i).ok())
+}
+
 fn encoded_key(key: &Value) -> Result<Vec<u8>, CanonicalError> {
     let mut out = Vec::with_capacity(16);
     ciborium::into_writer(key, &mut out).map_err(|e| CanonicalError::Encode(e.to_string()))?;

@@ -250,12 +250,7 @@ impl<T: DeserializeOwned> SignedManifest<T> {
     /// reported as such even when the rest of the layout changed with it.
     pub fn from_cbor(bytes: &[u8], limit: usize) -> Result<Self, ManifestError> {
         let value = canonical::value_from_slice(bytes, limit)?;
-        let version = value
-            .as_map()
-            .and_then(|m| m.iter().find(|(k, _)| k.as_text() == Some("version")))
-            .and_then(|(_, v)| v.as_integer())
-            .and_then(|i| u64::try_from(i).ok());
-        match version {
+        match canonical::version_of(&value) {
             Some(v) if v == u64::from(MANIFEST_VERSION) => {}
             Some(found) => return Err(ManifestError::UnknownVersion { found }),
             None => {
