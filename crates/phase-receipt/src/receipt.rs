@@ -174,7 +174,9 @@ impl<T: DeserializeOwned> SignedReceipt<T> {
             Some(v) if v == u64::from(RECEIPT_VERSION) => {}
             Some(found) => return Err(ReceiptError::UnknownVersion { found }),
             None => {
-                return Err(CanonicalError::Decode("receipt has no integer `version`".into()).into());
+                return Err(
+                    CanonicalError::Decode("receipt has no integer `version`".into()).into()
+                );
             }
         }
         value.deserialized().map_err(|e| CanonicalError::Decode(e.to_string()).into())

@@ -1,0 +1,160 @@
+//! Output chunks and the byte layout of each kind's data.
+//!
+//! The receipt commits to `(kind, data)` of every chunk, so each kind's data layout is part of
+//! the wire format (see `spec/SPEC.md`):
+//! * `text`: UTF-8 text.
+//! * `token`: `u32_be(n) || n × u32_be(token id) || UTF-8 text`: a piece of generated text with
+//!   the exact token ids that produced it, so the output can later be re-scored token by token.
+//! * `stdout`, `stderr`: raw bytes a program wrote.
+//! * `embedding`: `n × f32_be`: one vector.
+//! * `json`: UTF-8 JSON, for structured output such as tool calls.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+/// What an output chunk carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChunkKind {
+    /// UTF-8 text.
+    Text,
+    /// Token ids plus their text.
+    Token,
+    /// A program's standard output.
+    Stdout,
+    /// A program's standard error.
+    Stderr,
+    /// One embedding vector.
+    Embedding,
+    /// A JSON document.
+    Json,
+}
+
+impl ChunkKind {
+    /// The name committed to in receipts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Token => "token",
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+            Self::Embedding => "embedding",
+            Self::Json => "json",
+        }
+    }
+}
+
+/// Why a chunk's data does not fit its kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkError {
+    /// Asked for one kind, got another.
+    #[error("expected a {expected} chunk, got {found}")]
+    WrongKind {
+        /// The kind asked for.
+        expected: &'static str,
+        /// The chunk's kind.
+        found: &'static str,
+    },
+    /// The data does not follow the kind's layout.
+    #[error("malformed {kind} chunk: {reason}")]
+    Malformed {
+        /// The chunk's kind.
+        kind: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+/// One piece of a job's output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputChunk {
+    /// What the data is.
+    pub kind: ChunkKind,
+    /// The data, in the kind's layout.
+    pub data: ByteBuf,
+}
+
+impl OutputChunk {
+    /// A chunk of `kind` holding `data` as is.
+    pub fn new(kind: ChunkKind, data: impl Into<Vec<u8>>) -> Self {
+        Self { kind, data: ByteBuf::from(data.into()) }
+    }
+
+    /// A text chunk.
+    pub fn text(text: &str) -> Self {
+        Self::new(ChunkKind::Text, text.as_bytes())
+    }
+
+    /// A token chunk: generated `text` and the ids of the tokens that produced it.
+    pub fn token(text: &str, token_ids: &[u32]) -> Self {
+        let mut data = Vec::with_capacity(4 + 4 * token_ids.len() + text.len());
+        // A chunk never holds anywhere near 2^32 tokens; saturate rather than wrap if it did.
+        data.extend_from_slice(&u32::try_from(token_ids.len()).unwrap_or(u32::MAX).to_be_bytes());
+        for id in token_ids {
+            data.extend_from_slice(&id.to_be_bytes());
+        }
+        data.extend_from_slice(text.as_bytes());
+        Self::new(ChunkKind::Token, data)
+    }
+
+    /// An embedding chunk.
+    pub fn embedding(vector: &[f32]) -> Self {
+        Self::new(
+            ChunkKind::Embedding,
+            vector.iter().flat_map(|x| x.to_be_bytes()).collect::<Vec<_>>(),
+        )
+    }
+
+    /// The text of a `text`, `token` or `json` chunk.
+    pub fn text_content(&self) -> Result<&str, ChunkError> {
+        let bytes = match self.kind {
+            ChunkKind::Text | ChunkKind::Json => &self.data[..],
+            ChunkKind::Token => self.token_parts()?.1,
+            other => return Err(ChunkError::WrongKind { expected: "text", found: other.as_str() }),
+        };
+        std::str::from_utf8(bytes).map_err(|_| ChunkError::Malformed {
+            kind: self.kind.as_str(),
+            reason: "text is not UTF-8",
+        })
+    }
+
+    /// The token ids of a `token` chunk.
+    pub fn token_ids(&self) -> Result<Vec<u32>, ChunkError> {
+        let (ids, _) = self.token_parts()?;
+        Ok(ids.chunks_exact(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+
+    /// The vector of an `embedding` chunk.
+    pub fn embedding_vector(&self) -> Result<Vec<f32>, ChunkError> {
+        if self.kind != ChunkKind::Embedding {
+            return Err(ChunkError::WrongKind { expected: "embedding", found: self.kind.as_str() });
+        }
+        if !self.data.len().is_multiple_of(4) {
+            return Err(ChunkError::Malformed {
+                kind: "embedding",
+                reason: "length is not a multiple of 4",
+            });
+        }
+        Ok(self
+            .data
+            .chunks_exact(4)
+            .map(|b| f32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+
+    /// Splits a token chunk into (id bytes, text bytes).
+    fn token_parts(&self) -> Result<(&[u8], &[u8]), ChunkError> {
+        if self.kind != ChunkKind::Token {
+            return Err(ChunkError::WrongKind { expected: "token", found: self.kind.as_str() });
+        }
+        let malformed = |reason| ChunkError::Malformed { kind: "token", reason };
+        let (count, rest) =
+            self.data.split_first_chunk::<4>().ok_or(malformed("shorter than its count"))?;
+        let id_bytes = usize::try_from(u32::from_be_bytes(*count))
+            .ok()
+            .and_then(|n| n.checked_mul(4))
+            .filter(|&n| n <= rest.len())
+            .ok_or(malformed("fewer token ids than its count"))?;
+        Ok(rest.split_at(id_bytes))
+    }
+}

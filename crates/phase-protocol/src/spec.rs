@@ -1,0 +1,180 @@
+//! `JobSpec`: what a requester asks a worker to do.
+//!
+//! Free-form parts of inference requests (sampling `options`, a JSON-schema `format`, `tools`)
+//! are kept as JSON values exactly as the client sent them, so the job a node signs is the job
+//! the client asked for, and a worker that understands more options than the requester's node
+//! still receives them.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+use crate::content_id::ContentId;
+
+/// A job request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobSpec {
+    /// Run a WebAssembly module in a sandbox.
+    Wasm(WasmJob),
+    /// Generate text with a language model.
+    Inference(InferenceJob),
+    /// Embed texts with a model.
+    Embedding(EmbeddingJob),
+}
+
+impl JobSpec {
+    /// The model this job needs, if it is a model job.
+    pub fn model(&self) -> Option<&str> {
+        match self {
+            Self::Wasm(_) => None,
+            Self::Inference(job) => Some(&job.model),
+            Self::Embedding(job) => Some(&job.model),
+        }
+    }
+
+    /// A short name of the kind of job, for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Wasm(_) => "wasm",
+            Self::Inference(_) => "inference",
+            Self::Embedding(_) => "embedding",
+        }
+    }
+}
+
+/// Run `entry` of the module `module` with `args` and `stdin`, within `limits`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WasmJob {
+    /// Content ID of the module's bytes.
+    pub module: ContentId,
+    /// Exported function to call (`_start` for a WASI command).
+    pub entry: String,
+    /// Command-line arguments (argv[1..]).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Environment variables granted to the module; nothing else is visible to it.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Bytes on standard input.
+    #[serde(default)]
+    pub stdin: ByteBuf,
+    /// Resource limits the requester asks for; the node may lower them.
+    pub limits: WasmLimits,
+}
+
+/// Resource limits of a WebAssembly job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WasmLimits {
+    /// Fuel (roughly, instructions) the module may consume.
+    pub fuel: u64,
+    /// Largest linear memory, in bytes.
+    pub memory_bytes: u64,
+    /// Wall-clock limit, in milliseconds.
+    pub timeout_ms: u64,
+    /// Largest stdout plus stderr, in bytes.
+    pub max_output_bytes: u64,
+}
+
+/// Generate text with `model`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferenceJob {
+    /// Model name with tag (`gemma3:latest`) or content ID.
+    pub model: String,
+    /// A conversation, or a single prompt.
+    pub input: InferenceInput,
+    /// Ollama `options` (temperature, seed, num_predict, stop, ...), as sent.
+    #[serde(default)]
+    pub options: BTreeMap<String, Value>,
+    /// `"json"` or a JSON schema that constrains the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Value>,
+    /// Tool definitions the model may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<Value>,
+    /// Ollama `think`: a bool or a level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub think: Option<Value>,
+}
+
+/// The input of an inference job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InferenceInput {
+    /// A chat: the model's chat template turns the messages into a prompt.
+    Chat {
+        /// The conversation so far.
+        messages: Vec<ChatMessage>,
+    },
+    /// A completion of `prompt`.
+    Generate {
+        /// The prompt.
+        prompt: String,
+        /// Text after the completion, for fill-in-the-middle.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        suffix: Option<String>,
+        /// A system prompt that replaces the model's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        system: Option<String>,
+        /// Use the prompt as is, without the template.
+        #[serde(default)]
+        raw: bool,
+        /// Images for vision models.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        images: Vec<ByteBuf>,
+    },
+}
+
+/// One message of a chat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant` or `tool`.
+    pub role: String,
+    /// The text.
+    #[serde(default)]
+    pub content: String,
+    /// Images for vision models.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ByteBuf>,
+    /// Tool calls an assistant made, as sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<Value>,
+    /// On a `tool` message: which tool produced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_name: Option<String>,
+    /// Prior reasoning of an assistant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<String>,
+}
+
+impl ChatMessage {
+    /// A plain text message.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+            images: Vec::new(),
+            tool_calls: Vec::new(),
+            tool_name: None,
+            thinking: None,
+        }
+    }
+}
+
+/// Embed `inputs` with `model`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingJob {
+    /// Model name with tag, or content ID.
+    pub model: String,
+    /// Texts to embed, one vector each.
+    pub inputs: Vec<String>,
+    /// Cut inputs that exceed the context instead of failing.
+    pub truncate: bool,
+    /// Cut vectors to this many dimensions (then re-normalise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<u32>,
+    /// Ollama `options`, as sent.
+    #[serde(default)]
+    pub options: BTreeMap<String, Value>,
+}
