@@ -1,0 +1,47 @@
+# Shared by the scripts in scripts/: where caches live, and how to install what is missing.
+# Sourced, not run.
+
+# Everything slow to rebuild lives outside the clone, so a second run (and CI on the same
+# machine) is fast: build artefacts, tools installed with `cargo install`, Python venvs.
+if [ -z "${PHASE_CACHE_DIR:-}" ]; then
+  if [ -w /var/cache ] || mkdir -p /var/cache/phase 2>/dev/null; then
+    PHASE_CACHE_DIR=/var/cache/phase
+  else
+    PHASE_CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/phase"
+  fi
+fi
+export PHASE_CACHE_DIR
+mkdir -p "$PHASE_CACHE_DIR"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PHASE_CACHE_DIR/target}"
+PHASE_TOOLS_DIR="$PHASE_CACHE_DIR/tools"
+export PATH="$PHASE_TOOLS_DIR/bin:$HOME/.cargo/bin:$PATH"
+
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Debian packages, installed only when a command is missing.
+# usage: need_debian_package COMMAND PACKAGE
+need_debian_package() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  command -v apt-get >/dev/null 2>&1 || die "$1 is missing and this is not a Debian system; install $2"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  step "installing Debian package $2 (for $1)"
+  if [ ! -f "$PHASE_CACHE_DIR/.apt-updated" ]; then
+    $sudo apt-get update -qq && touch "$PHASE_CACHE_DIR/.apt-updated"
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$2" >/dev/null
+}
+
+# A cargo subcommand from crates.io, built once into the cache.
+# usage: need_cargo_tool SUBCOMMAND CRATE
+need_cargo_tool() {
+  cargo "$1" --version >/dev/null 2>&1 && return 0
+  step "installing $2 from crates.io (once; cached in $PHASE_TOOLS_DIR)"
+  cargo install --locked --quiet --root "$PHASE_TOOLS_DIR" "$2"
+}
+
+need_rust() {
+  command -v cargo >/dev/null 2>&1 || die "cargo is missing: install the Rust toolchain (https://rustup.rs) and run this again"
+  need_debian_package cc gcc
+}
