@@ -16,8 +16,11 @@ pub const RECEIPT_VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Completion {
-    /// The job ran to its natural end.
+    /// The job ran to its natural end (for inference: end of sequence or a stop string).
     Finished,
+    /// The job produced as much output as it was allowed (for inference: `num_predict`
+    /// tokens; Ollama's `done_reason: "length"`).
+    Length,
     /// The requester cancelled, or went away; the receipt covers the output sent until then.
     Cancelled,
     /// The job failed; the receipt covers the output sent before the failure.

@@ -1,0 +1,229 @@
+//! Turning a running job into an HTTP answer: a stream of lines (NDJSON, or SSE for `/v1`) as
+//! pieces arrive, or one object at the end; headers saying where it ran and whether its receipt
+//! verified.
+//!
+//! The first piece is awaited before the response starts, so a job that fails before producing
+//! anything gets a proper HTTP error status; after that, an error is a last line in the stream.
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::stream;
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::time::Instant;
+
+use super::error::ApiError;
+use crate::jobs::{Finish, JobRun, Piece};
+
+/// Header naming where the answer was computed (`local` or a PeerId).
+pub const ROUTED_VIA_HEADER: &str = "x-lucid-routed-via";
+/// Header saying whether the answer's receipt passed verify-and-bind.
+pub const RECEIPT_VERIFIED_HEADER: &str = "x-lucid-receipt-verified";
+
+/// How one endpoint shapes its answer.
+pub trait AnswerShape: Send + 'static {
+    /// A streamed piece of text.
+    fn chunk(&mut self, text: &str) -> Value;
+    /// The final object. `text` is the whole answer for a non-streamed response, `None` when
+    /// streaming (the text went out in chunks).
+    fn done(&mut self, finish: &Finish, text: Option<&str>, stats: &Stats) -> Value;
+    /// The last lines of a stream: the final object, and anything after it.
+    fn done_lines(&mut self, finish: &Finish, stats: &Stats) -> Vec<Value> {
+        vec![self.done(finish, None, stats)]
+    }
+    /// An error after the stream began.
+    fn error(&mut self, message: &str, finish: Option<&Finish>) -> Value {
+        let mut line = json!({ "error": message });
+        if let Some(finish) = finish {
+            line["receipt"] = serde_json::to_value(&finish.receipt).unwrap_or(Value::Null);
+        }
+        line
+    }
+}
+
+/// Line framing of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `application/x-ndjson`: one JSON object per line.
+    NdJson,
+    /// `text/event-stream`: `data: {...}` events, ending with `data: [DONE]`.
+    Sse,
+}
+
+/// Timing of a request, for Ollama's statistics.
+#[derive(Debug, Clone, Copy)]
+pub struct Stats {
+    started: Instant,
+}
+
+impl Stats {
+    /// Starts the clock.
+    pub fn start() -> Self {
+        Self { started: Instant::now() }
+    }
+
+    /// Ollama's six statistics from the receipt's metrics. `total_duration` is the whole
+    /// request as seen here, never less than the worker's own figures.
+    pub fn ollama_metrics(&self, finish: &Finish) -> serde_json::Map<String, Value> {
+        let m = &finish.receipt.body.metrics;
+        let elapsed = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let total = elapsed
+            .max(m.total_duration_ns)
+            .max(m.load_duration_ns + m.prompt_eval_duration_ns + m.eval_duration_ns);
+        let mut out = serde_json::Map::new();
+        out.insert("total_duration".into(), json!(total));
+        out.insert("load_duration".into(), json!(m.load_duration_ns));
+        out.insert("prompt_eval_count".into(), json!(m.prompt_tokens));
+        out.insert("prompt_eval_duration".into(), json!(m.prompt_eval_duration_ns));
+        out.insert("eval_count".into(), json!(m.output_tokens));
+        out.insert("eval_duration".into(), json!(m.eval_duration_ns));
+        out
+    }
+}
+
+/// The receipt facts every final object carries.
+pub fn receipt_fields(finish: &Finish) -> serde_json::Map<String, Value> {
+    let mut out = serde_json::Map::new();
+    out.insert("receipt".into(), serde_json::to_value(&finish.receipt).unwrap_or(Value::Null));
+    out.insert("routed_via".into(), json!(finish.routed_via));
+    out.insert("receipt_verified".into(), json!(finish.verified));
+    out
+}
+
+fn frame(framing: Framing, value: &Value) -> Bytes {
+    let text = value.to_string();
+    Bytes::from(match framing {
+        Framing::NdJson => format!("{text}\n"),
+        Framing::Sse => format!("data: {text}\n\n"),
+    })
+}
+
+/// Adds `X-Lucid-Routed-Via` and `X-Lucid-Receipt-Verified` to a non-streamed answer.
+pub fn with_receipt_headers(mut response: Response, finish: &Finish) -> Response {
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&finish.routed_via) {
+        headers.insert(ROUTED_VIA_HEADER, v);
+    }
+    headers.insert(
+        RECEIPT_VERIFIED_HEADER,
+        HeaderValue::from_static(if finish.verified { "true" } else { "false" }),
+    );
+    response
+}
+
+/// Answers with the job's output: streamed in `framing`, or as one object.
+pub async fn respond<S: AnswerShape>(
+    mut run: JobRun,
+    streaming: bool,
+    framing: Framing,
+    shape: S,
+    stats: Stats,
+) -> Response {
+    let first = run.next().await;
+    if let Some(Piece::Done(finish)) = &first
+        && let Some(reason) = finish.failure()
+    {
+        let response = match framing {
+            Framing::Sse => ApiError::internal(reason).openai().into_response(),
+            Framing::NdJson => ApiError::internal(reason).into_response(),
+        };
+        return with_receipt_headers(response, finish);
+    }
+    if !streaming {
+        return collect(run, first, shape, stats).await;
+    }
+    struct State<S> {
+        run: JobRun,
+        pending: Option<Piece>,
+        shape: S,
+        stats: Stats,
+        framing: Framing,
+        finished: bool,
+    }
+    let state = State { run, pending: first, shape, stats, framing, finished: false };
+    let body = stream::unfold(state, |mut st| async move {
+        if st.finished {
+            return None;
+        }
+        let piece = match st.pending.take() {
+            Some(p) => Some(p),
+            None => st.run.next().await,
+        };
+        let bytes = match piece {
+            Some(Piece::Text(text)) => frame(st.framing, &st.shape.chunk(&text)),
+            Some(Piece::Embedding(_)) => return Some((Ok::<_, Infallible>(Bytes::new()), st)),
+            Some(Piece::Done(finish)) => {
+                st.finished = true;
+                let lines = match finish.failure() {
+                    Some(reason) => vec![st.shape.error(reason, Some(&finish))],
+                    None => st.shape.done_lines(&finish, &st.stats),
+                };
+                let mut out: Vec<u8> =
+                    lines.iter().flat_map(|line| frame(st.framing, line)).collect();
+                if st.framing == Framing::Sse {
+                    out.extend_from_slice(b"data: [DONE]\n\n");
+                }
+                Bytes::from(out)
+            }
+            None => {
+                st.finished = true;
+                frame(st.framing, &st.shape.error("the job ended without a receipt", None))
+            }
+        };
+        Some((Ok(bytes), st))
+    });
+    let content_type = match framing {
+        Framing::NdJson => "application/x-ndjson",
+        Framing::Sse => "text/event-stream",
+    };
+    let mut response = Response::new(Body::from_stream(body));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+async fn collect<S: AnswerShape>(
+    mut run: JobRun,
+    first: Option<Piece>,
+    mut shape: S,
+    stats: Stats,
+) -> Response {
+    let mut text = String::new();
+    let mut piece = first;
+    loop {
+        match piece {
+            Some(Piece::Text(t)) => text.push_str(&t),
+            Some(Piece::Embedding(_)) => {}
+            Some(Piece::Done(finish)) => {
+                let response = match finish.failure() {
+                    Some(reason) => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        axum::Json(shape.error(reason, Some(&finish))),
+                    )
+                        .into_response(),
+                    None => {
+                        let mut body = shape.done(&finish, Some(&text), &stats);
+                        if let Value::Object(map) = &mut body {
+                            map.insert("receipt_chunks".into(), json!(finish.text_chunk_lengths));
+                        }
+                        axum::Json(body).into_response()
+                    }
+                };
+                return with_receipt_headers(response, &finish);
+            }
+            None => return ApiError::internal("the job ended without a receipt").into_response(),
+        }
+        piece = run.next().await;
+    }
+}
+
+/// RFC 3339 UTC time with nanoseconds, as Ollama writes `created_at`.
+pub fn now_rfc3339() -> String {
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+/// Formats a time as RFC 3339.
+pub fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}

@@ -1,0 +1,55 @@
+//! The HTTP API: routes, limits and browser guards.
+
+pub mod answer;
+pub mod body;
+pub mod error;
+pub mod guard;
+pub mod ollama;
+pub mod openai;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, head, post};
+use std::sync::Arc;
+
+use crate::state::AppState;
+use ollama::{blobs, embed, inference, models};
+
+/// Largest blob upload (a model file).
+pub const MAX_BLOB_BYTES: usize = 64 * 1024 * 1024 * 1024;
+
+/// Builds the router.
+pub fn router(state: Arc<AppState>, guard: guard::GuardConfig) -> Router {
+    let api = Router::new()
+        .route("/", get(models::root))
+        .route("/api/version", get(models::version))
+        .route("/api/tags", get(models::tags))
+        .route("/api/ps", get(models::ps))
+        .route("/api/show", post(models::show))
+        .route("/api/copy", post(models::copy))
+        .route("/api/delete", axum::routing::delete(models::delete))
+        .route("/api/create", post(models::create))
+        .route("/api/pull", post(models::pull))
+        .route("/api/push", post(models::push))
+        .route("/api/chat", post(inference::chat))
+        .route("/api/generate", post(inference::generate))
+        .route("/api/embed", post(embed::embed))
+        .route("/api/embeddings", post(embed::embeddings))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/models/{id}", get(openai::model))
+        .layer(DefaultBodyLimit::max(state.max_body_bytes));
+    let blobs = Router::new()
+        .route("/api/blobs/{digest}", head(blobs::head).post(blobs::upload))
+        .layer(DefaultBodyLimit::max(MAX_BLOB_BYTES));
+    api.merge(blobs)
+        .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found") })
+        .method_not_allowed_fallback(|| async {
+            (StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed")
+        })
+        .layer(axum::middleware::from_fn_with_state(Arc::new(guard), guard::guard))
+        .with_state(state)
+}

@@ -1,0 +1,137 @@
+//! `POST /api/embed` and the legacy `POST /api/embeddings`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use phase_protocol::{EmbeddingJob, JobSpec};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+use super::requests::{EmbedRequest, EmbeddingsRequest};
+use super::validate;
+use crate::api::answer::{Stats, receipt_fields, with_receipt_headers};
+use crate::api::body::JsonBody;
+use crate::api::error::ApiError;
+use crate::jobs::{Finish, Piece};
+use crate::registry::ResolvedModel;
+use crate::state::AppState;
+
+/// The vectors of an embedding job and how it finished.
+pub struct Embedded {
+    /// One vector per input, in order.
+    pub vectors: Vec<Vec<f32>>,
+    /// The receipt and its verification.
+    pub finish: Finish,
+}
+
+/// Runs an embedding job to the end.
+pub async fn embed_texts(
+    state: &AppState,
+    model: &ResolvedModel,
+    inputs: Vec<String>,
+    truncate: bool,
+    dimensions: Option<u32>,
+    options: serde_json::Map<String, Value>,
+) -> Result<Embedded, ApiError> {
+    if !model.base.can("embedding") {
+        return Err(ApiError::bad_request(format!(
+            "\"{}\" does not support embeddings",
+            model.name
+        )));
+    }
+    if dimensions == Some(0) {
+        return Err(ApiError::bad_request("dimensions must be a positive number"));
+    }
+    let spec = JobSpec::Embedding(EmbeddingJob {
+        model: model.base.name.to_string(),
+        inputs,
+        truncate,
+        dimensions,
+        options: options.into_iter().collect(),
+    });
+    let mut run = state.start_job(model, spec).await?;
+    let mut vectors = Vec::new();
+    while let Some(piece) = run.next().await {
+        match piece {
+            Piece::Embedding(v) => vectors.push(v),
+            Piece::Text(_) => {}
+            Piece::Done(finish) => {
+                if let Some(reason) = finish.failure() {
+                    return Err(ApiError::internal(reason));
+                }
+                return Ok(Embedded { vectors, finish: *finish });
+            }
+        }
+    }
+    Err(ApiError::internal("the embedding job ended without a receipt"))
+}
+
+/// `input` as a list of strings: a string, or an array of strings.
+pub fn input_list(input: Option<&Value>) -> Result<Vec<String>, ApiError> {
+    match input {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) if s.is_empty() => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| ApiError::bad_request("invalid input type"))
+            })
+            .collect(),
+        Some(_) => Err(ApiError::bad_request("invalid input type")),
+    }
+}
+
+/// `POST /api/embed`.
+pub async fn embed(
+    State(state): State<Arc<AppState>>,
+    JsonBody(req): JsonBody<EmbedRequest>,
+) -> Result<Response, ApiError> {
+    let stats = Stats::start();
+    let model = validate::resolve(&state, &req.model)?;
+    let keep_alive = validate::keep_alive(req.keep_alive.as_ref())?;
+    let options = validate::options(&model, req.options.as_ref())?;
+    let inputs = input_list(req.input.as_ref())?;
+    state.registry.touch(&model.name, keep_alive);
+    if inputs.is_empty() {
+        return Ok(Json(json!({"model": req.model, "embeddings": [], "total_duration": 0, "load_duration": 0, "prompt_eval_count": 0})).into_response());
+    }
+    let embedded =
+        embed_texts(&state, &model, inputs, req.truncate.unwrap_or(true), req.dimensions, options)
+            .await?;
+    let metrics = stats.ollama_metrics(&embedded.finish);
+    let mut body = json!({
+        "model": req.model,
+        "embeddings": embedded.vectors,
+        "total_duration": metrics["total_duration"],
+        "load_duration": metrics["load_duration"],
+        "prompt_eval_count": metrics["prompt_eval_count"],
+    });
+    if let Value::Object(map) = &mut body {
+        map.extend(receipt_fields(&embedded.finish));
+    }
+    Ok(with_receipt_headers(Json(body).into_response(), &embedded.finish))
+}
+
+/// `POST /api/embeddings`: one prompt, one vector.
+pub async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    JsonBody(req): JsonBody<EmbeddingsRequest>,
+) -> Result<Response, ApiError> {
+    let model = validate::resolve(&state, &req.model)?;
+    let keep_alive = validate::keep_alive(req.keep_alive.as_ref())?;
+    let options = validate::options(&model, req.options.as_ref())?;
+    state.registry.touch(&model.name, keep_alive);
+    let prompt = req.prompt.unwrap_or_default();
+    if prompt.is_empty() {
+        return Ok(Json(json!({"embedding": []})).into_response());
+    }
+    let embedded = embed_texts(&state, &model, vec![prompt], true, None, options).await?;
+    let mut body = json!({"embedding": embedded.vectors.into_iter().next().unwrap_or_default()});
+    if let Value::Object(map) = &mut body {
+        map.extend(receipt_fields(&embedded.finish));
+    }
+    Ok(with_receipt_headers(Json(body).into_response(), &embedded.finish))
+}

@@ -1,0 +1,214 @@
+//! `POST /api/chat` and `POST /api/generate`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use phase_protocol::{ChatMessage, InferenceInput, InferenceJob, JobSpec};
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+
+use super::requests::{ChatRequest, GenerateRequest, MessageIn};
+use super::validate;
+use crate::api::answer::{self, AnswerShape, Framing, Stats, now_rfc3339, receipt_fields};
+use crate::api::body::JsonBody;
+use crate::api::error::ApiError;
+use crate::durations::KeepAlive;
+use crate::jobs::Finish;
+use crate::registry::ResolvedModel;
+use crate::state::AppState;
+
+const ROLES: &[&str] = &["system", "user", "assistant", "tool"];
+
+/// `POST /api/chat`.
+pub async fn chat(
+    State(state): State<Arc<AppState>>,
+    JsonBody(req): JsonBody<ChatRequest>,
+) -> Result<Response, ApiError> {
+    let stats = Stats::start();
+    let model = validate::resolve(&state, &req.model)?;
+    let keep_alive = validate::keep_alive(req.keep_alive.as_ref())?;
+    let options = validate::options(&model, req.options.as_ref())?;
+    let tools = validate::tools(&model, req.tools.as_ref())?;
+    let think = validate::think(&model, req.think.as_ref())?;
+    let format = validate::format(req.format.as_ref())?;
+    validate::logprobs(req.top_logprobs)?;
+    if req.messages.is_empty() {
+        return Ok(load_only(&state, &model, keep_alive, &req.model, true));
+    }
+    let mut messages = model_messages(&model)?;
+    for m in req.messages {
+        messages.push(chat_message(m)?);
+    }
+    if let Some(system) = model.derived.as_ref().and_then(|d| d.system.clone())
+        && messages.first().is_none_or(|m| m.role != "system")
+    {
+        messages.insert(0, ChatMessage::new("system", system));
+    }
+    let spec = JobSpec::Inference(InferenceJob {
+        model: model.base.name.to_string(),
+        input: InferenceInput::Chat { messages },
+        options: options.into_iter().collect(),
+        format,
+        tools,
+        think,
+    });
+    state.registry.touch(&model.name, keep_alive);
+    let run = state.start_job(&model, spec).await?;
+    let shape = ChatShape { model: req.model };
+    Ok(answer::respond(run, req.stream.unwrap_or(true), Framing::NdJson, shape, stats).await)
+}
+
+/// `POST /api/generate`.
+pub async fn generate(
+    State(state): State<Arc<AppState>>,
+    JsonBody(req): JsonBody<GenerateRequest>,
+) -> Result<Response, ApiError> {
+    let stats = Stats::start();
+    let model = validate::resolve(&state, &req.model)?;
+    let keep_alive = validate::keep_alive(req.keep_alive.as_ref())?;
+    let options = validate::options(&model, req.options.as_ref())?;
+    let think = validate::think(&model, req.think.as_ref())?;
+    let format = validate::format(req.format.as_ref())?;
+    validate::logprobs(req.top_logprobs)?;
+    let images = validate::images(req.images.as_ref())?;
+    let raw = req.raw.unwrap_or(false);
+    if raw && (req.template.is_some() || req.system.is_some() || req.context.is_some()) {
+        return Err(ApiError::bad_request(
+            "raw mode does not support template, system, or context",
+        ));
+    }
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) && !model.base.can("insert") {
+        return Err(ApiError::bad_request(format!(
+            "registry.ollama.ai/library/{} does not support insert",
+            model.name
+        )));
+    }
+    let prompt = req.prompt.unwrap_or_default();
+    if prompt.is_empty() {
+        return Ok(load_only(&state, &model, keep_alive, &req.model, false));
+    }
+    let system = req.system.or_else(|| model.derived.as_ref().and_then(|d| d.system.clone()));
+    let spec = JobSpec::Inference(InferenceJob {
+        model: model.base.name.to_string(),
+        input: InferenceInput::Generate {
+            prompt,
+            suffix: req.suffix,
+            system: if raw { None } else { system },
+            raw,
+            images,
+        },
+        options: options.into_iter().collect(),
+        format,
+        tools: Vec::new(),
+        think,
+    });
+    state.registry.touch(&model.name, keep_alive);
+    let run = state.start_job(&model, spec).await?;
+    let shape = GenerateShape { model: req.model, raw };
+    Ok(answer::respond(run, req.stream.unwrap_or(true), Framing::NdJson, shape, stats).await)
+}
+
+/// Messages a derived model puts before the conversation.
+fn model_messages(model: &ResolvedModel) -> Result<Vec<ChatMessage>, ApiError> {
+    let Some(derived) = &model.derived else { return Ok(Vec::new()) };
+    derived
+        .messages
+        .iter()
+        .map(|m| {
+            let m: MessageIn = serde_json::from_value(m.clone())
+                .map_err(|e| ApiError::internal(format!("stored model message: {e}")))?;
+            chat_message(m)
+        })
+        .collect()
+}
+
+fn chat_message(m: MessageIn) -> Result<ChatMessage, ApiError> {
+    let role = m.role.to_ascii_lowercase();
+    if !ROLES.contains(&role.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "invalid message role {:?}: use system, user, assistant or tool",
+            m.role
+        )));
+    }
+    Ok(ChatMessage {
+        role,
+        content: m.content.unwrap_or_default(),
+        images: validate::images(m.images.as_ref())?,
+        tool_calls: m.tool_calls.unwrap_or_default(),
+        tool_name: m.tool_name,
+        thinking: m.thinking,
+    })
+}
+
+/// Empty prompt or no messages: load (or, with `keep_alive: 0`, unload) the model and answer
+/// with one object, streaming or not, as Ollama does.
+fn load_only(
+    state: &AppState,
+    model: &ResolvedModel,
+    keep_alive: KeepAlive,
+    asked: &str,
+    chat: bool,
+) -> Response {
+    state.registry.touch(&model.name, keep_alive);
+    let reason = if keep_alive == KeepAlive::UnloadNow { "unload" } else { "load" };
+    let mut body =
+        json!({"model": asked, "created_at": now_rfc3339(), "done": true, "done_reason": reason});
+    if chat {
+        body["message"] = json!({"role": "assistant", "content": ""});
+    } else {
+        body["response"] = json!("");
+    }
+    Json(body).into_response()
+}
+
+fn final_object(model: &str, finish: &Finish, stats: &Stats) -> Map<String, Value> {
+    let mut out = Map::new();
+    out.insert("model".into(), json!(model));
+    out.insert("created_at".into(), json!(now_rfc3339()));
+    out.insert("done".into(), json!(true));
+    out.insert("done_reason".into(), json!(finish.done_reason()));
+    out.extend(stats.ollama_metrics(finish));
+    out.extend(receipt_fields(finish));
+    out
+}
+
+struct ChatShape {
+    model: String,
+}
+
+impl AnswerShape for ChatShape {
+    fn chunk(&mut self, text: &str) -> Value {
+        json!({"model": self.model, "created_at": now_rfc3339(), "message": {"role": "assistant", "content": text}, "done": false})
+    }
+
+    fn done(&mut self, finish: &Finish, text: Option<&str>, stats: &Stats) -> Value {
+        let mut out = final_object(&self.model, finish, stats);
+        out.insert(
+            "message".into(),
+            json!({"role": "assistant", "content": text.unwrap_or_default()}),
+        );
+        Value::Object(out)
+    }
+}
+
+struct GenerateShape {
+    model: String,
+    raw: bool,
+}
+
+impl AnswerShape for GenerateShape {
+    fn chunk(&mut self, text: &str) -> Value {
+        json!({"model": self.model, "created_at": now_rfc3339(), "response": text, "done": false})
+    }
+
+    fn done(&mut self, finish: &Finish, text: Option<&str>, stats: &Stats) -> Value {
+        let mut out = final_object(&self.model, finish, stats);
+        out.insert("response".into(), json!(text.unwrap_or_default()));
+        if !self.raw {
+            // Ollama's deprecated conversational memory. Workers without token ids (the echo
+            // model) have none to give, so the array is empty.
+            out.insert("context".into(), json!([]));
+        }
+        Value::Object(out)
+    }
+}

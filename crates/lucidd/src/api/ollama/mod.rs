@@ -1,0 +1,8 @@
+//! The native Ollama API.
+
+pub mod blobs;
+pub mod embed;
+pub mod inference;
+pub mod models;
+pub mod requests;
+pub mod validate;

@@ -1,0 +1,177 @@
+//! Checks shared by the native handlers, with Ollama's messages.
+
+use base64::Engine;
+use serde_bytes::ByteBuf;
+use serde_json::{Map, Value};
+
+use crate::api::error::ApiError;
+use crate::durations::{DEFAULT_KEEP_ALIVE, KeepAlive};
+use crate::names::ModelName;
+use crate::registry::ResolvedModel;
+use crate::state::AppState;
+
+/// Parses a required model name.
+pub fn model_name(name: &str) -> Result<ModelName, ApiError> {
+    if name.trim().is_empty() {
+        return Err(ApiError::bad_request("model is required"));
+    }
+    ModelName::parse(name).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// Finds a model or answers 404 naming it.
+pub fn resolve(state: &AppState, name: &str) -> Result<ResolvedModel, ApiError> {
+    let parsed = model_name(name)?;
+    state.registry.resolve(&parsed).ok_or_else(|| ApiError::model_not_found(name))
+}
+
+/// Parses `keep_alive`, or the default when absent.
+pub fn keep_alive(value: Option<&Value>) -> Result<KeepAlive, ApiError> {
+    value.map_or(Ok(DEFAULT_KEEP_ALIVE), |v| KeepAlive::from_json(v).map_err(ApiError::bad_request))
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Float,
+    Int,
+    Bool,
+    Strings,
+}
+
+/// Ollama's typed options. Unknown keys are passed on untouched (a worker may understand them);
+/// a known key with the wrong JSON type is refused, as Ollama does.
+const KNOWN_OPTIONS: &[(&str, Kind)] = &[
+    ("temperature", Kind::Float),
+    ("top_k", Kind::Int),
+    ("top_p", Kind::Float),
+    ("min_p", Kind::Float),
+    ("typical_p", Kind::Float),
+    ("repeat_penalty", Kind::Float),
+    ("repeat_last_n", Kind::Int),
+    ("presence_penalty", Kind::Float),
+    ("frequency_penalty", Kind::Float),
+    ("seed", Kind::Int),
+    ("num_predict", Kind::Int),
+    ("stop", Kind::Strings),
+    ("num_keep", Kind::Int),
+    ("num_ctx", Kind::Int),
+    ("num_batch", Kind::Int),
+    ("num_gpu", Kind::Int),
+    ("main_gpu", Kind::Int),
+    ("num_thread", Kind::Int),
+    ("use_mmap", Kind::Bool),
+    ("mirostat", Kind::Int),
+    ("mirostat_tau", Kind::Float),
+    ("mirostat_eta", Kind::Float),
+    ("tfs_z", Kind::Float),
+    ("penalize_newline", Kind::Bool),
+    ("numa", Kind::Bool),
+    ("low_vram", Kind::Bool),
+    ("f16_kv", Kind::Bool),
+    ("logits_all", Kind::Bool),
+    ("vocab_only", Kind::Bool),
+    ("use_mlock", Kind::Bool),
+    ("embedding_only", Kind::Bool),
+];
+
+/// Checks the types of known options and merges them over the model's defaults.
+pub fn options(
+    model: &ResolvedModel,
+    requested: Option<&Map<String, Value>>,
+) -> Result<Map<String, Value>, ApiError> {
+    let mut merged = model.derived.as_ref().map(|d| d.parameters.clone()).unwrap_or_default();
+    for (key, value) in requested.into_iter().flatten() {
+        if let Some((_, kind)) = KNOWN_OPTIONS.iter().find(|(k, _)| k == key) {
+            let ok = match kind {
+                Kind::Float => value.is_number(),
+                Kind::Int => {
+                    value.is_i64()
+                        || value.is_u64()
+                        || value.as_f64().is_some_and(|f| f.fract() == 0.0)
+                }
+                Kind::Bool => value.is_boolean(),
+                Kind::Strings => {
+                    value.is_string()
+                        || value.as_array().is_some_and(|a| a.iter().all(Value::is_string))
+                }
+            };
+            if !ok && !value.is_null() {
+                return Err(ApiError::bad_request(format!(
+                    "option \"{key}\" has the wrong type: {value}"
+                )));
+            }
+        }
+        if !value.is_null() {
+            merged.insert(key.clone(), value.clone());
+        }
+    }
+    Ok(merged)
+}
+
+/// Checks `think` against the model.
+pub fn think(model: &ResolvedModel, value: Option<&Value>) -> Result<Option<Value>, ApiError> {
+    let Some(value) = value.filter(|v| !v.is_null()) else { return Ok(None) };
+    let truthy = match value {
+        Value::Bool(b) => *b,
+        Value::String(s) if ["low", "medium", "high", "max"].contains(&s.as_str()) => true,
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "invalid think value: {value} (use true, false, \"low\", \"medium\", \"high\" or \"max\")"
+            )));
+        }
+    };
+    if truthy && !model.base.can("thinking") {
+        return Err(ApiError::bad_request(format!("\"{}\" does not support thinking", model.name)));
+    }
+    Ok(Some(value.clone()))
+}
+
+/// Checks `tools` against the model.
+pub fn tools(model: &ResolvedModel, tools: Option<&Vec<Value>>) -> Result<Vec<Value>, ApiError> {
+    let tools = tools.cloned().unwrap_or_default();
+    if !tools.is_empty() && !model.base.can("tools") {
+        return Err(ApiError::bad_request(format!(
+            "registry.ollama.ai/library/{} does not support tools",
+            model.name
+        )));
+    }
+    Ok(tools)
+}
+
+/// Checks `format`: absent, `""`, `"json"`, or a JSON schema object.
+pub fn format(value: Option<&Value>) -> Result<Option<Value>, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) if s == "json" => Ok(Some(Value::String(s.clone()))),
+        Some(v @ Value::Object(_)) => Ok(Some(v.clone())),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "invalid format: {other} (use \"json\" or a JSON schema)"
+        ))),
+    }
+}
+
+/// Checks `logprobs` / `top_logprobs`.
+pub fn logprobs(top_logprobs: Option<i64>) -> Result<(), ApiError> {
+    match top_logprobs {
+        Some(n) if !(0..=20).contains(&n) => {
+            Err(ApiError::bad_request("top_logprobs must be between 0 and 20"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Decodes base64 images.
+pub fn images(images: Option<&Vec<String>>) -> Result<Vec<ByteBuf>, ApiError> {
+    images
+        .into_iter()
+        .flatten()
+        .map(|image| {
+            base64::engine::general_purpose::STANDARD
+                .decode(image.trim())
+                .map(ByteBuf::from)
+                .map_err(|_| {
+                    ApiError::bad_request("invalid image input: images must be base64-encoded")
+                })
+        })
+        .collect()
+}

@@ -1,0 +1,453 @@
+//! The OpenAI-compatible surface: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
+//! `/v1/models`, `/v1/models/{id}`. Requests become the same signed jobs as the native API.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use phase_protocol::{ChatMessage, InferenceInput, InferenceJob, JobSpec};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+
+use super::answer::{self, AnswerShape, Framing, Stats, receipt_fields};
+use super::body::JsonBody;
+use super::error::{ApiError, OpenAiError};
+use super::ollama::{embed, validate};
+use crate::jobs::Finish;
+use crate::state::AppState;
+
+/// `POST /v1/chat/completions` and `/v1/completions` share these fields.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct CompletionRequest {
+    model: String,
+    messages: Option<Vec<Value>>,
+    prompt: Option<Value>,
+    suffix: Option<String>,
+    stream: Option<bool>,
+    stream_options: Option<Value>,
+    max_tokens: Option<i64>,
+    max_completion_tokens: Option<i64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    seed: Option<i64>,
+    stop: Option<Value>,
+    frequency_penalty: Option<f64>,
+    presence_penalty: Option<f64>,
+    response_format: Option<Value>,
+    tools: Option<Vec<Value>>,
+    reasoning_effort: Option<String>,
+}
+
+/// `POST /v1/embeddings`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct EmbeddingsRequest {
+    model: String,
+    input: Option<Value>,
+    encoding_format: Option<String>,
+    dimensions: Option<u32>,
+}
+
+fn options(req: &CompletionRequest) -> Result<Map<String, Value>, ApiError> {
+    let mut options = Map::new();
+    // OpenAI's defaults, not Ollama's 0.8/0.9.
+    options.insert("temperature".into(), json!(req.temperature.unwrap_or(1.0)));
+    options.insert("top_p".into(), json!(req.top_p.unwrap_or(1.0)));
+    if let Some(n) = req.max_tokens.or(req.max_completion_tokens) {
+        options.insert("num_predict".into(), json!(n));
+    }
+    if let Some(seed) = req.seed {
+        options.insert("seed".into(), json!(seed));
+    }
+    match &req.stop {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => {
+            options.insert("stop".into(), json!([s]));
+        }
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
+            options.insert("stop".into(), Value::Array(a.clone()));
+        }
+        Some(_) => return Err(ApiError::bad_request("stop must be a string or a list of strings")),
+    }
+    if let Some(p) = req.frequency_penalty {
+        options.insert("frequency_penalty".into(), json!(p));
+    }
+    if let Some(p) = req.presence_penalty {
+        options.insert("presence_penalty".into(), json!(p));
+    }
+    Ok(options)
+}
+
+fn response_format(value: Option<&Value>) -> Result<Option<Value>, ApiError> {
+    let Some(rf) = value.filter(|v| !v.is_null()) else { return Ok(None) };
+    match rf.get("type").and_then(Value::as_str) {
+        Some("json_object") => Ok(Some(json!("json"))),
+        Some("json_schema") => {
+            rf.pointer("/json_schema/schema").cloned().map(Some).ok_or_else(|| {
+                ApiError::bad_request("response_format json_schema needs json_schema.schema")
+            })
+        }
+        Some("text") => Ok(None),
+        _ => Err(ApiError::bad_request(format!("invalid response_format: {rf}"))),
+    }
+}
+
+fn think(effort: Option<&str>) -> Result<Option<Value>, ApiError> {
+    Ok(match effort {
+        None => None,
+        Some("none") => Some(json!(false)),
+        Some("minimal") => Some(json!("low")),
+        Some(level @ ("low" | "medium" | "high" | "max")) => Some(json!(level)),
+        Some("xhigh" | "ultra") => Some(json!("max")),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("invalid reasoning_effort {other:?}")));
+        }
+    })
+}
+
+/// Converts an OpenAI message (string or parts content) to a job message.
+fn message(value: &Value) -> Result<ChatMessage, ApiError> {
+    let role = value
+        .get("role")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request("each message needs a role"))?;
+    let mut msg = ChatMessage::new(role.to_ascii_lowercase(), "");
+    match value.get("content") {
+        None | Some(Value::Null) => {
+            if value.get("tool_calls").is_none() {
+                return Err(ApiError::bad_request(
+                    "message content may be null only with tool_calls",
+                ));
+            }
+        }
+        Some(Value::String(s)) => msg.content = s.clone(),
+        Some(Value::Array(parts)) => {
+            for part in parts {
+                match part.get("type").and_then(Value::as_str) {
+                    Some("text") => msg
+                        .content
+                        .push_str(part.get("text").and_then(Value::as_str).unwrap_or_default()),
+                    Some("image_url") => {
+                        let url = part
+                            .get("image_url")
+                            .and_then(|u| u.get("url").or(Some(u)))
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
+                        msg.images.push(data_uri(url)?);
+                    }
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "unsupported content part: {part}"
+                        )));
+                    }
+                }
+            }
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("invalid message content: {other}")));
+        }
+    }
+    if let Some(calls) = value.get("tool_calls").and_then(Value::as_array) {
+        msg.tool_calls = calls.clone();
+    }
+    msg.tool_name = value.get("name").and_then(Value::as_str).map(str::to_string);
+    Ok(msg)
+}
+
+fn data_uri(url: &str) -> Result<serde_bytes::ByteBuf, ApiError> {
+    let data = ["data:image/jpeg;base64,", "data:image/jpg;base64,", "data:image/png;base64,", "data:image/webp;base64,", "data:;base64,"]
+        .iter()
+        .find_map(|prefix| url.strip_prefix(prefix))
+        .ok_or_else(|| ApiError::bad_request("image URLs must be base64 data URIs (data:image/png;base64,...); remote URLs are not fetched"))?;
+    base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map(serde_bytes::ByteBuf::from)
+        .map_err(|_| ApiError::bad_request("invalid base64 image data"))
+}
+
+fn include_usage(req: &CompletionRequest) -> bool {
+    req.stream_options
+        .as_ref()
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+fn usage(finish: &Finish) -> Value {
+    let m = &finish.receipt.body.metrics;
+    json!({"prompt_tokens": m.prompt_tokens, "completion_tokens": m.output_tokens, "total_tokens": m.prompt_tokens + m.output_tokens})
+}
+
+fn created() -> u64 {
+    phase_manifest::unix_time_ms() / 1000
+}
+
+fn completion_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 8];
+    // Ids only need to be unique; if the OS has no randomness, zeros are still a valid id.
+    let _ = getrandom::fill(&mut bytes);
+    format!("{prefix}-{}", hex::encode(bytes))
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    body: JsonBody<CompletionRequest>,
+) -> Result<Response, OpenAiError> {
+    let JsonBody(req) = body;
+    let stats = Stats::start();
+    let model = validate::resolve(&state, &req.model)?;
+    let messages = req.messages.as_deref().unwrap_or_default();
+    if messages.is_empty() {
+        return Err(ApiError::bad_request("[] is too short - 'messages'").into());
+    }
+    let messages = messages.iter().map(message).collect::<Result<Vec<_>, _>>()?;
+    let opts = validate::options(&model, Some(&options(&req)?))?;
+    let spec = JobSpec::Inference(InferenceJob {
+        model: model.base.name.to_string(),
+        input: InferenceInput::Chat { messages },
+        options: opts.into_iter().collect(),
+        format: response_format(req.response_format.as_ref())?,
+        tools: validate::tools(&model, req.tools.as_ref())?,
+        think: validate::think(&model, think(req.reasoning_effort.as_deref())?.as_ref())?,
+    });
+    state.registry.touch(&model.name, crate::durations::DEFAULT_KEEP_ALIVE);
+    let run = state.start_job(&model, spec).await?;
+    let shape = ChatCompletionShape {
+        id: completion_id("chatcmpl"),
+        model: req.model.clone(),
+        created: created(),
+        first: true,
+        include_usage: include_usage(&req),
+    };
+    Ok(answer::respond(run, req.stream.unwrap_or(false), Framing::Sse, shape, stats).await)
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    body: JsonBody<CompletionRequest>,
+) -> Result<Response, OpenAiError> {
+    let JsonBody(req) = body;
+    let stats = Stats::start();
+    let model = validate::resolve(&state, &req.model)?;
+    let prompt = match &req.prompt {
+        Some(Value::String(s)) => s.clone(),
+        _ => return Err(ApiError::bad_request("prompt must be a string").into()),
+    };
+    let opts = validate::options(&model, Some(&options(&req)?))?;
+    let spec = JobSpec::Inference(InferenceJob {
+        model: model.base.name.to_string(),
+        input: InferenceInput::Generate {
+            prompt,
+            suffix: req.suffix.clone(),
+            system: None,
+            raw: false,
+            images: Vec::new(),
+        },
+        options: opts.into_iter().collect(),
+        format: response_format(req.response_format.as_ref())?,
+        tools: Vec::new(),
+        think: None,
+    });
+    state.registry.touch(&model.name, crate::durations::DEFAULT_KEEP_ALIVE);
+    let run = state.start_job(&model, spec).await?;
+    let shape = TextCompletionShape {
+        id: completion_id("cmpl"),
+        model: req.model.clone(),
+        created: created(),
+        include_usage: include_usage(&req),
+    };
+    Ok(answer::respond(run, req.stream.unwrap_or(false), Framing::Sse, shape, stats).await)
+}
+
+fn finish_reason(finish: &Finish) -> &'static str {
+    finish.done_reason()
+}
+
+struct ChatCompletionShape {
+    id: String,
+    model: String,
+    created: u64,
+    first: bool,
+    include_usage: bool,
+}
+
+impl ChatCompletionShape {
+    fn chunk_object(&self, delta: Value, finish_reason: Value) -> Value {
+        json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+               "system_fingerprint": "fp_ollama", "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]})
+    }
+}
+
+impl AnswerShape for ChatCompletionShape {
+    fn chunk(&mut self, text: &str) -> Value {
+        let delta = if std::mem::take(&mut self.first) {
+            json!({"role": "assistant", "content": text})
+        } else {
+            json!({"content": text})
+        };
+        self.chunk_object(delta, Value::Null)
+    }
+
+    fn done(&mut self, finish: &Finish, text: Option<&str>, _stats: &Stats) -> Value {
+        let mut body = json!({
+            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+            "system_fingerprint": "fp_ollama",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text.unwrap_or_default()}, "finish_reason": finish_reason(finish)}],
+            "usage": usage(finish),
+        });
+        if let Value::Object(map) = &mut body {
+            map.extend(receipt_fields(finish));
+        }
+        body
+    }
+
+    fn done_lines(&mut self, finish: &Finish, _stats: &Stats) -> Vec<Value> {
+        let delta = if std::mem::take(&mut self.first) {
+            json!({"role": "assistant", "content": ""})
+        } else {
+            json!({})
+        };
+        let mut last = self.chunk_object(delta, json!(finish_reason(finish)));
+        if let Value::Object(map) = &mut last {
+            map.extend(receipt_fields(finish));
+        }
+        let mut lines = vec![last];
+        if self.include_usage {
+            lines.push(json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                              "system_fingerprint": "fp_ollama", "choices": [], "usage": usage(finish)}));
+        }
+        lines
+    }
+
+    fn error(&mut self, message: &str, _finish: Option<&Finish>) -> Value {
+        json!({"error": {"message": message, "type": "api_error", "param": null, "code": null}})
+    }
+}
+
+struct TextCompletionShape {
+    id: String,
+    model: String,
+    created: u64,
+    include_usage: bool,
+}
+
+impl TextCompletionShape {
+    fn object(&self, text: &str, finish_reason: Value) -> Value {
+        json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+               "system_fingerprint": "fp_ollama", "choices": [{"text": text, "index": 0, "finish_reason": finish_reason}]})
+    }
+}
+
+impl AnswerShape for TextCompletionShape {
+    fn chunk(&mut self, text: &str) -> Value {
+        self.object(text, Value::Null)
+    }
+
+    fn done(&mut self, finish: &Finish, text: Option<&str>, _stats: &Stats) -> Value {
+        let mut body = self.object(text.unwrap_or_default(), json!(finish_reason(finish)));
+        body["usage"] = usage(finish);
+        if let Value::Object(map) = &mut body {
+            map.extend(receipt_fields(finish));
+        }
+        body
+    }
+
+    fn done_lines(&mut self, finish: &Finish, _stats: &Stats) -> Vec<Value> {
+        let mut last = self.object("", json!(finish_reason(finish)));
+        if let Value::Object(map) = &mut last {
+            map.extend(receipt_fields(finish));
+        }
+        let mut lines = vec![last];
+        if self.include_usage {
+            lines.push(json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model, "choices": [], "usage": usage(finish)}));
+        }
+        lines
+    }
+
+    fn error(&mut self, message: &str, _finish: Option<&Finish>) -> Value {
+        json!({"error": {"message": message, "type": "api_error", "param": null, "code": null}})
+    }
+}
+
+/// `POST /v1/embeddings`.
+pub async fn embeddings(
+    State(state): State<Arc<AppState>>,
+    body: JsonBody<EmbeddingsRequest>,
+) -> Result<Response, OpenAiError> {
+    let JsonBody(req) = body;
+    let model = validate::resolve(&state, &req.model)?;
+    let inputs = match &req.input {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|v| {
+                v.as_str().map(str::to_string).ok_or_else(|| {
+                    ApiError::bad_request("invalid input: only strings are supported")
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err(ApiError::bad_request("invalid input").into()),
+    };
+    let base64_out = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid encoding_format {other:?}: use \"float\" or \"base64\""
+            ))
+            .into());
+        }
+    };
+    let embedded =
+        embed::embed_texts(&state, &model, inputs, true, req.dimensions, Map::new()).await?;
+    let data: Vec<Value> = embedded
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64_out {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "embedding": embedding, "index": i})
+        })
+        .collect();
+    let tokens = embedded.finish.receipt.body.metrics.prompt_tokens;
+    let mut body = json!({"object": "list", "data": data, "model": req.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}});
+    if let Value::Object(map) = &mut body {
+        map.extend(receipt_fields(&embedded.finish));
+    }
+    Ok(answer::with_receipt_headers(Json(body).into_response(), &embedded.finish))
+}
+
+fn model_object(id: String, created: i64, owned_by: &str) -> Value {
+    json!({"id": id, "object": "model", "created": created, "owned_by": owned_by})
+}
+
+/// `GET /v1/models`.
+pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let data: Vec<Value> = state
+        .registry
+        .list()
+        .iter()
+        .map(|m| {
+            model_object(m.name.to_string(), m.modified_at().unix_timestamp(), m.name.namespace())
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+/// `GET /v1/models/{id}`.
+pub async fn model(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, OpenAiError> {
+    let model = validate::resolve(&state, &id)?;
+    Ok(Json(model_object(id, model.modified_at().unix_timestamp(), model.name.namespace())))
+}

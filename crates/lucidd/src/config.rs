@@ -1,0 +1,169 @@
+//! Command line, environment and defaults.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+/// Ollama's port, so every existing client finds us.
+pub const DEFAULT_PORT: u16 = 11434;
+/// Default cap on a JSON request body. Big enough for a long chat with a few images.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// lucidd — an inference daemon that speaks the Ollama API and signs every answer.
+///
+/// Run without a subcommand to serve. Every response carries a receipt signed by this node's
+/// identity (kept in the data directory) that `lucidd receipt verify` checks offline.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options for serving when no subcommand is given.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the Ollama HTTP API (the default).
+    Serve(ServeArgs),
+    /// Print this node's PeerId, creating its identity if there is none.
+    Id {
+        /// Data directory holding identity.key.
+        #[arg(long, env = "LUCIDD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Work with saved receipts.
+    #[command(subcommand)]
+    Receipt(ReceiptCommand),
+}
+
+/// `lucidd receipt …`
+#[derive(Debug, Subcommand)]
+pub enum ReceiptCommand {
+    /// Check a saved answer offline.
+    ///
+    /// FILE (or - for standard input) is what lucidd answered: a saved NDJSON stream (as
+    /// `curl` prints it), a single JSON response, or a bare receipt. With a stream, the
+    /// commitment is replayed over every chunk of text, so any edit of the text is caught.
+    Verify {
+        /// The saved response, or - for standard input.
+        file: String,
+    },
+}
+
+/// Which built-in workers serve models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WorkerKind {
+    /// Deterministic echo model for development, CI and demos: answers with the last user
+    /// message, one chunk per word; embeddings derived from the text's hash.
+    Echo,
+}
+
+/// Options of `lucidd serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on, in any form OLLAMA_HOST accepts (`127.0.0.1:11434`, `0.0.0.0`,
+    /// `http://[::1]:8080`). Port 0 picks a free port.
+    #[arg(long, env = "OLLAMA_HOST", default_value = "127.0.0.1:11434", hide_env_values = true)]
+    pub listen: String,
+    /// Workers to run; repeat for several.
+    #[arg(long = "worker", value_enum, default_values_t = [WorkerKind::Echo])]
+    pub workers: Vec<WorkerKind>,
+    /// Data directory: identity.key, receipts/, models/ (default: $XDG_DATA_HOME/phase/lucidd).
+    #[arg(long, env = "LUCIDD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Policy file (default: policy.toml in the data directory).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Never send a prompt to another node.
+    #[arg(long)]
+    pub local_only: bool,
+    /// Largest accepted JSON request body, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// Write the address actually bound (useful with port 0) to this file once listening.
+    #[arg(long)]
+    pub addr_file: Option<PathBuf>,
+}
+
+/// Where lucidd keeps its state when `--data-dir` is not given.
+pub fn default_data_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("phase").join("lucidd")
+}
+
+/// Turns an `OLLAMA_HOST`-style value into a socket address to bind.
+///
+/// `[scheme://]host[:port][/path]`: no scheme and no port → 11434; `http://host` → 80;
+/// `https://host` → 443; empty → 127.0.0.1:11434; IPv6 in brackets.
+pub fn parse_listen_addr(value: &str) -> Result<SocketAddr, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)));
+    }
+    let (default_port, rest) = if let Some(rest) = value.strip_prefix("http://") {
+        (80, rest)
+    } else if let Some(rest) = value.strip_prefix("https://") {
+        (443, rest)
+    } else {
+        (DEFAULT_PORT, value)
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (host, after) =
+            bracketed.split_once(']').ok_or_else(|| format!("unclosed '[' in {value:?}"))?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse::<u16>().map_err(|_| format!("invalid port {p:?} in {value:?}"))?,
+        None => default_port,
+    };
+    let host = if host.is_empty() { "127.0.0.1" } else { host };
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host:?} resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> String {
+        parse_listen_addr(s).expect("valid").to_string()
+    }
+
+    #[test]
+    fn ollama_host_forms() {
+        assert_eq!(addr(""), "127.0.0.1:11434");
+        assert_eq!(addr("127.0.0.1"), "127.0.0.1:11434");
+        assert_eq!(addr("0.0.0.0"), "0.0.0.0:11434");
+        assert_eq!(addr("127.0.0.1:0"), "127.0.0.1:0");
+        assert_eq!(addr(":56789"), "127.0.0.1:56789");
+        assert_eq!(addr("http://127.0.0.1"), "127.0.0.1:80");
+        assert_eq!(addr("https://127.0.0.1"), "127.0.0.1:443");
+        assert_eq!(addr("http://127.0.0.1:8080/ollama"), "127.0.0.1:8080");
+        assert_eq!(addr("[::1]:9000"), "[::1]:9000");
+        assert_eq!(addr("[::1]"), "[::1]:11434");
+    }
+
+    #[test]
+    fn bad_ollama_host_is_refused() {
+        assert!(parse_listen_addr("127.0.0.1:port").is_err());
+        assert!(parse_listen_addr("[::1").is_err());
+        assert!(parse_listen_addr("127.0.0.1:99999").is_err());
+    }
+}

@@ -1,0 +1,72 @@
+//! The `lucidd` command.
+
+use clap::Parser;
+use lucidd::config::{Cli, Command, ReceiptCommand, default_data_dir};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        None => serve(cli.serve),
+        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Id { data_dir }) => {
+            lucidd::server::load_identity(&data_dir.unwrap_or_else(default_data_dir)).map(|id| {
+                println!("{}", id.peer_id());
+            })
+        }
+        Some(Command::Receipt(ReceiptCommand::Verify { file })) => {
+            lucidd::receipt_check::run(&file)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lucidd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: lucidd::config::ServeArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let running = lucidd::server::start(args).await?;
+        let stop = running.stop_handle();
+        tokio::spawn(async move {
+            running_stop_signal().await;
+            tracing::info!("shutting down: finishing in-flight answers");
+            stop.cancel();
+        });
+        running.wait().await
+    })
+}
+
+async fn running_stop_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,156 @@
+//! `lucidd receipt verify`: checks a saved answer offline.
+//!
+//! Accepts what lucidd answered: an NDJSON stream as `curl` prints it (each line's text is one
+//! output chunk), a single JSON answer (its `receipt_chunks` give the chunk boundaries of the
+//! text), or a bare receipt (signature only). The commitment is replayed over the text, and the
+//! statistics in the final object must match the signed metrics, so an edit anywhere in the
+//! text, the statistics or the receipt is refused.
+
+use anyhow::{Context, anyhow, bail};
+use phase_identity::PeerId;
+use phase_protocol::JobResult;
+use phase_receipt::{Commitment, SignedReceipt, verify_and_bind};
+use serde_json::Value;
+use std::io::Read;
+
+/// Longest input accepted: a saved answer, not a data set.
+const MAX_INPUT_BYTES: u64 = 256 * 1024 * 1024;
+
+/// What a check established.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Checked {
+    /// The worker that signed.
+    pub worker: PeerId,
+    /// Chunks replayed (`None` when only the receipt was given).
+    pub replayed_chunks: Option<u64>,
+}
+
+/// Runs the command on a file path or `-`.
+pub fn run(file: &str) -> anyhow::Result<()> {
+    let mut text = String::new();
+    if file == "-" {
+        std::io::stdin()
+            .take(MAX_INPUT_BYTES)
+            .read_to_string(&mut text)
+            .context("reading standard input")?;
+    } else {
+        std::fs::File::open(file)
+            .with_context(|| format!("opening {file}"))?
+            .take(MAX_INPUT_BYTES)
+            .read_to_string(&mut text)
+            .with_context(|| format!("reading {file}"))?;
+    }
+    let checked = check(&text)?;
+    match checked.replayed_chunks {
+        Some(n) => println!(
+            "receipt OK: signed by {}, commitment replayed over {n} chunks of the answer",
+            checked.worker
+        ),
+        None => println!(
+            "receipt signature OK: signed by {} (no answer text given, so nothing was replayed)",
+            checked.worker
+        ),
+    }
+    Ok(())
+}
+
+fn text_of(line: &Value) -> Option<&str> {
+    line.pointer("/message/content")
+        .or_else(|| line.get("response"))
+        .or_else(|| line.pointer("/choices/0/delta/content"))
+        .or_else(|| line.pointer("/choices/0/text"))
+        .or_else(|| line.pointer("/choices/0/message/content"))
+        .and_then(Value::as_str)
+}
+
+/// Checks a saved answer; see the module docs.
+pub fn check(saved: &str) -> anyhow::Result<Checked> {
+    let lines: Vec<Value> = saved
+        .lines()
+        .map(|l| l.trim().strip_prefix("data: ").unwrap_or(l.trim()))
+        .filter(|l| !l.is_empty() && *l != "[DONE]")
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .context("the input is not JSON or NDJSON")?;
+    let (final_index, final_line) = lines
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, l)| l.get("receipt").is_some() || l.get("signature").is_some())
+        .ok_or_else(|| anyhow!("no receipt found in the input"))?;
+    if final_line.get("signature").is_some() && final_line.get("receipt").is_none() {
+        let receipt: SignedReceipt<JobResult> =
+            serde_json::from_value(final_line.clone()).context("parsing the receipt")?;
+        receipt.verify()?;
+        return Ok(Checked {
+            worker: PeerId::from_public_key(&receipt.worker),
+            replayed_chunks: None,
+        });
+    }
+    let receipt: SignedReceipt<JobResult> =
+        serde_json::from_value(final_line["receipt"].clone()).context("parsing the receipt")?;
+    let mut observed = Commitment::new();
+    if let Some(lengths) = final_line.get("receipt_chunks").and_then(Value::as_array) {
+        // A single answer: split its text at the recorded chunk boundaries.
+        let text =
+            text_of(final_line).ok_or_else(|| anyhow!("the answer has no text to replay"))?;
+        let mut at = 0usize;
+        for len in lengths {
+            let len =
+                len.as_u64().ok_or_else(|| anyhow!("receipt_chunks must hold byte lengths"))?
+                    as usize;
+            let chunk = text
+                .get(at..at + len)
+                .ok_or_else(|| anyhow!("the answer text does not match its chunk lengths"))?;
+            observed.push("text", chunk.as_bytes());
+            at += len;
+        }
+        if at != text.len() {
+            bail!("the answer text is longer than the chunks the receipt covers");
+        }
+    } else {
+        for line in &lines[..final_index] {
+            if line.get("error").is_some() {
+                continue;
+            }
+            let text =
+                text_of(line).ok_or_else(|| anyhow!("a line of the stream has no text: {line}"))?;
+            observed.push("text", text.as_bytes());
+        }
+    }
+    let worker = PeerId::from_public_key(&receipt.worker);
+    verify_and_bind(&receipt, &receipt.body.manifest_hash, &worker, &observed)?;
+    check_statistics(final_line, &receipt.body)?;
+    Ok(Checked { worker, replayed_chunks: Some(observed.count()) })
+}
+
+/// The statistics shown beside the receipt must be the signed ones.
+fn check_statistics(line: &Value, result: &JobResult) -> anyhow::Result<()> {
+    let m = &result.metrics;
+    let signed = [
+        ("eval_count", m.output_tokens),
+        ("prompt_eval_count", m.prompt_tokens),
+        ("eval_duration", m.eval_duration_ns),
+        ("prompt_eval_duration", m.prompt_eval_duration_ns),
+        ("load_duration", m.load_duration_ns),
+    ];
+    for (field, value) in signed {
+        if let Some(shown) = line.get(field)
+            && shown.as_u64() != Some(value)
+        {
+            bail!(
+                "receipt refused: {field} is {shown} in the answer but {value} in the signed receipt"
+            );
+        }
+    }
+    if let Some(reason) = line.get("done_reason").and_then(Value::as_str) {
+        let signed_reason =
+            if result.completion == phase_protocol::Completion::Length { "length" } else { "stop" };
+        if reason != signed_reason {
+            bail!(
+                "receipt refused: done_reason is {reason:?} in the answer but the receipt says {signed_reason:?}"
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! Which models exist here: the workers' models, plus models made with `/api/create` and
+//! `/api/copy` (a base model with a system prompt, parameters or messages), persisted in
+//! `<data dir>/models/registry.json`; and which models are loaded, for `/api/ps`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+
+use crate::durations::KeepAlive;
+use crate::names::ModelName;
+use crate::workers::{LocalWorkers, ModelInfo};
+
+/// A model defined on top of another one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DerivedModel {
+    /// The worker model it runs on (display form).
+    pub base: String,
+    /// System prompt used when the request has none.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// Template override, reported by `/api/show`.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Default options; the request's own options win.
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+    /// Messages put before the conversation.
+    #[serde(default)]
+    pub messages: Vec<Value>,
+    /// License text.
+    #[serde(default)]
+    pub license: Option<String>,
+    /// When it was made (RFC 3339).
+    pub modified_at: String,
+}
+
+/// A model a request can use, with the settings that apply to it.
+#[derive(Debug, Clone)]
+pub struct ResolvedModel {
+    /// The name asked for, normalised.
+    pub name: ModelName,
+    /// The worker model underneath.
+    pub base: ModelInfo,
+    /// Settings from `/api/create`, if it is a derived model.
+    pub derived: Option<DerivedModel>,
+}
+
+impl ResolvedModel {
+    /// When it last changed.
+    pub fn modified_at(&self) -> OffsetDateTime {
+        self.derived
+            .as_ref()
+            .and_then(|d| {
+                OffsetDateTime::parse(
+                    &d.modified_at,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .ok()
+            })
+            .unwrap_or(self.base.modified_at)
+    }
+}
+
+/// Why a registry change failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// No such model.
+    #[error("model '{0}' not found")]
+    NotFound(String),
+    /// Built-in models cannot be deleted or replaced.
+    #[error("'{0}' is served by a worker and cannot be deleted or replaced")]
+    Builtin(String),
+    /// Saving failed.
+    #[error("saving the model registry: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+struct Loaded {
+    until: Option<Instant>,
+    expires_at: OffsetDateTime,
+}
+
+/// The model registry.
+pub struct Registry {
+    workers: LocalWorkers,
+    path: PathBuf,
+    derived: Mutex<BTreeMap<ModelName, DerivedModel>>,
+    loaded: Mutex<BTreeMap<ModelName, Loaded>>,
+}
+
+impl Registry {
+    /// Loads the registry file in `dir` (a missing file is an empty registry).
+    pub fn open(dir: PathBuf, workers: LocalWorkers) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("registry.json");
+        let derived: BTreeMap<String, DerivedModel> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} is not a valid model registry ({e}); move it away to start fresh",
+                    path.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let derived = derived
+            .into_iter()
+            .filter_map(|(k, v)| Some((ModelName::parse(&k).ok()?, v)))
+            .collect();
+        Ok(Self {
+            workers,
+            path,
+            derived: Mutex::new(derived),
+            loaded: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The node's workers.
+    pub fn workers(&self) -> &LocalWorkers {
+        &self.workers
+    }
+
+    /// Finds a model by name.
+    pub fn resolve(&self, name: &ModelName) -> Option<ResolvedModel> {
+        if let Some((_, base)) = self.workers.find(name) {
+            return Some(ResolvedModel { name: name.clone(), base, derived: None });
+        }
+        let derived = self.derived.lock().expect("registry lock").get(name).cloned()?;
+        let base_name = ModelName::parse(&derived.base).ok()?;
+        let (_, base) = self.workers.find(&base_name)?;
+        Some(ResolvedModel { name: name.clone(), base, derived: Some(derived) })
+    }
+
+    /// Every model, newest first.
+    pub fn list(&self) -> Vec<ResolvedModel> {
+        let mut all: Vec<ResolvedModel> = self
+            .workers
+            .models()
+            .into_iter()
+            .map(|base| ResolvedModel { name: base.name.clone(), base, derived: None })
+            .collect();
+        let names: Vec<ModelName> =
+            self.derived.lock().expect("registry lock").keys().cloned().collect();
+        all.extend(names.iter().filter_map(|n| self.resolve(n)));
+        all.sort_by_key(|m| std::cmp::Reverse(m.modified_at()));
+        all
+    }
+
+    /// Creates or replaces a derived model.
+    pub fn put(&self, name: ModelName, model: DerivedModel) -> Result<(), RegistryError> {
+        if self.workers.find(&name).is_some() {
+            return Err(RegistryError::Builtin(name.to_string()));
+        }
+        let mut derived = self.derived.lock().expect("registry lock");
+        derived.insert(name, model);
+        self.save(&derived)
+    }
+
+    /// Deletes a derived model.
+    pub fn delete(&self, name: &ModelName) -> Result<(), RegistryError> {
+        if self.workers.find(name).is_some() {
+            return Err(RegistryError::Builtin(name.to_string()));
+        }
+        let mut derived = self.derived.lock().expect("registry lock");
+        derived.remove(name).ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        self.loaded.lock().expect("loaded lock").remove(name);
+        self.save(&derived)
+    }
+
+    fn save(&self, derived: &BTreeMap<ModelName, DerivedModel>) -> Result<(), RegistryError> {
+        let by_name: BTreeMap<String, &DerivedModel> =
+            derived.iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&by_name).expect("registry serializes"))?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        Ok(())
+    }
+
+    /// Records a use of `name` under `keep_alive`.
+    pub fn touch(&self, name: &ModelName, keep_alive: KeepAlive) {
+        let mut loaded = self.loaded.lock().expect("loaded lock");
+        match keep_alive {
+            KeepAlive::UnloadNow => {
+                loaded.remove(name);
+            }
+            KeepAlive::Forever => {
+                // Ollama shows "forever" as a far-future expiry.
+                let far = OffsetDateTime::now_utc() + Duration::from_secs(100 * 365 * 86_400);
+                loaded.insert(name.clone(), Loaded { until: None, expires_at: far });
+            }
+            KeepAlive::For(d) => {
+                let expires_at = OffsetDateTime::now_utc() + d;
+                loaded.insert(name.clone(), Loaded { until: Some(Instant::now() + d), expires_at });
+            }
+        }
+    }
+
+    /// Loaded models and when each expires, latest expiry first.
+    pub fn loaded(&self) -> Vec<(ResolvedModel, OffsetDateTime)> {
+        let mut loaded = self.loaded.lock().expect("loaded lock");
+        let now = Instant::now();
+        loaded.retain(|_, l| l.until.is_none_or(|u| u > now));
+        let mut out: Vec<_> = loaded
+            .iter()
+            .filter_map(|(name, l)| Some((self.resolve(name)?, l.expires_at)))
+            .collect();
+        out.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
+        out
+    }
+}

@@ -1,0 +1,133 @@
+//! Starting and stopping the daemon.
+
+use anyhow::Context;
+use phase_identity::NodeIdentity;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api;
+use crate::config::{self, ServeArgs, WorkerKind};
+use crate::receipts::{ReceiptLog, ReceiptWriter};
+use crate::registry::Registry;
+use crate::state::AppState;
+use crate::workers::{LocalWorkers, echo::EchoWorker};
+
+/// How long in-flight answers may run after a shutdown signal before their jobs are cancelled.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Loads (or creates) the node identity in `data_dir`.
+pub fn load_identity(data_dir: &Path) -> anyhow::Result<NodeIdentity> {
+    let path = data_dir.join("identity.key");
+    NodeIdentity::load_or_create(&path)
+        .with_context(|| format!("loading the node identity from {}", path.display()))
+}
+
+/// A running daemon.
+pub struct Running {
+    /// The address actually bound.
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Asks the daemon to stop, as SIGTERM does.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// A token that stops the daemon when cancelled.
+    pub fn stop_handle(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Waits until the daemon has stopped and every receipt is on disk.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("daemon task")?
+    }
+}
+
+/// Starts the daemon in the background of the current runtime.
+pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
+    let addr = config::parse_listen_addr(&args.listen)
+        .map_err(|e| anyhow::anyhow!("invalid listen address: {e}"))?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(config::default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let identity = load_identity(&data_dir)?;
+    let mut workers = LocalWorkers::default();
+    for kind in &args.workers {
+        match kind {
+            WorkerKind::Echo => workers.add(Arc::new(EchoWorker::new(identity.clone()))),
+        }
+    }
+    let registry = Registry::open(data_dir.join("models"), workers)?;
+    let (receipts, writer) = ReceiptLog::open(&data_dir.join("receipts"))
+        .with_context(|| format!("opening the receipt log in {}", data_dir.display()))?;
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr}: is another Ollama or lucidd running? Choose another address with --listen or OLLAMA_HOST")
+    })?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let state = Arc::new(AppState {
+        peer_id: identity.peer_id(),
+        identity,
+        registry,
+        receipts,
+        shutdown: shutdown.clone(),
+        blobs_dir: data_dir.join("models").join("blobs"),
+        max_body_bytes: args.max_body_bytes,
+        loopback_listener: addr.ip().is_loopback(),
+    });
+    let guard = api::guard::GuardConfig::new(
+        std::env::var("OLLAMA_ORIGINS").ok().as_deref(),
+        state.loopback_listener,
+    );
+    let app = api::router(Arc::clone(&state), guard);
+    tracing::info!(%addr, peer_id = %state.peer_id, data_dir = %data_dir.display(), "lucidd listening on http://{addr}");
+    if let Some(path) = &args.addr_file {
+        write_addr_file(path, addr)?;
+    }
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(run(listener, app, state, writer, stop.clone()));
+    Ok(Running { addr, stop, task })
+}
+
+fn write_addr_file(path: &PathBuf, addr: SocketAddr) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, addr.to_string())?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+async fn run(
+    listener: TcpListener,
+    app: axum::Router,
+    state: Arc<AppState>,
+    writer: ReceiptWriter,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let jobs = state.shutdown.clone();
+    let graceful = stop.clone();
+    // After the grace period, running jobs are cancelled: they stop within a chunk and still
+    // sign and log their receipts before their answers end.
+    let grace = tokio::spawn(async move {
+        graceful.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        jobs.cancel();
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+        .context("serving HTTP")?;
+    grace.abort();
+    state.shutdown.cancel();
+    // The last ReceiptLog handle goes with the state; then the writer drains and syncs.
+    drop(state);
+    tokio::task::spawn_blocking(move || writer.finish()).await.context("flushing receipts")?;
+    tracing::info!("lucidd stopped; receipts flushed");
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! Workers that run jobs on this machine, and what they tell the registry about their models.
+
+pub mod echo;
+
+use phase_protocol::Worker;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use time::OffsetDateTime;
+
+use crate::names::ModelName;
+
+/// What `/api/tags`, `/api/show` and `/api/ps` report about a model a worker serves.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// The model's name.
+    pub name: ModelName,
+    /// SHA-256 of the model's bytes, hex.
+    pub digest: String,
+    /// Size of the model in bytes.
+    pub size: u64,
+    /// File format (`gguf`, or `builtin` for the echo model).
+    pub format: String,
+    /// Architecture family.
+    pub family: String,
+    /// Parameter count for people (`270M`).
+    pub parameter_size: String,
+    /// Quantization (`Q4_K_M`).
+    pub quantization_level: String,
+    /// Context length in tokens.
+    pub context_length: u64,
+    /// Embedding width.
+    pub embedding_length: u64,
+    /// Ollama capabilities: `completion`, `embedding`, `tools`, `thinking`, ...
+    pub capabilities: Vec<&'static str>,
+    /// Prompt template text.
+    pub template: String,
+    /// Model metadata in GGUF key form (`general.architecture`, `<arch>.context_length`).
+    pub model_info: Map<String, Value>,
+    /// When the model file last changed.
+    pub modified_at: OffsetDateTime,
+}
+
+impl ModelInfo {
+    /// True when the model has the Ollama capability `name`.
+    pub fn can(&self, name: &str) -> bool {
+        self.capabilities.contains(&name)
+    }
+}
+
+/// A worker that serves named models.
+pub trait ModelWorker: Worker {
+    /// The models this worker serves now.
+    fn models(&self) -> Vec<ModelInfo>;
+}
+
+/// The workers of this node, looked up by model.
+#[derive(Clone, Default)]
+pub struct LocalWorkers {
+    workers: Vec<Arc<dyn ModelWorker>>,
+}
+
+impl LocalWorkers {
+    /// Adds a worker.
+    pub fn add(&mut self, worker: Arc<dyn ModelWorker>) {
+        self.workers.push(worker);
+    }
+
+    /// Every model served here.
+    pub fn models(&self) -> Vec<ModelInfo> {
+        self.workers.iter().flat_map(|w| w.models()).collect()
+    }
+
+    /// The worker serving `model`, with the model's description.
+    pub fn find(&self, model: &ModelName) -> Option<(Arc<dyn ModelWorker>, ModelInfo)> {
+        self.workers.iter().find_map(|w| {
+            w.models().into_iter().find(|m| &m.name == model).map(|info| (Arc::clone(w), info))
+        })
+    }
+}
