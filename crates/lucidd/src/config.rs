@@ -84,6 +84,10 @@ pub struct ServeArgs {
     /// Largest accepted JSON request body, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+    /// Extra origins allowed to call the API from a browser, comma-separated, `*` wildcards
+    /// (local origins are always allowed).
+    #[arg(long, env = "OLLAMA_ORIGINS")]
+    pub origins: Option<String>,
     /// Write the address actually bound (useful with port 0) to this file once listening.
     #[arg(long)]
     pub addr_file: Option<PathBuf>,

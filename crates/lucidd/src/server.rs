@@ -83,10 +83,7 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         max_body_bytes: args.max_body_bytes,
         loopback_listener: addr.ip().is_loopback(),
     });
-    let guard = api::guard::GuardConfig::new(
-        std::env::var("OLLAMA_ORIGINS").ok().as_deref(),
-        state.loopback_listener,
-    );
+    let guard = api::guard::GuardConfig::new(args.origins.as_deref(), state.loopback_listener);
     let app = api::router(Arc::clone(&state), guard);
     tracing::info!(%addr, peer_id = %state.peer_id, data_dir = %data_dir.display(), "lucidd listening on http://{addr}");
     if let Some(path) = &args.addr_file {

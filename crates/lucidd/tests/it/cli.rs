@@ -1,0 +1,151 @@
+//! The `lucidd` binary: OLLAMA_HOST, `id`, `receipt verify`, SIGTERM.
+
+use crate::harness::ndjson;
+use serde_json::json;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LUCIDD: &str = env!("CARGO_BIN_EXE_lucidd");
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the binary with OLLAMA_HOST on port 0 and waits for its address file.
+fn spawn(data: &Path) -> (Child, String) {
+    let addr_file = data.join("addr");
+    let child = Child(
+        Command::new(LUCIDD)
+            .env("OLLAMA_HOST", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .args([
+                "--data-dir",
+                data.to_str().expect("utf8"),
+                "--addr-file",
+                addr_file.to_str().expect("utf8"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn lucidd"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(addr) = std::fs::read_to_string(&addr_file) {
+            return (child, addr);
+        }
+        assert!(Instant::now() < deadline, "lucidd did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn verify(file: &Path) -> std::process::Output {
+    Command::new(LUCIDD)
+        .args(["receipt", "verify", file.to_str().expect("utf8")])
+        .output()
+        .expect("run verify")
+}
+
+#[tokio::test]
+async fn binary_honours_ollama_host_and_receipt_verify_catches_any_edit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_child, addr) = spawn(dir.path());
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    let client = reqwest::Client::new();
+    let body =
+        json!({"model": "echo", "messages": [{"role": "user", "content": "hi there friend"}]});
+    let stream = client
+        .post(format!("http://{addr}/api/chat"))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST")
+        .text()
+        .await
+        .expect("text");
+    ndjson(&stream);
+    let saved = dir.path().join("answer.ndjson");
+    std::fs::write(&saved, &stream).expect("write");
+    let ok = verify(&saved);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("replayed over 3 chunks"));
+    for (from, to) in [
+        ("friend", "fiend"),
+        ("\"eval_count\":3", "\"eval_count\":4"),
+        ("\"chunk_count\":3", "\"chunk_count\":2"),
+        ("\"done_reason\":\"stop\"", "\"done_reason\":\"length\""),
+    ] {
+        assert!(stream.contains(from), "{from}");
+        std::fs::write(&saved, stream.replacen(from, to, 1)).expect("write");
+        let refused = verify(&saved);
+        assert!(!refused.status.success(), "edit {from} → {to} was accepted");
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("refused"),
+            "{}",
+            String::from_utf8_lossy(&refused.stderr)
+        );
+    }
+    // A non-streamed answer carries its chunk boundaries, so its text is replayed too.
+    let one = client
+        .post(format!("http://{addr}/api/generate"))
+        .json(&json!({"model": "echo", "prompt": "alpha beta", "stream": false}))
+        .send()
+        .await
+        .expect("POST")
+        .text()
+        .await
+        .expect("text");
+    std::fs::write(&saved, &one).expect("write");
+    assert!(verify(&saved).status.success());
+    std::fs::write(&saved, one.replacen("alpha beta", "alpha bet!", 1)).expect("write");
+    assert!(!verify(&saved).status.success());
+}
+
+#[test]
+fn id_prints_a_stable_peer_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = || {
+        let out = Command::new(LUCIDD)
+            .args(["id", "--data-dir", dir.path().to_str().expect("utf8")])
+            .output()
+            .expect("run");
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).expect("utf8").trim().to_string()
+    };
+    let first = run();
+    assert!(first.starts_with("12D3KooW"), "{first}");
+    assert_eq!(run(), first);
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_answers_and_flushes_receipts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (child, addr) = spawn(dir.path());
+    let client = reqwest::Client::new();
+    let body = json!({"model": "echo", "prompt": "slow answer of five words", "options": {"echo_delay_ms": 100}});
+    // Headers arrive with the first chunk: the answer is under way.
+    let response = client
+        .post(format!("http://{addr}/api/generate"))
+        .json(&body)
+        .send()
+        .await
+        .expect("response");
+    let pid = child.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let lines = ndjson(&response.text().await.expect("body"));
+    assert_eq!(lines.last().expect("last")["done"], true, "the in-flight answer finished");
+    let mut child = child;
+    let status = child.0.wait().expect("wait");
+    assert!(status.success(), "clean exit: {status}");
+    let receipts =
+        lucidd::receipts::scan(&lucidd::receipts::log_path(&dir.path().join("receipts")))
+            .expect("scan")
+            .0;
+    assert_eq!(receipts.len(), 1);
+}

@@ -1,0 +1,11 @@
+//! lucidd over real HTTP on an ephemeral loopback port: every endpoint, every error, receipts.
+
+mod harness;
+
+mod chat_generate;
+mod cli;
+mod embeddings;
+mod models;
+mod openai;
+mod receipts;
+mod transport;
