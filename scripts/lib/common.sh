@@ -45,3 +45,20 @@ need_rust() {
   command -v cargo >/dev/null 2>&1 || die "cargo is missing: install the Rust toolchain (https://rustup.rs) and run this again"
   need_debian_package cc gcc
 }
+
+# A Python virtual environment under the cache with the packages of a requirements file,
+# rebuilt only when that file changes. Prints the venv's python.
+# usage: python_env NAME REQUIREMENTS_FILE
+python_env() {
+  local venv="$PHASE_CACHE_DIR/venv-$1" requirements="$2" stamp
+  command -v python3 >/dev/null 2>&1 || need_debian_package python3 python3
+  stamp="$(sha256sum "$requirements" | cut -d' ' -f1)"
+  if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.requirements-sha256" 2>/dev/null)" != "$stamp" ]; then
+    step "installing Python packages for $1 (once; cached in $venv)" >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv" >&2 || { need_debian_package ensurepip python3-venv >&2; python3 -m venv "$venv" >&2; }
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements" >&2
+    echo "$stamp" > "$venv/.requirements-sha256"
+  fi
+  echo "$venv/bin/python"
+}
