@@ -6,12 +6,12 @@
 //! `cargo bench -p lucidd --bench overhead` (bench/lucidd runs it beside wrk).
 
 use futures::StreamExt;
-use lucidd::config::{ServeArgs, WorkerKind, DEFAULT_MAX_BODY_BYTES};
+use lucidd::config::{DEFAULT_MAX_BODY_BYTES, ServeArgs, WorkerKind};
 use lucidd::receipts::ReceiptLog;
 use phase_identity::NodeIdentity;
-use phase_manifest::{unix_time_ms, SignedManifest};
+use phase_manifest::{SignedManifest, unix_time_ms};
 use phase_protocol::{ChatMessage, Completion, InferenceInput, InferenceJob, JobSpec, Metrics};
-use phase_receipt::{verify_and_bind, Commitment, JobResult, SignedReceipt};
+use phase_receipt::{Commitment, JobResult, SignedReceipt, verify_and_bind};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -53,15 +53,32 @@ async fn main() {
     let url = format!("http://{}", running.addr);
     let client = reqwest::Client::new();
     let chat = json!({"model": "echo", "messages": [{"role": "user", "content": "hi there"}], "stream": false});
-    let stream_chat = json!({"model": "echo", "messages": [{"role": "user", "content": "hi there"}]});
+    let stream_chat =
+        json!({"model": "echo", "messages": [{"role": "user", "content": "hi there"}]});
     for _ in 0..200 {
-        client.post(format!("{url}/api/chat")).json(&chat).send().await.expect("warm").bytes().await.expect("body");
+        client
+            .post(format!("{url}/api/chat"))
+            .json(&chat)
+            .send()
+            .await
+            .expect("warm")
+            .bytes()
+            .await
+            .expect("body");
     }
 
     let mut latencies = Vec::with_capacity(REQUESTS);
     for _ in 0..REQUESTS {
         let t = Instant::now();
-        client.post(format!("{url}/api/chat")).json(&chat).send().await.expect("chat").bytes().await.expect("body");
+        client
+            .post(format!("{url}/api/chat"))
+            .json(&chat)
+            .send()
+            .await
+            .expect("chat")
+            .bytes()
+            .await
+            .expect("body");
         latencies.push(t.elapsed());
     }
     latencies.sort();
@@ -70,7 +87,8 @@ async fn main() {
     let mut first_chunk = Vec::with_capacity(REQUESTS);
     for _ in 0..REQUESTS {
         let t = Instant::now();
-        let response = client.post(format!("{url}/api/chat")).json(&stream_chat).send().await.expect("chat");
+        let response =
+            client.post(format!("{url}/api/chat")).json(&stream_chat).send().await.expect("chat");
         let mut body = response.bytes_stream();
         body.next().await.expect("first chunk").expect("bytes");
         first_chunk.push(t.elapsed());
@@ -87,13 +105,19 @@ async fn main() {
     let peer = node.peer_id();
     let t = Instant::now();
     for _ in 0..REQUESTS {
-        let manifest = SignedManifest::sign(&node, chat_spec(), Duration::from_secs(600), unix_time_ms()).expect("sign");
+        let manifest =
+            SignedManifest::sign(&node, chat_spec(), Duration::from_secs(600), unix_time_ms())
+                .expect("sign");
         let hash = manifest.hash().expect("hash");
         let mut sent = Commitment::new();
         sent.push("text", b"hi");
         sent.push("text", b" there");
-        let receipt = SignedReceipt::sign(&node, JobResult::new(hash, &sent, Completion::Finished, Metrics::default()), unix_time_ms())
-            .expect("receipt");
+        let receipt = SignedReceipt::sign(
+            &node,
+            JobResult::new(hash, &sent, Completion::Finished, Metrics::default()),
+            unix_time_ms(),
+        )
+        .expect("receipt");
         let received = Commitment::over([("text", &b"hi"[..]), ("text", &b" there"[..])]);
         verify_and_bind(&receipt, &hash, &peer, &received).expect("binds");
         log.append(&receipt).await.expect("logged");
@@ -103,11 +127,35 @@ async fn main() {
     writer.finish();
 
     println!("{:<52} {:>12}", "measure (sequential, one client)", "value");
-    println!("{:<52} {:>12.0}", "non-streaming /api/chat, requests/s", 1.0 / mean_latency.as_secs_f64());
-    println!("{:<52} {:>12.1}", "non-streaming /api/chat latency p50 (µs)", micros(percentile(&latencies, 0.5)));
-    println!("{:<52} {:>12.1}", "non-streaming /api/chat latency p99 (µs)", micros(percentile(&latencies, 0.99)));
-    println!("{:<52} {:>12.1}", "streaming /api/chat time to first chunk p50 (µs)", micros(percentile(&first_chunk, 0.5)));
-    println!("{:<52} {:>12.1}", "streaming /api/chat time to first chunk p99 (µs)", micros(percentile(&first_chunk, 0.99)));
+    println!(
+        "{:<52} {:>12.0}",
+        "non-streaming /api/chat, requests/s",
+        1.0 / mean_latency.as_secs_f64()
+    );
+    println!(
+        "{:<52} {:>12.1}",
+        "non-streaming /api/chat latency p50 (µs)",
+        micros(percentile(&latencies, 0.5))
+    );
+    println!(
+        "{:<52} {:>12.1}",
+        "non-streaming /api/chat latency p99 (µs)",
+        micros(percentile(&latencies, 0.99))
+    );
+    println!(
+        "{:<52} {:>12.1}",
+        "streaming /api/chat time to first chunk p50 (µs)",
+        micros(percentile(&first_chunk, 0.5))
+    );
+    println!(
+        "{:<52} {:>12.1}",
+        "streaming /api/chat time to first chunk p99 (µs)",
+        micros(percentile(&first_chunk, 0.99))
+    );
     println!("{:<52} {:>12.1}", "receipt path per request (µs)", micros(receipt_path));
-    println!("{:<52} {:>12.3}", "receipt path / mean request latency", receipt_path.as_secs_f64() / mean_latency.as_secs_f64());
+    println!(
+        "{:<52} {:>12.3}",
+        "receipt path / mean request latency",
+        receipt_path.as_secs_f64() / mean_latency.as_secs_f64()
+    );
 }

@@ -14,7 +14,7 @@ use crate::config::{self, ServeArgs, WorkerKind};
 use crate::receipts::{ReceiptLog, ReceiptWriter};
 use crate::registry::Registry;
 use crate::state::AppState;
-use crate::workers::{LocalWorkers, echo::EchoWorker};
+use crate::workers::{LocalWorkers, ModelWorker, echo::EchoWorker};
 
 /// How long in-flight answers may run after a shutdown signal before their jobs are cancelled.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -53,6 +53,15 @@ impl Running {
 
 /// Starts the daemon in the background of the current runtime.
 pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
+    start_with_workers(args, Vec::new()).await
+}
+
+/// Like [`start`], with extra workers beside the ones named in `args` (used by tests to inject
+/// faults, and by embedders with workers of their own).
+pub async fn start_with_workers(
+    args: ServeArgs,
+    extra: Vec<Arc<dyn ModelWorker>>,
+) -> anyhow::Result<Running> {
     let addr = config::parse_listen_addr(&args.listen)
         .map_err(|e| anyhow::anyhow!("invalid listen address: {e}"))?;
     let data_dir = args.data_dir.clone().unwrap_or_else(config::default_data_dir);
@@ -64,6 +73,9 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         match kind {
             WorkerKind::Echo => workers.add(Arc::new(EchoWorker::new(identity.clone()))),
         }
+    }
+    for worker in extra {
+        workers.add(worker);
     }
     let registry = Registry::open(data_dir.join("models"), workers)?;
     let (receipts, writer) = ReceiptLog::open(&data_dir.join("receipts"))

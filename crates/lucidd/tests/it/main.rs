@@ -5,6 +5,8 @@ mod harness;
 mod chat_generate;
 mod cli;
 mod embeddings;
+mod faults;
+mod hostile;
 mod models;
 mod openai;
 mod receipts;
