@@ -62,3 +62,22 @@ python_env() {
   fi
   echo "$venv/bin/python"
 }
+
+# npm packages of a package.json, installed under the cache, reinstalled only when the file
+# changes. Prints the directory that holds node_modules.
+# usage: node_env NAME PACKAGE_JSON
+node_env() {
+  local dir="$PHASE_CACHE_DIR/node-$1" package_json="$2" stamp
+  need_debian_package node nodejs >&2
+  need_debian_package npm npm >&2
+  stamp="$(sha256sum "$package_json" | cut -d' ' -f1)"
+  if [ ! -d "$dir/node_modules" ] || [ "$(cat "$dir/.package-sha256" 2>/dev/null)" != "$stamp" ]; then
+    step "installing npm packages for $1 (once; cached in $dir)" >&2
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp "$package_json" "$dir/package.json"
+    (cd "$dir" && npm install --no-audit --no-fund --silent >&2)
+    echo "$stamp" > "$dir/.package-sha256"
+  fi
+  echo "$dir"
+}
