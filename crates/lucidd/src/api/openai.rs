@@ -451,3 +451,51 @@ pub async fn model(
     let model = validate::resolve(&state, &id)?;
     Ok(Json(model_object(id, model.modified_at().unix_timestamp(), model.name.namespace())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(extra: Value) -> CompletionRequest {
+        let mut body = json!({"model": "echo", "messages": [{"role": "user", "content": "x"}]});
+        body.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+        serde_json::from_value(body).expect("request")
+    }
+
+    #[test]
+    fn temperature_and_top_p_default_to_openai_values() {
+        let opts = options(&request(json!({}))).expect("options");
+        assert_eq!(opts["temperature"], json!(1.0));
+        assert_eq!(opts["top_p"], json!(1.0));
+        let opts = options(&request(
+            json!({"temperature": 0.2, "max_tokens": 7, "stop": "\n", "seed": 3}),
+        ))
+        .expect("options");
+        assert_eq!(opts["temperature"], json!(0.2));
+        assert_eq!(opts["num_predict"], json!(7));
+        assert_eq!(opts["stop"], json!(["\n"]));
+        assert_eq!(opts["seed"], json!(3));
+        assert!(options(&request(json!({"stop": 5}))).is_err());
+    }
+
+    #[test]
+    fn response_format_maps_to_ollama_format() {
+        assert_eq!(
+            response_format(Some(&json!({"type": "json_object"}))).expect("ok"),
+            Some(json!("json"))
+        );
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        let rf = json!({"type": "json_schema", "json_schema": {"schema": schema}});
+        assert_eq!(response_format(Some(&rf)).expect("ok"), Some(schema));
+        assert_eq!(response_format(Some(&json!({"type": "text"}))).expect("ok"), None);
+        assert!(response_format(Some(&json!({"type": "json_schema"}))).is_err());
+    }
+
+    #[test]
+    fn reasoning_effort_maps_to_think() {
+        assert_eq!(think(Some("none")).expect("ok"), Some(json!(false)));
+        assert_eq!(think(Some("minimal")).expect("ok"), Some(json!("low")));
+        assert_eq!(think(Some("xhigh")).expect("ok"), Some(json!("max")));
+        assert!(think(Some("bogus")).is_err());
+    }
+}
