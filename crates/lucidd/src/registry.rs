@@ -50,6 +50,20 @@ pub struct ResolvedModel {
 }
 
 impl ResolvedModel {
+    /// This model's settings as a derived model: its own, or empty ones on top of its base.
+    /// Copying or building on a model starts from this.
+    pub fn to_derived(&self) -> DerivedModel {
+        self.derived.clone().unwrap_or_else(|| DerivedModel {
+            base: self.base.name.to_string(),
+            system: None,
+            template: None,
+            parameters: Map::new(),
+            messages: Vec::new(),
+            license: None,
+            modified_at: String::new(),
+        })
+    }
+
     /// When it last changed.
     pub fn modified_at(&self) -> OffsetDateTime {
         self.derived

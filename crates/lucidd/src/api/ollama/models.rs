@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::sync::Arc;
 
 use super::requests::{CopyRequest, CreateRequest, NamedRequest, ShowRequest};
@@ -175,16 +175,9 @@ pub async fn copy(
         status: StatusCode::NOT_FOUND,
         message: format!("model \"{}\" not found", req.source),
     })?;
-    let copy = found.derived.unwrap_or_else(|| DerivedModel {
-        base: found.base.name.to_string(),
-        system: None,
-        template: None,
-        parameters: Map::new(),
-        messages: Vec::new(),
-        license: None,
-        modified_at: String::new(),
-    });
-    state.registry.put(destination, DerivedModel { modified_at: now_rfc3339(), ..copy })?;
+    state
+        .registry
+        .put(destination, DerivedModel { modified_at: now_rfc3339(), ..found.to_derived() })?;
     Ok(StatusCode::OK)
 }
 
@@ -249,15 +242,7 @@ pub async fn create(
         return Err(ApiError::bad_request("quantization is not supported for this model"));
     }
     let base = validate::resolve(&state, from)?;
-    let mut model = base.derived.clone().unwrap_or_else(|| DerivedModel {
-        base: base.base.name.to_string(),
-        system: None,
-        template: None,
-        parameters: Map::new(),
-        messages: Vec::new(),
-        license: None,
-        modified_at: String::new(),
-    });
+    let mut model = base.to_derived();
     if let Some(parameters) = &req.parameters {
         let checked = validate::options(&base, Some(parameters))?;
         model.parameters.extend(checked);
