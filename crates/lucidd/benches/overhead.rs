@@ -6,7 +6,7 @@
 //! `cargo bench -p lucidd --bench overhead` (bench/lucidd runs it beside wrk).
 
 use futures::StreamExt;
-use lucidd::config::{DEFAULT_MAX_BODY_BYTES, ServeArgs, WorkerKind};
+use lucidd::config::ServeArgs;
 use lucidd::receipts::ReceiptLog;
 use phase_identity::NodeIdentity;
 use phase_manifest::{SignedManifest, unix_time_ms};
@@ -39,16 +39,16 @@ fn chat_spec() -> JobSpec {
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let args = ServeArgs {
-        listen: "127.0.0.1:0".into(),
-        workers: vec![WorkerKind::Echo],
-        data_dir: Some(dir.path().to_path_buf()),
-        policy: None,
-        local_only: false,
-        max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-        origins: None,
-        addr_file: None,
-    };
+    let data_dir = dir.path().to_str().expect("utf-8 path");
+    let args = ServeArgs::parse_from([
+        "--worker",
+        "echo",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir,
+    ])
+    .expect("arguments");
     let running = lucidd::server::start(args).await.expect("start");
     let url = format!("http://{}", running.addr);
     let client = reqwest::Client::new();

@@ -60,6 +60,8 @@ pub enum WorkerKind {
     /// Deterministic echo model for development, CI and demos: answers with the last user
     /// message, one chunk per word; embeddings derived from the text's hash.
     Echo,
+    /// Every GGUF file in --model-dir, served through supervised llama-server processes.
+    LlamaCpp,
 }
 
 /// Options of `lucidd serve`.
@@ -88,9 +90,36 @@ pub struct ServeArgs {
     /// (local origins are always allowed).
     #[arg(long, env = "OLLAMA_ORIGINS")]
     pub origins: Option<String>,
+    /// Directory of GGUF models for the llama-cpp worker; each `NAME.gguf` is model `NAME`
+    /// (default: gguf/ in the data directory).
+    #[arg(long, env = "LUCIDD_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// The llama-server binary (default: the one scripts/setup installed, then PATH).
+    #[arg(long, env = "LLAMA_SERVER_BINARY")]
+    pub llama_server_binary: Option<PathBuf>,
+    /// Load every model at start instead of on first use.
+    #[arg(long)]
+    pub preload: bool,
+    /// Concurrent requests per loaded model.
+    #[arg(long, default_value_t = 1)]
+    pub parallel: u32,
+    /// Most models loaded at once; the least recently used idle one is unloaded first.
+    #[arg(long, default_value_t = 2)]
+    pub max_loaded_models: usize,
+    /// CPU threads per llama-server (0: llama-server decides).
+    #[arg(long, default_value_t = 0)]
+    pub threads: u32,
     /// Write the address actually bound (useful with port 0) to this file once listening.
     #[arg(long)]
     pub addr_file: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// Options as `lucidd serve ARGS...` would parse them, with every default applied.
+    pub fn parse_from<'a>(args: impl IntoIterator<Item = &'a str>) -> Result<Self, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("lucidd").chain(args))?;
+        Ok(cli.serve)
+    }
 }
 
 /// Where lucidd keeps its state when `--data-dir` is not given.
@@ -101,6 +130,25 @@ pub fn default_data_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
         .unwrap_or_else(|| PathBuf::from("."));
     base.join("phase").join("lucidd")
+}
+
+/// The llama-server to run: `explicit`, else the one scripts/setup installed in the cache,
+/// else `llama-server` on PATH.
+pub fn default_llama_server(explicit: Option<&PathBuf>) -> PathBuf {
+    if let Some(path) = explicit {
+        return path.clone();
+    }
+    let mut candidates = vec![PathBuf::from("/var/cache/phase/bin/llama-server")];
+    if let Some(cache) = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+    {
+        candidates.push(cache.join("phase/bin/llama-server"));
+    }
+    if let Some(dir) = std::env::var_os("PHASE_CACHE_DIR") {
+        candidates.insert(0, PathBuf::from(dir).join("bin/llama-server"));
+    }
+    candidates.into_iter().find(|p| p.exists()).unwrap_or_else(|| PathBuf::from("llama-server"))
 }
 
 /// Turns an `OLLAMA_HOST`-style value into a socket address to bind.

@@ -155,6 +155,7 @@ impl Registry {
             .workers
             .models()
             .into_iter()
+            .filter(|base| base.problem.is_none())
             .map(|base| ResolvedModel { name: base.name.clone(), base, derived: None })
             .collect();
         let names: Vec<ModelName> =
@@ -195,8 +196,13 @@ impl Registry {
         Ok(())
     }
 
-    /// Records a use of `name` under `keep_alive`.
+    /// Records a use of `name` (and of the worker model under it) under `keep_alive`.
     pub fn touch(&self, name: &ModelName, keep_alive: KeepAlive) {
+        if let Some(model) = self.resolve(name)
+            && let Some((worker, _)) = self.workers.find(&model.base.name)
+        {
+            worker.keep_alive(&model.base.name, keep_alive);
+        }
         let mut loaded = self.loaded.lock().expect("loaded lock");
         match keep_alive {
             KeepAlive::UnloadNow => {

@@ -14,6 +14,7 @@ use crate::config::{self, ServeArgs, WorkerKind};
 use crate::receipts::{ReceiptLog, ReceiptWriter};
 use crate::registry::Registry;
 use crate::state::AppState;
+use crate::workers::llama_cpp::{LlamaCppConfig, LlamaCppWorker};
 use crate::workers::{LocalWorkers, ModelWorker, echo::EchoWorker};
 
 /// How long in-flight answers may run after a shutdown signal before their jobs are cancelled.
@@ -72,6 +73,25 @@ pub async fn start_with_workers(
     for kind in &args.workers {
         match kind {
             WorkerKind::Echo => workers.add(Arc::new(EchoWorker::new(identity.clone()))),
+            WorkerKind::LlamaCpp => {
+                let config = LlamaCppConfig {
+                    model_dir: args.model_dir.clone().unwrap_or_else(|| data_dir.join("gguf")),
+                    binary: config::default_llama_server(args.llama_server_binary.as_ref()),
+                    state_dir: data_dir.join("llama"),
+                    parallel: args.parallel.max(1),
+                    max_loaded: args.max_loaded_models.max(1),
+                    threads: args.threads,
+                };
+                std::fs::create_dir_all(&config.model_dir).with_context(|| {
+                    format!("creating the model directory {}", config.model_dir.display())
+                })?;
+                let worker = LlamaCppWorker::start(identity.clone(), config)?;
+                if args.preload {
+                    let preload = Arc::clone(&worker);
+                    tokio::spawn(async move { preload.preload().await });
+                }
+                workers.add(worker);
+            }
         }
     }
     for worker in extra {

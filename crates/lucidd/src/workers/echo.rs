@@ -65,6 +65,7 @@ impl EchoWorker {
             model_info,
             // Built into the binary: it is as new as this daemon.
             modified_at: OffsetDateTime::now_utc(),
+            problem: None,
         };
         Self { identity, info }
     }

@@ -1,12 +1,14 @@
 //! Workers that run jobs on this machine, and what they tell the registry about their models.
 
 pub mod echo;
+pub mod llama_cpp;
 
 use phase_protocol::Worker;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use time::OffsetDateTime;
 
+use crate::durations::KeepAlive;
 use crate::names::ModelName;
 
 /// What `/api/tags`, `/api/show` and `/api/ps` report about a model a worker serves.
@@ -38,6 +40,9 @@ pub struct ModelInfo {
     pub model_info: Map<String, Value>,
     /// When the model file last changed.
     pub modified_at: OffsetDateTime,
+    /// Why the model cannot be used (e.g. the file is not valid GGUF); such a model is not
+    /// listed, and a request for it gets this reason.
+    pub problem: Option<String>,
 }
 
 impl ModelInfo {
@@ -51,6 +56,10 @@ impl ModelInfo {
 pub trait ModelWorker: Worker {
     /// The models this worker serves now.
     fn models(&self) -> Vec<ModelInfo>;
+
+    /// A request used `model` with this `keep_alive`: keep it loaded that long after its last
+    /// use (unload now, for [`KeepAlive::UnloadNow`]).
+    fn keep_alive(&self, _model: &ModelName, _keep_alive: KeepAlive) {}
 }
 
 /// The workers of this node, looked up by model.

@@ -1,6 +1,6 @@
 //! Starts a daemon on 127.0.0.1:0 with its own data directory.
 
-use lucidd::config::{DEFAULT_MAX_BODY_BYTES, ServeArgs, WorkerKind};
+use lucidd::config::ServeArgs;
 use lucidd::server::{Running, start};
 use phase_protocol::JobResult;
 use phase_receipt::SignedReceipt;
@@ -16,16 +16,9 @@ pub struct Daemon {
 }
 
 pub fn args(dir: &std::path::Path) -> ServeArgs {
-    ServeArgs {
-        listen: "127.0.0.1:0".into(),
-        workers: vec![WorkerKind::Echo],
-        data_dir: Some(dir.to_path_buf()),
-        policy: None,
-        local_only: false,
-        max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-        origins: None,
-        addr_file: None,
-    }
+    let dir = dir.to_str().expect("utf-8 path");
+    ServeArgs::parse_from(["--worker", "echo", "--listen", "127.0.0.1:0", "--data-dir", dir])
+        .expect("valid arguments")
 }
 
 impl Daemon {

@@ -1,0 +1,103 @@
+//! The model directory: every `*.gguf` in it is a model named by its file stem (`name:latest`),
+//! identified by the SHA-256 of its bytes. Hashing a few hundred MB takes a while, so digests
+//! are cached by path, size and modification time in `hash-cache.json`.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use super::gguf::GgufMetadata;
+use crate::names::ModelName;
+
+/// One model file.
+#[derive(Debug, Clone)]
+pub struct ModelFile {
+    /// `stem:latest`.
+    pub name: ModelName,
+    /// The file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Modification time, ns since the epoch.
+    pub modified_ns: u128,
+    /// SHA-256 of its bytes, hex (empty when it could not be read).
+    pub sha256: String,
+    /// Its metadata, or why it is not a usable model.
+    pub metadata: Result<GgufMetadata, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct CachedDigest {
+    size: u64,
+    modified_ns: u128,
+    sha256: String,
+}
+
+/// Scans `dir` for models; `cache` is the digest cache file.
+pub fn scan(dir: &Path, cache: &Path) -> std::io::Result<Vec<ModelFile>> {
+    let mut digests: BTreeMap<PathBuf, CachedDigest> =
+        std::fs::read(cache).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    let mut models = Vec::new();
+    let mut entries: Vec<_> =
+        std::fs::read_dir(dir)?.filter_map(Result::ok).map(|e| e.path()).collect();
+    entries.sort();
+    for path in entries {
+        if path.extension().and_then(|e| e.to_str()) != Some("gguf") || !path.is_file() {
+            continue;
+        }
+        let Some(name) =
+            path.file_stem().and_then(|s| s.to_str()).and_then(|s| ModelName::parse(s).ok())
+        else {
+            tracing::warn!(path = %path.display(), "skipping a model file whose name is not a valid model name");
+            continue;
+        };
+        let meta = std::fs::metadata(&path)?;
+        let modified_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let size = meta.len();
+        let sha256 = match digests.get(&path) {
+            Some(c) if c.size == size && c.modified_ns == modified_ns => c.sha256.clone(),
+            _ => {
+                tracing::info!(path = %path.display(), size, "hashing model file (once; cached by size and mtime)");
+                let digest = hash_file(&path)?;
+                digests.insert(
+                    path.clone(),
+                    CachedDigest { size, modified_ns, sha256: digest.clone() },
+                );
+                digest
+            }
+        };
+        let metadata = GgufMetadata::read(&path)
+            .map_err(|e| format!("{} is not a usable model: {e}", path.display()));
+        if let Err(problem) = &metadata {
+            tracing::warn!(%problem, "model file refused");
+        }
+        models.push(ModelFile { name, path, size, modified_ns, sha256, metadata });
+    }
+    digests.retain(|path, _| path.exists());
+    let tmp = cache.with_extension("json.tmp");
+    if std::fs::write(&tmp, serde_json::to_vec_pretty(&digests).unwrap_or_default()).is_ok() {
+        let _ = std::fs::rename(&tmp, cache);
+    }
+    Ok(models)
+}
+
+fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}

@@ -1,0 +1,556 @@
+//! The llama.cpp worker: serves every GGUF file of a model directory through supervised
+//! `llama-server` processes, streaming tokens (with their ids) as llama-server produces them.
+
+pub mod backend;
+pub mod catalog;
+pub mod gguf;
+pub mod supervisor;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use phase_identity::NodeIdentity;
+use phase_manifest::SignedManifest;
+use phase_protocol::{
+    ChatMessage, Completion, EmbeddingJob, InferenceInput, InferenceJob, Job, JobEmitter, JobSpec,
+    Metrics, OutputChunk, Worker, WorkerError, job_channel,
+};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+
+use super::{ModelInfo, ModelWorker};
+use crate::durations::{DEFAULT_KEEP_ALIVE, KeepAlive};
+use crate::names::ModelName;
+use catalog::ModelFile;
+use supervisor::{ModelSupervisor, ServerSpec};
+
+/// Context per request when the request does not set `num_ctx` (Ollama's default).
+pub const DEFAULT_NUM_CTX: u32 = 4096;
+/// Largest `num_ctx` accepted, so a request cannot ask for a context that exhausts memory.
+pub const MAX_NUM_CTX: u32 = 131_072;
+/// Tokens kept free below the context when cutting an embedding input.
+const EMBED_SPECIAL_TOKENS_MARGIN: usize = 8;
+/// How often idle servers are checked against their keep-alive.
+const REAP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How the worker runs llama-server.
+#[derive(Debug, Clone)]
+pub struct LlamaCppConfig {
+    /// Directory of `*.gguf` files.
+    pub model_dir: PathBuf,
+    /// The llama-server binary.
+    pub binary: PathBuf,
+    /// Where server logs and the digest cache go.
+    pub state_dir: PathBuf,
+    /// Concurrent requests per model (`-np`).
+    pub parallel: u32,
+    /// Most models loaded at once; the least recently used idle one is unloaded first.
+    pub max_loaded: usize,
+    /// CPU threads per server (0 = llama-server's choice).
+    pub threads: u32,
+}
+
+struct Loaded {
+    supervisor: ModelSupervisor,
+    last_used: Mutex<Instant>,
+    keep_alive: Mutex<KeepAlive>,
+    in_use: AtomicUsize,
+}
+
+/// The worker.
+pub struct LlamaCppWorker {
+    identity: NodeIdentity,
+    config: LlamaCppConfig,
+    client: reqwest::Client,
+    models: Vec<ModelFile>,
+    servers: Mutex<HashMap<(ModelName, bool), Arc<Loaded>>>,
+}
+
+impl LlamaCppWorker {
+    /// Scans the model directory and starts the idle reaper. Call inside the runtime.
+    pub fn start(identity: NodeIdentity, config: LlamaCppConfig) -> anyhow::Result<Arc<Self>> {
+        std::fs::create_dir_all(&config.state_dir)?;
+        let models = catalog::scan(&config.model_dir, &config.state_dir.join("hash-cache.json"))
+            .map_err(|e| {
+                anyhow::anyhow!("reading the model directory {}: {e}", config.model_dir.display())
+            })?;
+        tracing::info!(dir = %config.model_dir.display(), models = models.len(), binary = %config.binary.display(), "llama.cpp worker ready");
+        let worker = Arc::new(Self {
+            identity,
+            config,
+            client: reqwest::Client::new(),
+            models,
+            servers: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(reap_idle(Arc::downgrade(&worker)));
+        Ok(worker)
+    }
+
+    /// Loads every model now instead of on first use.
+    pub async fn preload(&self) {
+        for model in &self.models {
+            if model.metadata.is_ok() {
+                let loaded = self.loaded(&model.name, false);
+                if let Err(e) =
+                    loaded.supervisor.ensure(&self.spec(model, DEFAULT_NUM_CTX, false)).await
+                {
+                    tracing::error!(model = %model.name, error = %e, "preload failed");
+                }
+            }
+        }
+    }
+
+    /// The PID of the chat server of `model`, if running (for tests).
+    pub async fn server_pid(&self, model: &ModelName) -> Option<u32> {
+        let loaded =
+            self.servers.lock().expect("servers lock").get(&(model.clone(), false)).cloned()?;
+        loaded.supervisor.pid().await
+    }
+
+    fn spec(&self, model: &ModelFile, ctx: u32, embedding: bool) -> ServerSpec {
+        ServerSpec {
+            model: model.path.clone(),
+            ctx_per_slot: ctx,
+            parallel: self.config.parallel,
+            threads: self.config.threads,
+            embedding,
+        }
+    }
+
+    fn loaded(&self, name: &ModelName, embedding: bool) -> Arc<Loaded> {
+        let mut servers = self.servers.lock().expect("servers lock");
+        Arc::clone(servers.entry((name.clone(), embedding)).or_insert_with(|| {
+            let mode = if embedding { "embed" } else { "chat" };
+            let log =
+                self.config.state_dir.join(format!("llama-server-{}-{mode}.log", name.model()));
+            Arc::new(Loaded {
+                supervisor: ModelSupervisor::new(self.config.binary.clone(), log),
+                last_used: Mutex::new(Instant::now()),
+                keep_alive: Mutex::new(DEFAULT_KEEP_ALIVE),
+                in_use: AtomicUsize::new(0),
+            })
+        }))
+    }
+
+    /// Makes room for one more server by unloading the least recently used idle one.
+    async fn make_room(&self, keep: &Arc<Loaded>) {
+        let candidates: Vec<Arc<Loaded>> =
+            self.servers.lock().expect("servers lock").values().cloned().collect();
+        let mut running = Vec::new();
+        for loaded in candidates {
+            if !Arc::ptr_eq(&loaded, keep) && loaded.supervisor.is_running().await {
+                running.push(loaded);
+            }
+        }
+        if running.len() < self.config.max_loaded.max(1) {
+            return;
+        }
+        let idle = running
+            .into_iter()
+            .filter(|l| l.in_use.load(Ordering::SeqCst) == 0)
+            .min_by_key(|l| *l.last_used.lock().expect("lock"));
+        if let Some(victim) = idle {
+            victim.supervisor.unload().await;
+        }
+    }
+
+    async fn server_for(
+        &self,
+        model: &ModelFile,
+        loaded: &Arc<Loaded>,
+        ctx: u32,
+        embedding: bool,
+    ) -> Result<String, String> {
+        if !loaded.supervisor.is_running().await {
+            self.make_room(loaded).await;
+        }
+        loaded.supervisor.ensure(&self.spec(model, ctx, embedding)).await.map_err(|e| e.to_string())
+    }
+
+    fn model_file(&self, name: &str) -> Result<&ModelFile, WorkerError> {
+        let parsed = ModelName::parse(name)
+            .map_err(|e| WorkerError::InvalidJob { reason: e.to_string() })?;
+        let file = self
+            .models
+            .iter()
+            .find(|m| m.name == parsed)
+            .ok_or_else(|| WorkerError::ModelNotFound { model: name.into() })?;
+        if let Err(problem) = &file.metadata {
+            return Err(WorkerError::InvalidJob { reason: problem.clone() });
+        }
+        Ok(file)
+    }
+}
+
+fn num_ctx(options: &std::collections::BTreeMap<String, Value>) -> Result<u32, WorkerError> {
+    match options.get("num_ctx").and_then(Value::as_u64) {
+        None => Ok(DEFAULT_NUM_CTX),
+        Some(n) if (64..=u64::from(MAX_NUM_CTX)).contains(&n) => Ok(n as u32),
+        Some(n) => Err(WorkerError::InvalidJob {
+            reason: format!("num_ctx {n} is out of range (64 to {MAX_NUM_CTX})"),
+        }),
+    }
+}
+
+async fn reap_idle(worker: Weak<LlamaCppWorker>) {
+    loop {
+        tokio::time::sleep(REAP_INTERVAL).await;
+        let Some(worker) = worker.upgrade() else { return };
+        let all: Vec<Arc<Loaded>> =
+            worker.servers.lock().expect("servers lock").values().cloned().collect();
+        for loaded in all {
+            if loaded.in_use.load(Ordering::SeqCst) > 0 {
+                continue;
+            }
+            let expired = match *loaded.keep_alive.lock().expect("lock") {
+                KeepAlive::Forever => false,
+                KeepAlive::UnloadNow => true,
+                KeepAlive::For(d) => loaded.last_used.lock().expect("lock").elapsed() >= d,
+            };
+            if expired && loaded.supervisor.is_running().await {
+                loaded.supervisor.unload().await;
+            }
+        }
+    }
+}
+
+impl ModelWorker for LlamaCppWorker {
+    fn models(&self) -> Vec<ModelInfo> {
+        self.models.iter().map(model_info).collect()
+    }
+
+    fn keep_alive(&self, model: &ModelName, keep_alive: KeepAlive) {
+        for embedding in [false, true] {
+            let loaded = self
+                .servers
+                .lock()
+                .expect("servers lock")
+                .get(&(model.clone(), embedding))
+                .cloned();
+            if let Some(loaded) = loaded {
+                *loaded.keep_alive.lock().expect("lock") = keep_alive;
+                *loaded.last_used.lock().expect("lock") = Instant::now();
+            }
+        }
+    }
+}
+
+fn model_info(file: &ModelFile) -> ModelInfo {
+    let modified_at = OffsetDateTime::from_unix_timestamp_nanos(file.modified_ns as i128)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let mut info = ModelInfo {
+        name: file.name.clone(),
+        digest: file.sha256.clone(),
+        size: file.size,
+        format: "gguf".into(),
+        family: String::new(),
+        parameter_size: String::new(),
+        quantization_level: String::new(),
+        context_length: 0,
+        embedding_length: 0,
+        capabilities: Vec::new(),
+        template: String::new(),
+        model_info: Default::default(),
+        modified_at,
+        problem: file.metadata.as_ref().err().cloned(),
+    };
+    if let Ok(meta) = &file.metadata {
+        info.family = meta.architecture().unwrap_or("unknown").to_string();
+        info.parameter_size = meta.parameter_size();
+        info.quantization_level = meta.quantization();
+        info.context_length = meta.arch_uint("context_length").unwrap_or(0);
+        info.embedding_length = meta.arch_uint("embedding_length").unwrap_or(0);
+        info.capabilities = vec!["completion", "embedding"];
+        info.template = meta.chat_template().unwrap_or_default().to_string();
+        info.model_info = meta.entries.clone();
+        info.model_info.remove("tokenizer.chat_template");
+    }
+    info
+}
+
+impl Worker for LlamaCppWorker {
+    fn execute(
+        &self,
+        manifest: SignedManifest<JobSpec>,
+    ) -> BoxFuture<'_, Result<Job, WorkerError>> {
+        Box::pin(async move {
+            let hash =
+                manifest.hash().map_err(|e| WorkerError::InvalidJob { reason: e.to_string() })?;
+            match &manifest.payload {
+                JobSpec::Wasm(_) => Err(WorkerError::UnsupportedJob { kind: "wasm" }),
+                JobSpec::Inference(job) => {
+                    let file = self.model_file(&job.model)?.clone();
+                    let images = match &job.input {
+                        InferenceInput::Chat { messages } => {
+                            messages.iter().any(|m| !m.images.is_empty())
+                        }
+                        InferenceInput::Generate { images, .. } => !images.is_empty(),
+                    };
+                    if images {
+                        return Err(WorkerError::InvalidJob {
+                            reason: format!("\"{}\" does not support images", file.name),
+                        });
+                    }
+                    let ctx = num_ctx(&job.options)?;
+                    let loaded = self.loaded(&file.name, false);
+                    loaded.in_use.fetch_add(1, Ordering::SeqCst);
+                    let (emitter, handle) = job_channel(self.identity.clone(), hash);
+                    let loading = Instant::now();
+                    let base = self.server_for(&file, &loaded, ctx, false).await;
+                    let run = InferenceRun {
+                        client: self.client.clone(),
+                        job: job.clone(),
+                        loaded: Arc::clone(&loaded),
+                        spec: self.spec(&file, ctx, false),
+                        load_duration: loading.elapsed(),
+                    };
+                    tokio::spawn(run.run(base, emitter));
+                    Ok(handle)
+                }
+                JobSpec::Embedding(job) => self.embed(job, hash).await,
+            }
+        })
+    }
+}
+
+impl LlamaCppWorker {
+    async fn embed(
+        &self,
+        job: &EmbeddingJob,
+        hash: phase_manifest::Sha256Hash,
+    ) -> Result<Job, WorkerError> {
+        let file = self.model_file(&job.model)?.clone();
+        let native =
+            file.metadata.as_ref().ok().and_then(|m| m.arch_uint("embedding_length")).unwrap_or(0)
+                as u32;
+        if let Some(d) = job.dimensions
+            && (d == 0 || (native > 0 && d > native))
+        {
+            return Err(WorkerError::InvalidJob {
+                reason: format!(
+                    "dimensions {d} is out of range: this model embeds in 1 to {native} dimensions"
+                ),
+            });
+        }
+        let ctx = num_ctx(&job.options)?;
+        let loaded = self.loaded(&file.name, true);
+        loaded.in_use.fetch_add(1, Ordering::SeqCst);
+        let result = async {
+            let base = self
+                .server_for(&file, &loaded, ctx, true)
+                .await
+                .map_err(|reason| WorkerError::Unavailable { reason })?;
+            let started = Instant::now();
+            let mut inputs = Vec::with_capacity(job.inputs.len());
+            let mut prompt_tokens = 0u64;
+            for input in &job.inputs {
+                let unavailable =
+                    |e: backend::BackendError| WorkerError::Unavailable { reason: e.to_string() };
+                let tokens =
+                    backend::tokenize(&self.client, &base, input).await.map_err(unavailable)?;
+                // Room for the special tokens llama-server adds again when it re-tokenizes.
+                let limit = (ctx as usize).saturating_sub(EMBED_SPECIAL_TOKENS_MARGIN);
+                if tokens.len() > limit {
+                    if !job.truncate {
+                        return Err(WorkerError::InvalidJob {
+                            reason: "the input length exceeds the context length".into(),
+                        });
+                    }
+                    inputs.push(
+                        backend::detokenize(&self.client, &base, &tokens[..limit])
+                            .await
+                            .map_err(unavailable)?,
+                    );
+                    prompt_tokens += limit as u64;
+                } else {
+                    inputs.push(input.clone());
+                    prompt_tokens += tokens.len() as u64;
+                }
+            }
+            let vectors = backend::embeddings(&self.client, &base, &inputs)
+                .await
+                .map_err(|e| WorkerError::Unavailable { reason: e.to_string() })?;
+            Ok((vectors, prompt_tokens, started.elapsed()))
+        }
+        .await;
+        loaded.in_use.fetch_sub(1, Ordering::SeqCst);
+        *loaded.last_used.lock().expect("lock") = Instant::now();
+        let (vectors, prompt_tokens, took) = result?;
+        let (mut emitter, handle) = job_channel(self.identity.clone(), hash);
+        let dimensions = job.dimensions.map(|d| d as usize);
+        tokio::spawn(async move {
+            for vector in vectors {
+                let vector = normalise(vector, dimensions);
+                if emitter.output(OutputChunk::embedding(&vector)).await.is_err() {
+                    return;
+                }
+            }
+            let metrics = Metrics {
+                prompt_tokens,
+                prompt_eval_duration_ns: took.as_nanos() as u64,
+                ..Metrics::default()
+            };
+            emitter.finish(Completion::Finished, metrics);
+        });
+        Ok(handle)
+    }
+}
+
+/// Cuts a vector to `dimensions` and scales it to unit length, as `/api/embed` promises.
+pub fn normalise(mut vector: Vec<f32>, dimensions: Option<usize>) -> Vec<f32> {
+    if let Some(d) = dimensions {
+        vector.truncate(d);
+    }
+    let norm = vector.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    if norm > 0.0 {
+        for x in &mut vector {
+            *x = (f64::from(*x) / norm) as f32;
+        }
+    }
+    vector
+}
+
+/// One inference job against a llama-server.
+struct InferenceRun {
+    client: reqwest::Client,
+    job: InferenceJob,
+    loaded: Arc<Loaded>,
+    spec: ServerSpec,
+    /// Time spent starting (or finding) the server: Ollama's `load_duration`.
+    load_duration: Duration,
+}
+
+/// How an attempt at generating ended.
+struct Attempt {
+    completion: Completion,
+    metrics: Metrics,
+    /// The server could not be reached before any output was sent: worth one retry.
+    unreachable_before_output: bool,
+}
+
+impl InferenceRun {
+    async fn run(self, base: Result<String, String>, mut emitter: JobEmitter) {
+        let (completion, metrics) = match base {
+            Err(reason) => (Completion::Failed { reason }, Metrics::default()),
+            Ok(mut base) => {
+                let mut attempt = self.generate(&base, &mut emitter).await;
+                if attempt.unreachable_before_output {
+                    // The server died since its last use (a crash, or `kill -9`): restart it
+                    // and try once more, before the client has seen anything.
+                    self.loaded.supervisor.report_failure(&base).await;
+                    match self.loaded.supervisor.ensure(&self.spec).await {
+                        Ok(restarted) => {
+                            base = restarted;
+                            attempt = self.generate(&base, &mut emitter).await;
+                        }
+                        Err(e) => attempt.completion = Completion::Failed { reason: e.to_string() },
+                    }
+                }
+                if matches!(attempt.completion, Completion::Failed { .. })
+                    && attempt.unreachable_before_output
+                {
+                    self.loaded.supervisor.report_failure(&base).await;
+                }
+                let mut metrics = attempt.metrics;
+                metrics.load_duration_ns = self.load_duration.as_nanos() as u64;
+                (attempt.completion, metrics)
+            }
+        };
+        self.loaded.in_use.fetch_sub(1, Ordering::SeqCst);
+        *self.loaded.last_used.lock().expect("lock") = Instant::now();
+        emitter.finish(completion, metrics);
+    }
+
+    /// Templated input goes through llama-server's own chat endpoint, so the answer is exactly
+    /// the one llama-server gives for these messages; a raw prompt goes to `/completion` as is.
+    async fn request(
+        &self,
+        base: &str,
+    ) -> Result<
+        std::pin::Pin<
+            Box<
+                dyn futures::Stream<Item = Result<backend::CompletionEvent, backend::BackendError>>
+                    + Send,
+            >,
+        >,
+        backend::BackendError,
+    > {
+        let messages = match &self.job.input {
+            InferenceInput::Chat { messages } => messages.clone(),
+            InferenceInput::Generate { prompt, raw: true, .. } => {
+                let body = backend::completion_body(
+                    Value::String(prompt.clone()),
+                    &self.job.options,
+                    self.job.format.as_ref(),
+                );
+                return Ok(Box::pin(backend::completion(&self.client, base, &body).await?));
+            }
+            InferenceInput::Generate { prompt, system, .. } => {
+                let mut messages = Vec::new();
+                if let Some(system) = system {
+                    messages.push(ChatMessage::new("system", system.clone()));
+                }
+                messages.push(ChatMessage::new("user", prompt.clone()));
+                messages
+            }
+        };
+        let body = backend::chat_body(&messages, &self.job.options, self.job.format.as_ref());
+        Ok(Box::pin(backend::chat_completion(&self.client, base, &body).await?))
+    }
+
+    async fn generate(&self, base: &str, emitter: &mut JobEmitter) -> Attempt {
+        let sent_before = emitter.commitment().count();
+        let done =
+            |completion, metrics| Attempt { completion, metrics, unreachable_before_output: false };
+        let failed = |e: backend::BackendError, sent: u64| Attempt {
+            unreachable_before_output: matches!(e, backend::BackendError::Unreachable(_))
+                && sent == sent_before,
+            completion: Completion::Failed { reason: e.to_string() },
+            metrics: Metrics::default(),
+        };
+        let mut events = match self.request(base).await {
+            Ok(events) => events,
+            Err(e) => return failed(e, sent_before),
+        };
+        let mut metrics = Metrics::default();
+        loop {
+            let event = tokio::select! {
+                // Dropping the event stream closes the connection; llama-server stops generating.
+                () = emitter.cancelled() => return done(Completion::Cancelled, metrics),
+                event = events.next() => event,
+            };
+            let event = match event {
+                Some(Ok(event)) => event,
+                Some(Err(e)) => return failed(e, emitter.commitment().count()),
+                None => {
+                    return done(
+                        Completion::Failed { reason: "llama-server ended the stream early".into() },
+                        metrics,
+                    );
+                }
+            };
+            if (!event.content.is_empty() || !event.tokens.is_empty())
+                && emitter.output(OutputChunk::token(&event.content, &event.tokens)).await.is_err()
+            {
+                return done(Completion::Cancelled, metrics);
+            }
+            if event.stop {
+                let timings = event.timings.unwrap_or_default();
+                metrics.prompt_tokens = timings.prompt_n + timings.cache_n;
+                metrics.output_tokens = timings.predicted_n;
+                metrics.prompt_eval_duration_ns = (timings.prompt_ms * 1e6) as u64;
+                metrics.eval_duration_ns = (timings.predicted_ms * 1e6) as u64;
+                let completion = if event.stop_type.as_deref() == Some("limit") {
+                    Completion::Length
+                } else {
+                    Completion::Finished
+                };
+                return done(completion, metrics);
+            }
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! The llama.cpp worker's supervisor with a llama-server that cannot run (a fake binary that
+//! exits at once): clear errors, then the circuit breaker. The real llama-server is exercised
+//! by the `real_model` test binary; this fixture only injects the crash loop.
+
+use crate::harness::Daemon;
+use serde_json::json;
+
+/// The smallest GGUF file: header, no tensors, one key.
+fn tiny_gguf() -> Vec<u8> {
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend(0u64.to_le_bytes());
+    out.extend(1u64.to_le_bytes());
+    let key = b"general.architecture";
+    out.extend((key.len() as u64).to_le_bytes());
+    out.extend(key);
+    out.extend(8u32.to_le_bytes());
+    out.extend(5u64.to_le_bytes());
+    out.extend(b"llama");
+    out
+}
+
+#[tokio::test]
+async fn a_crash_looping_llama_server_opens_the_circuit_breaker_and_the_daemon_keeps_serving() {
+    let models = tempfile::tempdir().expect("tempdir");
+    std::fs::write(models.path().join("tiny.gguf"), tiny_gguf()).expect("write");
+    let model_dir = models.path().to_str().expect("utf-8").to_string();
+    let d = Daemon::start_with(|args| {
+        args.workers.push(lucidd::config::WorkerKind::LlamaCpp);
+        args.model_dir = Some(model_dir.into());
+        args.llama_server_binary = Some("/bin/false".into());
+    })
+    .await;
+    let tags: serde_json::Value = d.get("/api/tags").await.json().await.expect("json");
+    assert!(tags["models"].as_array().expect("models").iter().any(|m| m["name"] == "tiny:latest"));
+    let ask = || d.post_json("/api/generate", json!({"model": "tiny", "prompt": "hi"}));
+    for attempt in 1..=3 {
+        let (status, body) = ask().await;
+        assert_eq!(status, 500, "attempt {attempt}: {body}");
+        assert!(
+            body["error"].as_str().expect("error").contains("failed to load"),
+            "attempt {attempt}: {body}"
+        );
+    }
+    let (status, body) = ask().await;
+    assert_eq!(status, 500);
+    let error = body["error"].as_str().expect("error");
+    assert!(error.contains("crashed 3 times") && error.contains("refusing to restart"), "{error}");
+    let (status, echo) = d
+        .post_json(
+            "/api/generate",
+            json!({"model": "echo", "prompt": "still serving", "stream": false}),
+        )
+        .await;
+    assert_eq!((status, echo["response"].as_str()), (200, Some("still serving")));
+}

