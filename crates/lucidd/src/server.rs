@@ -1,6 +1,7 @@
 //! Starting and stopping the daemon.
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use phase_identity::NodeIdentity;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -147,6 +148,13 @@ async fn run(
         graceful.cancelled().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
         jobs.cancel();
+    });
+    // Streamed answers are many small writes; without TCP_NODELAY, Nagle's algorithm holds each
+    // back until the previous one is acknowledged, adding latency to every token.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
     });
     axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
