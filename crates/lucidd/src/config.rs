@@ -109,6 +109,10 @@ pub struct ServeArgs {
     /// CPU threads per llama-server (0: llama-server decides).
     #[arg(long, default_value_t = 0)]
     pub threads: u32,
+    /// Seconds a llama-server may stay silent in the middle of an answer before it is taken
+    /// for hung: the answer ends with an error and the server is restarted.
+    #[arg(long, default_value_t = 120.0)]
+    pub llama_server_timeout: f64,
     /// Write the address actually bound (useful with port 0) to this file once listening.
     #[arg(long)]
     pub addr_file: Option<PathBuf>,

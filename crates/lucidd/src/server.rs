@@ -82,6 +82,9 @@ pub async fn start_with_workers(
                     parallel: args.parallel.max(1),
                     max_loaded: args.max_loaded_models.max(1),
                     threads: args.threads,
+                    idle_timeout: std::time::Duration::from_secs_f64(
+                        args.llama_server_timeout.clamp(0.1, 86_400.0),
+                    ),
                 };
                 std::fs::create_dir_all(&config.model_dir).with_context(|| {
                     format!("creating the model directory {}", config.model_dir.display())

@@ -54,3 +54,55 @@ async fn a_crash_looping_llama_server_opens_the_circuit_breaker_and_the_daemon_k
         .await;
     assert_eq!((status, echo["response"].as_str()), (200, Some("still serving")));
 }
+
+/// A daemon whose llama-server is the fake one, linked under a name that picks its fault,
+/// giving up on an answer after `timeout_s` seconds of silence.
+async fn daemon_with_fake(mode: &str, timeout_s: f64) -> (Daemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).expect("mkdir");
+    std::fs::write(models.join("tiny.gguf"), tiny_gguf()).expect("write");
+    let fake = dir.path().join(format!("fake-llama-server-{mode}"));
+    std::os::unix::fs::symlink(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake_llama_server.py"),
+        &fake,
+    )
+    .expect("link");
+    let d = Daemon::start_with(move |args| {
+        args.workers.push(lucidd::config::WorkerKind::LlamaCpp);
+        args.model_dir = Some(models);
+        args.llama_server_binary = Some(fake);
+        args.llama_server_timeout = timeout_s;
+    })
+    .await;
+    (d, dir)
+}
+
+#[tokio::test]
+async fn a_hung_llama_server_is_given_up_on_with_a_clear_error() {
+    let (d, _dir) = daemon_with_fake("hang", 0.5).await;
+    let (status, body) = d
+        .post_json(
+            "/api/chat",
+            json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body["error"].as_str().expect("error").contains("sent nothing for 0.5 s"), "{body}");
+}
+
+#[tokio::test]
+async fn malformed_events_from_llama_server_end_the_answer_with_an_error() {
+    let (d, _dir) = daemon_with_fake("malformed", 30.0).await;
+    let (status, body) =
+        d.post_json("/api/generate", json!({"model": "tiny", "prompt": "hi", "raw": true})).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body["error"].as_str().expect("error").contains("malformed"), "{body}");
+    let (status, echo) = d
+        .post_json(
+            "/api/generate",
+            json!({"model": "echo", "prompt": "still serving", "stream": false}),
+        )
+        .await;
+    assert_eq!((status, echo["response"].as_str()), (200, Some("still serving")));
+}

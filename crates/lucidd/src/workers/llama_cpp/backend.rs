@@ -6,6 +6,7 @@ use phase_protocol::ChatMessage;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// Largest event accepted from llama-server's stream; a bigger one means it misbehaves.
 const MAX_EVENT_BYTES: usize = 4 << 20;
@@ -124,12 +125,16 @@ pub struct CompletionEvent {
     pub timings: Option<Timings>,
 }
 
-/// The `data:` payloads of a server-sent-event stream, up to `[DONE]` or the end.
-fn sse_events(response: reqwest::Response) -> impl Stream<Item = Result<Value, BackendError>> {
+/// The `data:` payloads of a server-sent-event stream, up to `[DONE]` or the end. A server that
+/// sends nothing for `idle` is given up on (it hangs), so a request never waits forever.
+fn sse_events(
+    response: reqwest::Response,
+    idle: Duration,
+) -> impl Stream<Item = Result<Value, BackendError>> {
     let bytes = response.bytes_stream();
     futures::stream::unfold(
         (bytes, Vec::<u8>::new(), false),
-        |(mut bytes, mut buf, done)| async move {
+        move |(mut bytes, mut buf, done)| async move {
             if done {
                 return None;
             }
@@ -153,10 +158,17 @@ fn sse_events(response: reqwest::Response) -> impl Stream<Item = Result<Value, B
                         (bytes, buf, true),
                     ));
                 }
-                match bytes.next().await {
-                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                    Some(Err(e)) => return Some((Err(unreachable(e)), (bytes, buf, true))),
-                    None => return None,
+                match tokio::time::timeout(idle, bytes.next()).await {
+                    Ok(Some(Ok(chunk))) => buf.extend_from_slice(&chunk),
+                    Ok(Some(Err(e))) => return Some((Err(unreachable(e)), (bytes, buf, true))),
+                    Ok(None) => return None,
+                    Err(_) => {
+                        let error = BackendError::Unreachable(format!(
+                            "llama-server sent nothing for {} s; it is restarted",
+                            idle.as_secs_f64()
+                        ));
+                        return Some((Err(error), (bytes, buf, true)));
+                    }
                 }
             }
         },
@@ -168,9 +180,10 @@ pub async fn completion(
     client: &reqwest::Client,
     base: &str,
     body: &Value,
+    idle: Duration,
 ) -> Result<impl Stream<Item = Result<CompletionEvent, BackendError>> + use<>, BackendError> {
     let response = post(client, format!("{base}/completion"), body).await?;
-    Ok(sse_events(response).map(|event| {
+    Ok(sse_events(response, idle).map(|event| {
         event.and_then(|v| {
             serde_json::from_value::<CompletionEvent>(v)
                 .map_err(|e| BackendError::Malformed(e.to_string()))
@@ -185,10 +198,11 @@ pub async fn chat_completion(
     client: &reqwest::Client,
     base: &str,
     body: &Value,
+    idle: Duration,
 ) -> Result<impl Stream<Item = Result<CompletionEvent, BackendError>> + use<>, BackendError> {
     let response = post(client, format!("{base}/v1/chat/completions"), body).await?;
     let mut finish_reason: Option<String> = None;
-    Ok(sse_events(response).map(move |event| {
+    Ok(sse_events(response, idle).map(move |event| {
         let event = event?;
         let mut out = CompletionEvent::default();
         if let Some(choice) = event.pointer("/choices/0") {

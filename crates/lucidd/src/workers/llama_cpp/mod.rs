@@ -52,6 +52,9 @@ pub struct LlamaCppConfig {
     pub max_loaded: usize,
     /// CPU threads per server (0 = llama-server's choice).
     pub threads: u32,
+    /// How long a server may send nothing in the middle of an answer before it is considered
+    /// hung: the answer fails and the server is restarted.
+    pub idle_timeout: Duration,
 }
 
 struct Loaded {
@@ -302,6 +305,7 @@ impl Worker for LlamaCppWorker {
                     let loading = Instant::now();
                     let base = self.server_for(&file, &loaded, ctx, false).await;
                     let run = InferenceRun {
+                        idle_timeout: self.config.idle_timeout,
                         client: self.client.clone(),
                         job: job.clone(),
                         loaded: Arc::clone(&loaded),
@@ -416,6 +420,7 @@ pub fn normalise(mut vector: Vec<f32>, dimensions: Option<usize>) -> Vec<f32> {
 
 /// One inference job against a llama-server.
 struct InferenceRun {
+    idle_timeout: Duration,
     client: reqwest::Client,
     job: InferenceJob,
     loaded: Arc<Loaded>,
@@ -430,6 +435,8 @@ struct Attempt {
     metrics: Metrics,
     /// The server could not be reached before any output was sent: worth one retry.
     unreachable_before_output: bool,
+    /// The server stopped answering (refused, cut or hung): it is restarted for the next job.
+    backend_gone: bool,
 }
 
 impl InferenceRun {
@@ -450,9 +457,7 @@ impl InferenceRun {
                         Err(e) => attempt.completion = Completion::Failed { reason: e.to_string() },
                     }
                 }
-                if matches!(attempt.completion, Completion::Failed { .. })
-                    && attempt.unreachable_before_output
-                {
+                if attempt.backend_gone {
                     self.loaded.supervisor.report_failure(&base).await;
                 }
                 let mut metrics = attempt.metrics;
@@ -487,7 +492,9 @@ impl InferenceRun {
                     &self.job.options,
                     self.job.format.as_ref(),
                 );
-                return Ok(Box::pin(backend::completion(&self.client, base, &body).await?));
+                return Ok(Box::pin(
+                    backend::completion(&self.client, base, &body, self.idle_timeout).await?,
+                ));
             }
             InferenceInput::Generate { prompt, system, .. } => {
                 let mut messages = Vec::new();
@@ -499,18 +506,25 @@ impl InferenceRun {
             }
         };
         let body = backend::chat_body(&messages, &self.job.options, self.job.format.as_ref());
-        Ok(Box::pin(backend::chat_completion(&self.client, base, &body).await?))
+        Ok(Box::pin(backend::chat_completion(&self.client, base, &body, self.idle_timeout).await?))
     }
 
     async fn generate(&self, base: &str, emitter: &mut JobEmitter) -> Attempt {
         let sent_before = emitter.commitment().count();
-        let done =
-            |completion, metrics| Attempt { completion, metrics, unreachable_before_output: false };
-        let failed = |e: backend::BackendError, sent: u64| Attempt {
-            unreachable_before_output: matches!(e, backend::BackendError::Unreachable(_))
-                && sent == sent_before,
-            completion: Completion::Failed { reason: e.to_string() },
-            metrics: Metrics::default(),
+        let done = |completion, metrics| Attempt {
+            completion,
+            metrics,
+            unreachable_before_output: false,
+            backend_gone: false,
+        };
+        let failed = |e: backend::BackendError, sent: u64| {
+            let gone = matches!(e, backend::BackendError::Unreachable(_));
+            Attempt {
+                unreachable_before_output: gone && sent == sent_before,
+                backend_gone: gone,
+                completion: Completion::Failed { reason: e.to_string() },
+                metrics: Metrics::default(),
+            }
         };
         let mut events = match self.request(base).await {
             Ok(events) => events,
