@@ -25,6 +25,8 @@ pub struct Cli {
 }
 
 /// Subcommands.
+// Parsed once at start-up; boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the Ollama HTTP API (the default).
