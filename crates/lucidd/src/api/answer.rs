@@ -68,9 +68,11 @@ impl Stats {
     pub fn ollama_metrics(&self, finish: &Finish) -> serde_json::Map<String, Value> {
         let m = &finish.receipt.body.metrics;
         let elapsed = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let total = elapsed
-            .max(m.total_duration_ns)
-            .max(m.load_duration_ns + m.prompt_eval_duration_ns + m.eval_duration_ns);
+        let total = elapsed.max(m.total_duration_ns).max(
+            m.load_duration_ns
+                .saturating_add(m.prompt_eval_duration_ns)
+                .saturating_add(m.eval_duration_ns),
+        );
         let mut out = serde_json::Map::new();
         out.insert("total_duration".into(), json!(total));
         out.insert("load_duration".into(), json!(m.load_duration_ns));

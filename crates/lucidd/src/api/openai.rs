@@ -177,7 +177,7 @@ fn include_usage(req: &CompletionRequest) -> bool {
 
 fn usage(finish: &Finish) -> Value {
     let m = &finish.receipt.body.metrics;
-    json!({"prompt_tokens": m.prompt_tokens, "completion_tokens": m.output_tokens, "total_tokens": m.prompt_tokens + m.output_tokens})
+    json!({"prompt_tokens": m.prompt_tokens, "completion_tokens": m.output_tokens, "total_tokens": m.prompt_tokens.saturating_add(m.output_tokens)})
 }
 
 fn created() -> u64 {

@@ -290,7 +290,7 @@ pub async fn pull(
     let digest = model.base.digest.clone();
     let lines = vec![
         json!({"status": "pulling manifest"}),
-        json!({"status": format!("pulling {}", &digest[..12]), "digest": format!("sha256:{digest}"), "total": model.base.size, "completed": model.base.size}),
+        json!({"status": format!("pulling {}", digest.get(..12).unwrap_or(&digest)), "digest": format!("sha256:{digest}"), "total": model.base.size, "completed": model.base.size}),
         json!({"status": "verifying sha256 digest"}),
         json!({"status": "writing manifest"}),
         json!({"status": "success"}),
