@@ -228,6 +228,11 @@ impl Registry {
         let mut out: Vec<_> = loaded
             .iter()
             .filter_map(|(name, l)| Some((self.resolve(name)?, l.expires_at)))
+            // A worker that loads models knows better: an evicted or crashed model is not loaded.
+            .filter(|(model, _)| {
+                let base = &model.base.name;
+                self.workers.find(base).and_then(|(w, _)| w.is_loaded(base)).unwrap_or(true)
+            })
             .collect();
         out.sort_by_key(|(_, at)| std::cmp::Reverse(*at));
         out

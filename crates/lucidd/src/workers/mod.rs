@@ -60,6 +60,12 @@ pub trait ModelWorker: Worker {
     /// A request used `model` with this `keep_alive`: keep it loaded that long after its last
     /// use (unload now, for [`KeepAlive::UnloadNow`]).
     fn keep_alive(&self, _model: &ModelName, _keep_alive: KeepAlive) {}
+
+    /// Whether `model` is loaded right now, for workers that load models (`None`: the worker
+    /// has nothing to load, and `/api/ps` follows the requests' `keep_alive` alone).
+    fn is_loaded(&self, _model: &ModelName) -> Option<bool> {
+        None
+    }
 }
 
 /// The workers of this node, looked up by model.

@@ -226,6 +226,13 @@ impl ModelWorker for LlamaCppWorker {
         self.models.iter().map(model_info).collect()
     }
 
+    fn is_loaded(&self, model: &ModelName) -> Option<bool> {
+        let servers = self.servers.lock().expect("servers lock");
+        Some([false, true].iter().any(|embedding| {
+            servers.get(&(model.clone(), *embedding)).is_some_and(|l| l.supervisor.is_running_now())
+        }))
+    }
+
     fn keep_alive(&self, model: &ModelName, keep_alive: KeepAlive) {
         for embedding in [false, true] {
             let loaded = self

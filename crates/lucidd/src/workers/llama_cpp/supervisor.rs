@@ -90,6 +90,8 @@ pub struct ModelSupervisor {
     binary: PathBuf,
     log_path: PathBuf,
     state: Mutex<State>,
+    /// PID of the running server, 0 when none: readable without the lock.
+    pid: std::sync::atomic::AtomicU32,
 }
 
 impl ModelSupervisor {
@@ -100,6 +102,7 @@ impl ModelSupervisor {
             binary,
             log_path,
             state: Mutex::new(State { running: None, crashes: VecDeque::new() }),
+            pid: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -146,6 +149,8 @@ impl ModelSupervisor {
         }
         match self.start(spec).await {
             Ok(running) => {
+                self.pid
+                    .store(running.child.id().unwrap_or(0), std::sync::atomic::Ordering::SeqCst);
                 let url = running.base_url.clone();
                 state.running = Some(running);
                 Ok(url)
@@ -165,6 +170,7 @@ impl ModelSupervisor {
     pub async fn report_failure(&self, base_url: &str) {
         let mut state = self.state.lock().await;
         if let Some(mut running) = state.running.take_if(|r| r.base_url == base_url) {
+            self.pid.store(0, std::sync::atomic::Ordering::SeqCst);
             let _ = running.child.kill().await;
             state.crashes.push_back(Instant::now());
             tracing::warn!(model = %running.spec.model.display(), "llama-server failed under a request; it will be restarted");
@@ -175,6 +181,7 @@ impl ModelSupervisor {
     pub async fn unload(&self) {
         let mut state = self.state.lock().await;
         if let Some(mut running) = state.running.take() {
+            self.pid.store(0, std::sync::atomic::Ordering::SeqCst);
             let _ = running.child.kill().await;
             tracing::info!(model = %running.spec.model.display(), "unloaded");
         }
@@ -183,6 +190,17 @@ impl ModelSupervisor {
     /// The PID of the running server (for tests and `/api/ps`).
     pub async fn pid(&self) -> Option<u32> {
         self.state.lock().await.running.as_ref().and_then(|r| r.child.id())
+    }
+
+    /// Whether the server process is alive, without waiting for the supervisor (which may be
+    /// busy starting or using it): its PID exists and is not a zombie.
+    pub fn is_running_now(&self) -> bool {
+        let pid = self.pid.load(std::sync::atomic::Ordering::SeqCst);
+        pid != 0
+            && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // `pid (comm) STATE ...`: the state follows the last parenthesis.
+                stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) != Some("Z")
+            })
     }
 
     /// True while a server process is up.
