@@ -33,6 +33,7 @@ fn chat_spec() -> JobSpec {
         format: None,
         tools: vec![],
         think: None,
+        logprobs: None,
     })
 }
 

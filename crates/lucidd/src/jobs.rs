@@ -16,8 +16,13 @@ pub const ROUTED_LOCAL: &str = "local";
 /// A piece of a job's answer.
 #[derive(Debug)]
 pub enum Piece {
-    /// Generated text.
-    Text(String),
+    /// Generated text, with the log-probabilities of its tokens when they were asked for.
+    Text {
+        /// The text.
+        text: String,
+        /// Ollama-shaped `logprobs` entries for the tokens of this text.
+        logprobs: Option<serde_json::Value>,
+    },
     /// One embedding vector.
     Embedding(Vec<f32>),
     /// The job is over.
@@ -67,6 +72,7 @@ pub struct JobRun {
     shutdown: CancellationToken,
     finished: bool,
     text_chunk_lengths: Vec<usize>,
+    pending_logprobs: Option<serde_json::Value>,
 }
 
 impl JobRun {
@@ -89,6 +95,7 @@ impl JobRun {
             shutdown,
             finished: false,
             text_chunk_lengths: Vec::new(),
+            pending_logprobs: None,
         }
     }
 
@@ -117,14 +124,21 @@ impl JobRun {
                         ChunkKind::Text | ChunkKind::Token | ChunkKind::Json => {
                             let text = chunk.text_content().unwrap_or_default().to_string();
                             self.text_chunk_lengths.push(text.len());
-                            Piece::Text(text)
+                            Piece::Text { text, logprobs: self.pending_logprobs.take() }
                         }
-                        ChunkKind::Stdout | ChunkKind::Stderr => {
-                            Piece::Text(String::from_utf8_lossy(&chunk.data).into_owned())
-                        }
+                        ChunkKind::Stdout | ChunkKind::Stderr => Piece::Text {
+                            text: String::from_utf8_lossy(&chunk.data).into_owned(),
+                            logprobs: None,
+                        },
                     });
                 }
                 JobEvent::Progress(_) => continue,
+                JobEvent::Annotation(annotation) => {
+                    if let Some(logprobs) = annotation.get("logprobs") {
+                        self.pending_logprobs = Some(logprobs.clone());
+                    }
+                    continue;
+                }
                 JobEvent::Final(receipt) => {
                     self.finished = true;
                     let verified = match verify_and_bind(

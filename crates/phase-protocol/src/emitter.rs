@@ -84,6 +84,12 @@ impl JobEmitter {
         Ok(())
     }
 
+    /// Sends an annotation about the next output chunk (not committed to).
+    pub async fn annotate(&mut self, annotation: serde_json::Value) -> Result<(), Cancelled> {
+        reserve(&self.tx, &self.cancel).await?.send(JobEvent::Annotation(annotation));
+        Ok(())
+    }
+
     /// Sends a progress event (not committed to).
     pub async fn progress(&mut self, progress: Progress) -> Result<(), Cancelled> {
         reserve(&self.tx, &self.cancel).await?.send(JobEvent::Progress(progress));

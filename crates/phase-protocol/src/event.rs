@@ -13,6 +13,10 @@ pub enum JobEvent {
     Output(OutputChunk),
     /// Work that is not output (loading a model, compiling a module). Not committed to.
     Progress(Progress),
+    /// Information about the next `Output` that is not part of it, such as the log-probability
+    /// of each token (`{"logprobs": [...]}`). Not committed to: the receipt covers the tokens
+    /// themselves, and a verifier can recompute their probabilities from the model.
+    Annotation(serde_json::Value),
     /// The last event: the worker's signed receipt over every `Output` before it.
     Final(Box<SignedReceipt<JobResult>>),
 }

@@ -96,6 +96,9 @@ pub struct InferenceJob {
     /// Ollama `think`: a bool or a level.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub think: Option<Value>,
+    /// Report each token's log-probability, with this many alternatives (0 to 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<u32>,
 }
 
 /// The input of an inference job.

@@ -133,7 +133,7 @@ pub async fn respond<S: AnswerShape>(
         return with_receipt_headers(response, finish);
     }
     if !streaming {
-        return collect(run, first, shape, stats).await;
+        return collect(run, first, shape, stats, framing).await;
     }
     struct State<S> {
         run: JobRun,
@@ -153,7 +153,15 @@ pub async fn respond<S: AnswerShape>(
             None => st.run.next().await,
         };
         let bytes = match piece {
-            Some(Piece::Text(text)) => frame(st.framing, &st.shape.chunk(&text)),
+            Some(Piece::Text { text, logprobs }) => {
+                let mut line = st.shape.chunk(&text);
+                if st.framing == Framing::NdJson
+                    && let (Some(logprobs), Value::Object(map)) = (logprobs, &mut line)
+                {
+                    map.insert("logprobs".into(), logprobs);
+                }
+                frame(st.framing, &line)
+            }
             Some(Piece::Embedding(_)) => return Some((Ok::<_, Infallible>(Bytes::new()), st)),
             Some(Piece::Done(finish)) => {
                 st.finished = true;
@@ -190,12 +198,19 @@ async fn collect<S: AnswerShape>(
     first: Option<Piece>,
     mut shape: S,
     stats: Stats,
+    framing: Framing,
 ) -> Response {
     let mut text = String::new();
+    let mut logprobs: Vec<Value> = Vec::new();
     let mut piece = first;
     loop {
         match piece {
-            Some(Piece::Text(t)) => text.push_str(&t),
+            Some(Piece::Text { text: t, logprobs: lp }) => {
+                text.push_str(&t);
+                if let Some(Value::Array(entries)) = lp {
+                    logprobs.extend(entries);
+                }
+            }
             Some(Piece::Embedding(_)) => {}
             Some(Piece::Done(finish)) => {
                 let response = match finish.failure() {
@@ -208,6 +223,9 @@ async fn collect<S: AnswerShape>(
                         let mut body = shape.done(&finish, Some(&text), &stats);
                         if let Value::Object(map) = &mut body {
                             map.insert("receipt_chunks".into(), json!(finish.text_chunk_lengths));
+                            if framing == Framing::NdJson && !logprobs.is_empty() {
+                                map.insert("logprobs".into(), Value::Array(logprobs));
+                            }
                         }
                         axum::Json(body).into_response()
                     }

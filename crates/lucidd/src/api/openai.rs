@@ -212,6 +212,7 @@ pub async fn chat_completions(
         format: response_format(req.response_format.as_ref())?,
         tools: validate::tools(&model, req.tools.as_ref())?,
         think: validate::think(&model, think(req.reasoning_effort.as_deref())?.as_ref())?,
+        logprobs: None,
     });
     state.registry.touch(&model.name, crate::durations::DEFAULT_KEEP_ALIVE);
     let run = state.start_job(&model, spec).await?;
@@ -251,6 +252,7 @@ pub async fn completions(
         format: response_format(req.response_format.as_ref())?,
         tools: Vec::new(),
         think: None,
+        logprobs: None,
     });
     state.registry.touch(&model.name, crate::durations::DEFAULT_KEEP_ALIVE);
     let run = state.start_job(&model, spec).await?;

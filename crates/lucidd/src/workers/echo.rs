@@ -108,6 +108,8 @@ impl Worker for EchoWorker {
 #[derive(Debug, Clone, PartialEq)]
 struct Plan {
     chunks: Vec<OutputChunk>,
+    /// Log-probabilities asked for, with this many alternatives.
+    logprobs: Option<u32>,
     prompt_words: u64,
     hit_limit: bool,
     delay: Duration,
@@ -121,6 +123,12 @@ async fn run(plan: Plan, mut emitter: phase_protocol::JobEmitter) {
             tokio::select! {
                 () = emitter.cancelled() => break,
                 () = tokio::time::sleep(plan.delay) => {}
+            }
+        }
+        if let Some(top) = plan.logprobs {
+            let token = chunk.text_content().unwrap_or_default().to_string();
+            if emitter.annotate(json!({ "logprobs": [echo_logprob(&token, top)] })).await.is_err() {
+                break;
             }
         }
         if emitter.output(chunk).await.is_err() {
@@ -146,6 +154,16 @@ async fn run(plan: Plan, mut emitter: phase_protocol::JobEmitter) {
         ..Metrics::default()
     };
     emitter.finish(completion, metrics);
+}
+
+/// The echo model is certain of every word it says: log-probability 0, and no alternative.
+fn echo_logprob(token: &str, top: u32) -> Value {
+    let mut entry = json!({"token": token, "logprob": 0.0, "bytes": token.as_bytes()});
+    if top > 0 {
+        entry["top_logprobs"] =
+            json!([{"token": token, "logprob": 0.0, "bytes": token.as_bytes()}]);
+    }
+    entry
 }
 
 fn option_i64(job: &InferenceJob, key: &str) -> Option<i64> {
@@ -183,6 +201,7 @@ fn plan_inference(job: &InferenceJob) -> Result<Plan, WorkerError> {
         option_i64(job, "echo_delay_ms").unwrap_or(0).clamp(0, MAX_DELAY_MS as i64) as u64;
     Ok(Plan {
         chunks: pieces.into_iter().map(OutputChunk::text).collect(),
+        logprobs: job.logprobs,
         prompt_words,
         hit_limit,
         delay: Duration::from_millis(delay_ms),
@@ -218,7 +237,7 @@ fn plan_embedding(job: &EmbeddingJob) -> Result<Plan, WorkerError> {
         prompt_words += words.len().min(CONTEXT_WORDS) as u64;
         chunks.push(OutputChunk::embedding(&embed(&used, dims)));
     }
-    Ok(Plan { chunks, prompt_words, hit_limit: false, delay: Duration::ZERO })
+    Ok(Plan { chunks, logprobs: None, prompt_words, hit_limit: false, delay: Duration::ZERO })
 }
 
 fn count_words(text: &str) -> u64 {
@@ -294,6 +313,7 @@ mod tests {
             format: None,
             tools: vec![],
             think: None,
+            logprobs: None,
         }
     }
 

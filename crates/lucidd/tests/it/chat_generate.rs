@@ -337,3 +337,37 @@ async fn client_disconnect_cancels_the_job_and_its_receipt_is_still_logged() {
     assert!(cancelled.body.chunk_count < 200, "stopped early: {}", cancelled.body.chunk_count);
     cancelled.verify().expect("the cancelled receipt is signed");
 }
+
+#[tokio::test]
+async fn logprobs_are_reported_per_token_when_asked_for() {
+    let d = Daemon::start().await;
+    let mut body = chat_body("sure thing");
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(2);
+    let lines = stream_lines(&d, "/api/chat", body).await;
+    let (last, chunks) = lines.split_last().expect("lines");
+    for chunk in chunks {
+        let entries = chunk["logprobs"].as_array().expect("logprobs on every token line");
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0]["token"], chunk["message"]["content"]);
+        assert_eq!(entries[0]["logprob"], 0.0, "the echo model is certain");
+        assert_eq!(entries[0]["top_logprobs"].as_array().expect("alternatives").len(), 1);
+    }
+    assert_eq!(last["receipt_verified"], true, "log-probabilities are not part of the commitment");
+    let (_, answer) = d
+        .post_json(
+            "/api/generate",
+            json!({"model": "echo", "prompt": "a b c", "stream": false, "logprobs": true}),
+        )
+        .await;
+    let entries = answer["logprobs"].as_array().expect("logprobs");
+    assert_eq!(entries.len() as u64, answer["eval_count"].as_u64().expect("eval_count"));
+    assert!(
+        entries.iter().all(|e| e.get("top_logprobs").is_none()),
+        "top_logprobs 0: no alternatives"
+    );
+    let (_, plain) = d
+        .post_json("/api/generate", json!({"model": "echo", "prompt": "a b c", "stream": false}))
+        .await;
+    assert!(plain.get("logprobs").is_none());
+}

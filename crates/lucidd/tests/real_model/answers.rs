@@ -226,3 +226,31 @@ async fn embeddings_have_the_right_dimension_norm_and_similarity() {
     let (status, _) = post("/api/embed", json!({"model": "gemma3", "input": long})).await;
     assert_eq!(status, 200, "truncated by default");
 }
+
+#[tokio::test]
+async fn logprobs_come_from_the_model_and_do_not_change_the_answer() {
+    let messages = json!([{"role": "user", "content": PROMPT}]);
+    let plain = post_stream(
+        "/api/chat",
+        json!({"model": "gemma3", "messages": messages, "options": greedy(12)}),
+    )
+    .await;
+    let plain: String = plain.iter().filter_map(|l| l["message"]["content"].as_str()).collect();
+    let lines = post_stream("/api/chat", json!({"model": "gemma3", "messages": messages, "options": greedy(12), "logprobs": true, "top_logprobs": 3})).await;
+    let (last, chunks) = lines.split_last().expect("lines");
+    let text: String = chunks.iter().filter_map(|l| l["message"]["content"].as_str()).collect();
+    assert_eq!(text, plain, "asking for log-probabilities does not change the greedy answer");
+    // llama-server may hold back the text of a token (an incomplete UTF-8 sequence, a possible
+    // stop string) and send it with a later one, so a line can carry text without entries; in
+    // all, there is one entry per generated token.
+    let entries: Vec<&Value> =
+        chunks.iter().filter_map(|c| c["logprobs"].as_array()).flatten().collect();
+    assert_eq!(entries.len() as u64, last["eval_count"].as_u64().expect("eval_count"));
+    for e in entries {
+        let logprob = e["logprob"].as_f64().expect("logprob");
+        assert!(logprob <= 0.0, "{e}");
+        let alternatives = e["top_logprobs"].as_array().expect("alternatives");
+        assert!(!alternatives.is_empty() && alternatives.len() <= 3, "{e}");
+    }
+    assert_eq!(last["receipt_verified"], true);
+}

@@ -78,6 +78,7 @@ fn chat_spec() -> JobSpec {
         format: None,
         tools: vec![],
         think: None,
+        logprobs: None,
     })
 }
 
@@ -107,7 +108,7 @@ async fn drain(
     while let Some(event) = job.events.next().await {
         match event {
             JobEvent::Output(chunk) => chunks.push(chunk),
-            JobEvent::Progress(_) => {}
+            JobEvent::Progress(_) | JobEvent::Annotation(_) => {}
             JobEvent::Final(receipt) => {
                 assert!(job.events.next().await.is_none(), "nothing after Final");
                 return (chunks, receipt.body.clone(), *receipt);
@@ -248,6 +249,7 @@ fn every_job_spec_round_trips_inside_a_signed_manifest() {
         format: Some(json!({"type": "object", "properties": {"a": {"type": "integer"}}})),
         tools: vec![json!({"type": "function", "function": {"name": "f"}})],
         think: Some(json!("low")),
+        logprobs: Some(3),
     });
     let embed = JobSpec::Embedding(EmbeddingJob {
         model: "gemma3:latest".into(),
@@ -329,10 +331,34 @@ proptest! {
             format: None,
             tools: vec![],
             think: None,
+            logprobs: None,
         });
         let m = manifest(spec.clone());
         let back = SignedManifest::<JobSpec>::from_cbor(&m.to_cbor().expect("cbor"), 1 << 20).expect("decode");
         prop_assert_eq!(&back.payload, &spec);
         prop_assert!(back.verify(NOW, &VerifyLimits::default()).is_ok());
     }
+}
+
+#[tokio::test]
+async fn annotations_reach_the_consumer_but_are_not_committed() {
+    let identity = NodeIdentity::from_seed([4; 32]);
+    let (mut emitter, mut job) = job_channel(identity, phase_manifest::Sha256Hash([0; 32]));
+    tokio::spawn(async move {
+        emitter
+            .annotate(json!({"logprobs": [{"token": "hi", "logprob": -0.5}]}))
+            .await
+            .expect("annotate");
+        emitter.output(OutputChunk::text("hi")).await.expect("send");
+        emitter.finish(Completion::Finished, Metrics::default());
+    });
+    let first = job.events.next().await.expect("event");
+    assert!(
+        matches!(first, JobEvent::Annotation(ref v) if v["logprobs"][0]["token"] == "hi"),
+        "{first:?}"
+    );
+    let (chunks, result, _) = drain(&mut job).await;
+    assert_eq!(chunks.len(), 1);
+    assert_eq!(result.chunk_count, 1);
+    assert_eq!(result.commitment, commitment_of(&chunks).state(), "only the output is committed");
 }

@@ -71,6 +71,7 @@ fn chat_job() -> JobSpec {
         format: None,
         tools: vec![],
         think: None,
+        logprobs: None,
     })
 }
 

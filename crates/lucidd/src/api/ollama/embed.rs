@@ -54,7 +54,7 @@ pub async fn embed_texts(
     while let Some(piece) = run.next().await {
         match piece {
             Piece::Embedding(v) => vectors.push(v),
-            Piece::Text(_) => {}
+            Piece::Text { .. } => {}
             Piece::Done(finish) => {
                 if let Some(reason) = finish.failure() {
                     return Err(ApiError::internal(reason));

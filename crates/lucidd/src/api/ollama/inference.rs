@@ -51,6 +51,7 @@ pub async fn chat(
         format,
         tools,
         think,
+        logprobs: logprobs(req.logprobs, req.top_logprobs),
     });
     state.registry.touch(&model.name, keep_alive);
     let run = state.start_job(&model, spec).await?;
@@ -101,11 +102,17 @@ pub async fn generate(
         format,
         tools: Vec::new(),
         think,
+        logprobs: logprobs(req.logprobs, req.top_logprobs),
     });
     state.registry.touch(&model.name, keep_alive);
     let run = state.start_job(&model, spec).await?;
     let shape = GenerateShape { model: req.model, raw };
     Ok(answer::respond(run, req.stream.unwrap_or(true), Framing::NdJson, shape, stats).await)
+}
+
+/// The job's `logprobs`: requested with `logprobs: true`, with `top_logprobs` alternatives.
+fn logprobs(requested: Option<bool>, top: Option<i64>) -> Option<u32> {
+    requested.unwrap_or(false).then(|| top.unwrap_or(0).clamp(0, 20) as u32)
 }
 
 /// Messages a derived model puts before the conversation.

@@ -123,6 +123,10 @@ pub struct CompletionEvent {
     /// Timings, on the last event.
     #[serde(default)]
     pub timings: Option<Timings>,
+    /// Per-token probabilities as llama-server's chat endpoint reports them
+    /// (`{id, token, bytes, logprob, top_logprobs}`), when asked for.
+    #[serde(skip)]
+    pub logprobs: Vec<Value>,
 }
 
 /// The `data:` payloads of a server-sent-event stream, up to `[DONE]` or the end. A server that
@@ -211,13 +215,13 @@ pub async fn chat_completion(
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
-            out.tokens = choice
-                .pointer("/logprobs/content")
-                .and_then(Value::as_array)
+            let entries = choice.pointer("/logprobs/content").and_then(Value::as_array);
+            out.tokens = entries
                 .map(|items| {
                     items.iter().filter_map(|t| t["id"].as_u64()).map(|id| id as u32).collect()
                 })
                 .unwrap_or_default();
+            out.logprobs = entries.cloned().unwrap_or_default();
             if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
                 finish_reason = Some(reason.to_string());
             }
@@ -275,11 +279,13 @@ pub fn completion_body(
 
 /// The `/v1/chat/completions` body for `messages` with Ollama `options` and `format`: the same
 /// sampling fields as [`completion_body`], plus what makes the stream carry token ids
-/// (`logprobs`) and timings (`include_usage`).
+/// (`logprobs`) and timings (`include_usage`). `logprobs` asks for the model's own
+/// log-probabilities with that many alternatives.
 pub fn chat_body(
     messages: &[ChatMessage],
     options: &BTreeMap<String, Value>,
     format: Option<&Value>,
+    logprobs: Option<u32>,
 ) -> Value {
     let mut body = completion_body(Value::Null, options, None);
     let map = body.as_object_mut().expect("completion_body is an object");
@@ -292,8 +298,14 @@ pub fn chat_body(
     // nothing; taken over the whole vocabulary (262k entries for Gemma 3) they slow decoding by
     // about a tenth.
     map.insert("logprobs".into(), json!(true));
-    map.insert("top_logprobs".into(), json!(1));
-    map.insert("post_sampling_probs".into(), json!(true));
+    match logprobs {
+        // Asked for: the model's own log-probabilities, before sampling.
+        Some(top) => map.insert("top_logprobs".into(), json!(top.max(1))),
+        None => {
+            map.insert("post_sampling_probs".into(), json!(true));
+            map.insert("top_logprobs".into(), json!(1))
+        }
+    };
     map.insert("stream_options".into(), json!({"include_usage": true}));
     if let Some(n) = map.remove("n_predict") {
         map.insert("max_tokens".into(), n);

@@ -14,7 +14,7 @@ use phase_protocol::{
     ChatMessage, Completion, EmbeddingJob, InferenceInput, InferenceJob, Job, JobEmitter, JobSpec,
     Metrics, OutputChunk, Worker, WorkerError, job_channel,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -411,6 +411,29 @@ impl LlamaCppWorker {
     }
 }
 
+/// llama-server's per-token entries in Ollama's `logprobs` shape, with at most `top`
+/// alternatives each.
+fn ollama_logprobs(entries: &[Value], top: u32) -> Value {
+    let entry =
+        |e: &Value| json!({"token": e["token"], "logprob": e["logprob"], "bytes": e["bytes"]});
+    Value::Array(
+        entries
+            .iter()
+            .map(|e| {
+                let mut out = entry(e);
+                if top > 0 {
+                    let alternatives: Vec<Value> = e["top_logprobs"]
+                        .as_array()
+                        .map(|alts| alts.iter().take(top as usize).map(entry).collect())
+                        .unwrap_or_default();
+                    out["top_logprobs"] = Value::Array(alternatives);
+                }
+                out
+            })
+            .collect(),
+    )
+}
+
 /// Cuts a vector to `dimensions` and scales it to unit length, as `/api/embed` promises.
 pub fn normalise(mut vector: Vec<f32>, dimensions: Option<usize>) -> Vec<f32> {
     if let Some(d) = dimensions {
@@ -512,7 +535,12 @@ impl InferenceRun {
                 messages
             }
         };
-        let body = backend::chat_body(&messages, &self.job.options, self.job.format.as_ref());
+        let body = backend::chat_body(
+            &messages,
+            &self.job.options,
+            self.job.format.as_ref(),
+            self.job.logprobs,
+        );
         Ok(Box::pin(backend::chat_completion(&self.client, base, &body, self.idle_timeout).await?))
     }
 
@@ -554,6 +582,15 @@ impl InferenceRun {
                     );
                 }
             };
+            if let Some(top) = self.job.logprobs
+                && !event.logprobs.is_empty()
+                && emitter
+                    .annotate(json!({ "logprobs": ollama_logprobs(&event.logprobs, top) }))
+                    .await
+                    .is_err()
+            {
+                return done(Completion::Cancelled, metrics);
+            }
             if (!event.content.is_empty() || !event.tokens.is_empty())
                 && emitter.output(OutputChunk::token(&event.content, &event.tokens)).await.is_err()
             {
