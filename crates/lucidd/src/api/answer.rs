@@ -155,10 +155,8 @@ pub async fn respond<S: AnswerShape>(
         let bytes = match piece {
             Some(Piece::Text { text, logprobs }) => {
                 let mut line = st.shape.chunk(&text);
-                if st.framing == Framing::NdJson
-                    && let (Some(logprobs), Value::Object(map)) = (logprobs, &mut line)
-                {
-                    map.insert("logprobs".into(), logprobs);
+                if let Some(logprobs) = logprobs {
+                    attach_logprobs(&mut line, st.framing, logprobs);
                 }
                 frame(st.framing, &line)
             }
@@ -223,9 +221,9 @@ async fn collect<S: AnswerShape>(
                         let mut body = shape.done(&finish, Some(&text), &stats);
                         if let Value::Object(map) = &mut body {
                             map.insert("receipt_chunks".into(), json!(finish.text_chunk_lengths));
-                            if framing == Framing::NdJson && !logprobs.is_empty() {
-                                map.insert("logprobs".into(), Value::Array(logprobs));
-                            }
+                        }
+                        if !logprobs.is_empty() {
+                            attach_logprobs(&mut body, framing, Value::Array(logprobs));
                         }
                         axum::Json(body).into_response()
                     }
@@ -235,6 +233,23 @@ async fn collect<S: AnswerShape>(
             None => return ApiError::internal("the job ended without a receipt").into_response(),
         }
         piece = run.next().await;
+    }
+}
+
+/// Puts token log-probabilities where each API expects them: Ollama's top-level `logprobs`,
+/// OpenAI's `choices[0].logprobs.content`.
+fn attach_logprobs(line: &mut Value, framing: Framing, logprobs: Value) {
+    match framing {
+        Framing::NdJson => {
+            if let Value::Object(map) = line {
+                map.insert("logprobs".into(), logprobs);
+            }
+        }
+        Framing::Sse => {
+            if let Some(choice) = line.pointer_mut("/choices/0") {
+                choice["logprobs"] = serde_json::json!({ "content": logprobs });
+            }
+        }
     }
 }
 

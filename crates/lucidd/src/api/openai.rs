@@ -38,6 +38,9 @@ pub struct CompletionRequest {
     response_format: Option<Value>,
     tools: Option<Vec<Value>>,
     reasoning_effort: Option<String>,
+    /// Chat: `true` to get token log-probabilities; completions: the number of alternatives.
+    logprobs: Option<Value>,
+    top_logprobs: Option<u32>,
 }
 
 /// `POST /v1/embeddings`.
@@ -167,6 +170,31 @@ fn data_uri(url: &str) -> Result<serde_bytes::ByteBuf, ApiError> {
         .map_err(|_| ApiError::bad_request("invalid base64 image data"))
 }
 
+/// Chat's `logprobs: true` with `top_logprobs` alternatives (0 to 20).
+fn chat_logprobs(req: &CompletionRequest) -> Result<Option<u32>, ApiError> {
+    match &req.logprobs {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(None),
+        Some(Value::Bool(true)) => match req.top_logprobs.unwrap_or(0) {
+            n @ 0..=20 => Ok(Some(n)),
+            _ => Err(ApiError::bad_request("top_logprobs must be between 0 and 20")),
+        },
+        Some(other) => {
+            Err(ApiError::bad_request(format!("logprobs must be a boolean, not {other}")))
+        }
+    }
+}
+
+/// Completions' `logprobs: N`: the chosen token's log-probability and N alternatives.
+fn completion_logprobs(req: &CompletionRequest) -> Result<Option<u32>, ApiError> {
+    match &req.logprobs {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n @ 0..=20) => Ok(Some(n as u32)),
+            _ => Err(ApiError::bad_request("logprobs must be a number between 0 and 20")),
+        },
+    }
+}
+
 fn include_usage(req: &CompletionRequest) -> bool {
     req.stream_options
         .as_ref()
@@ -212,7 +240,7 @@ pub async fn chat_completions(
         format: response_format(req.response_format.as_ref())?,
         tools: validate::tools(&model, req.tools.as_ref())?,
         think: validate::think(&model, think(req.reasoning_effort.as_deref())?.as_ref())?,
-        logprobs: None,
+        logprobs: chat_logprobs(&req)?,
     });
     state.registry.touch(&model.name, crate::durations::DEFAULT_KEEP_ALIVE);
     let run = state.start_job(&model, spec).await?;
@@ -252,7 +280,7 @@ pub async fn completions(
         format: response_format(req.response_format.as_ref())?,
         tools: Vec::new(),
         think: None,
-        logprobs: None,
+        logprobs: completion_logprobs(&req)?,
     });
     state.registry.touch(&model.name, crate::durations::DEFAULT_KEEP_ALIVE);
     let run = state.start_job(&model, spec).await?;

@@ -163,3 +163,31 @@ async fn models_list_and_retrieve() {
     assert_eq!(body["error"]["type"], "not_found_error");
     assert!(body["error"].get("param").is_some() && body["error"].get("code").is_some());
 }
+
+#[tokio::test]
+async fn logprobs_on_chat_completions_and_completions() {
+    let d = Daemon::start().await;
+    let body = json!({"model": "echo", "messages": [{"role": "user", "content": "one two"}], "logprobs": true, "top_logprobs": 1});
+    let (status, answer) = d.post_json("/v1/chat/completions", body.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    let content = answer["choices"][0]["logprobs"]["content"].as_array().expect("logprobs.content");
+    assert_eq!(content.len(), 2);
+    assert_eq!(content[1]["token"], " two");
+    let mut streaming = body;
+    streaming["stream"] = json!(true);
+    let text = d.post("/v1/chat/completions", streaming).await.text().await.expect("body");
+    let with_logprobs = sse(&text)
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter(|c| c["choices"][0]["logprobs"]["content"].is_array())
+        .count();
+    assert_eq!(with_logprobs, 2, "one per token chunk");
+    let (status, answer) = d
+        .post_json("/v1/completions", json!({"model": "echo", "prompt": "a b", "logprobs": 0}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["choices"][0]["logprobs"]["content"].as_array().expect("content").len(), 2);
+    let (status, _) = d.post_json("/v1/chat/completions", json!({"model": "echo", "messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 99})).await;
+    assert_eq!(status, 400);
+}
