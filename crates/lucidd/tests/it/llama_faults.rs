@@ -22,15 +22,8 @@ fn tiny_gguf() -> Vec<u8> {
 
 #[tokio::test]
 async fn a_crash_looping_llama_server_opens_the_circuit_breaker_and_the_daemon_keeps_serving() {
-    let models = tempfile::tempdir().expect("tempdir");
-    std::fs::write(models.path().join("tiny.gguf"), tiny_gguf()).expect("write");
-    let model_dir = models.path().to_str().expect("utf-8").to_string();
-    let d = Daemon::start_with(|args| {
-        args.workers.push(lucidd::config::WorkerKind::LlamaCpp);
-        args.model_dir = Some(model_dir.into());
-        args.llama_server_binary = Some("/bin/false".into());
-    })
-    .await;
+    // A llama-server that exits at once: every start is a crash.
+    let (d, _dir) = daemon_with_llama_server(|_| "/bin/false".into(), 30.0).await;
     let tags: serde_json::Value = d.get("/api/tags").await.json().await.expect("json");
     assert!(tags["models"].as_array().expect("models").iter().any(|m| m["name"] == "tiny:latest"));
     let ask = || d.post_json("/api/generate", json!({"model": "tiny", "prompt": "hi"}));
@@ -55,27 +48,40 @@ async fn a_crash_looping_llama_server_opens_the_circuit_breaker_and_the_daemon_k
     assert_eq!((status, echo["response"].as_str()), (200, Some("still serving")));
 }
 
-/// A daemon whose llama-server is the fake one, linked under a name that picks its fault,
-/// giving up on an answer after `timeout_s` seconds of silence.
-async fn daemon_with_fake(mode: &str, timeout_s: f64) -> (Daemon, tempfile::TempDir) {
+/// A daemon serving `tiny.gguf` through `binary` as its llama-server, giving up on an answer
+/// after `timeout_s` seconds of silence.
+async fn daemon_with_llama_server(
+    binary: impl FnOnce(&std::path::Path) -> std::path::PathBuf,
+    timeout_s: f64,
+) -> (Daemon, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let models = dir.path().join("models");
     std::fs::create_dir_all(&models).expect("mkdir");
     std::fs::write(models.join("tiny.gguf"), tiny_gguf()).expect("write");
-    let fake = dir.path().join(format!("fake-llama-server-{mode}"));
-    std::os::unix::fs::symlink(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake_llama_server.py"),
-        &fake,
-    )
-    .expect("link");
+    let binary = binary(dir.path());
     let d = Daemon::start_with(move |args| {
         args.workers.push(lucidd::config::WorkerKind::LlamaCpp);
         args.model_dir = Some(models);
-        args.llama_server_binary = Some(fake);
+        args.llama_server_binary = Some(binary);
         args.llama_server_timeout = timeout_s;
     })
     .await;
     (d, dir)
+}
+
+/// The fake llama-server, linked under a name that picks its fault.
+async fn daemon_with_fake(mode: &str, timeout_s: f64) -> (Daemon, tempfile::TempDir) {
+    daemon_with_llama_server(
+        |dir| {
+            let fake = dir.join(format!("fake-llama-server-{mode}"));
+            let script =
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake_llama_server.py");
+            std::os::unix::fs::symlink(script, &fake).expect("link");
+            fake
+        },
+        timeout_s,
+    )
+    .await
 }
 
 #[tokio::test]
