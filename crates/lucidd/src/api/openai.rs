@@ -266,6 +266,11 @@ pub async fn completions(
         Some(Value::String(s)) => s.clone(),
         _ => return Err(ApiError::bad_request("prompt must be a string").into()),
     };
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) && !model.base.can("insert") {
+        return Err(
+            ApiError::bad_request(format!("\"{}\" does not support insert", model.name)).into()
+        );
+    }
     let opts = validate::options(&model, Some(&options(&req)?))?;
     let spec = JobSpec::Inference(InferenceJob {
         model: model.base.name.to_string(),

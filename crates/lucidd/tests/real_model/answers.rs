@@ -253,4 +253,12 @@ async fn logprobs_come_from_the_model_and_do_not_change_the_answer() {
         assert!(!alternatives.is_empty() && alternatives.len() <= 3, "{e}");
     }
     assert_eq!(last["receipt_verified"], true);
+    let (_, raw) = post(
+        "/api/generate",
+        json!({"model": "gemma3", "raw": true, "stream": false, "prompt": "Once upon a time", "options": greedy(8), "logprobs": true}),
+    )
+    .await;
+    let entries = raw["logprobs"].as_array().expect("raw generate logprobs");
+    assert_eq!(entries.len() as u64, raw["eval_count"].as_u64().expect("eval_count"));
+    assert!(entries.iter().all(|e| e["logprob"].as_f64().is_some_and(|l| l <= 0.0)));
 }

@@ -123,9 +123,10 @@ pub struct CompletionEvent {
     /// Timings, on the last event.
     #[serde(default)]
     pub timings: Option<Timings>,
-    /// Per-token probabilities as llama-server's chat endpoint reports them
-    /// (`{id, token, bytes, logprob, top_logprobs}`), when asked for.
-    #[serde(skip)]
+    /// Per-token probabilities as llama-server reports them (`{id, token, bytes, logprob,
+    /// top_logprobs}`), when asked for: `completion_probabilities` on `/completion`,
+    /// `logprobs.content` on the chat endpoint.
+    #[serde(default, rename = "completion_probabilities")]
     pub logprobs: Vec<Value>,
 }
 
@@ -243,12 +244,16 @@ pub fn completion_body(
     prompt: Value,
     options: &BTreeMap<String, Value>,
     format: Option<&Value>,
+    logprobs: Option<u32>,
 ) -> Value {
     let mut body = Map::new();
     body.insert("prompt".into(), prompt);
     body.insert("stream".into(), json!(true));
     body.insert("return_tokens".into(), json!(true));
     body.insert("cache_prompt".into(), json!(true));
+    if let Some(top) = logprobs {
+        body.insert("n_probs".into(), json!(top.max(1)));
+    }
     for (key, default) in OLLAMA_DEFAULTS {
         if !options.contains_key(*key) {
             let field = OPTION_FIELDS.iter().find(|(k, _)| k == key).map_or(*key, |(_, f)| *f);
@@ -287,7 +292,7 @@ pub fn chat_body(
     format: Option<&Value>,
     logprobs: Option<u32>,
 ) -> Value {
-    let mut body = completion_body(Value::Null, options, None);
+    let mut body = completion_body(Value::Null, options, None, None);
     let map = body.as_object_mut().expect("completion_body is an object");
     map.remove("prompt");
     map.remove("return_tokens");
@@ -394,7 +399,7 @@ mod tests {
             json!({"temperature": 0, "num_predict": 5, "stop": "\n", "seed": 42, "mirostat": 1}),
         )
         .expect("map");
-        let body = completion_body(json!("hi"), &options, None);
+        let body = completion_body(json!("hi"), &options, None, None);
         assert_eq!(body["temperature"], json!(0));
         assert_eq!(body["n_predict"], json!(5));
         assert_eq!(body["stop"], json!(["\n"]));
@@ -404,12 +409,12 @@ mod tests {
         assert_eq!(body["return_tokens"], json!(true));
         assert!(body.get("json_schema").is_none());
         assert_eq!(
-            completion_body(json!("x"), &BTreeMap::new(), Some(&json!("json")))["json_schema"],
+            completion_body(json!("x"), &BTreeMap::new(), Some(&json!("json")), None)["json_schema"],
             json!({})
         );
         let schema = json!({"type": "object"});
         assert_eq!(
-            completion_body(json!("x"), &BTreeMap::new(), Some(&schema))["json_schema"],
+            completion_body(json!("x"), &BTreeMap::new(), Some(&schema), None)["json_schema"],
             schema
         );
     }

@@ -521,6 +521,7 @@ impl InferenceRun {
                     Value::String(prompt.clone()),
                     &self.job.options,
                     self.job.format.as_ref(),
+                    self.job.logprobs,
                 );
                 return Ok(Box::pin(
                     backend::completion(&self.client, base, &body, self.idle_timeout).await?,
