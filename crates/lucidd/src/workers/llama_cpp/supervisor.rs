@@ -23,6 +23,8 @@ pub const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(50);
 pub const CRASH_LIMIT: usize = 3;
 /// The window in which crashes are counted.
 pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
+/// Size past which a server's log is started afresh.
+const MAX_LOG_BYTES: u64 = 16 * 1024 * 1024;
 /// First restart delay after a crash; doubles with each further recent crash.
 pub const RESTART_BACKOFF: Duration = Duration::from_millis(250);
 
@@ -214,6 +216,10 @@ impl ModelSupervisor {
             binary: self.binary.display().to_string(),
             reason: e.to_string(),
         })?;
+        // Each start appends to the model's log; past a size limit the old lines are dropped.
+        if std::fs::metadata(&self.log_path).is_ok_and(|m| m.len() > MAX_LOG_BYTES) {
+            let _ = std::fs::remove_file(&self.log_path);
+        }
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).map_err(
                 |e| SupervisorError::Spawn {
