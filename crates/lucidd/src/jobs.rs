@@ -22,6 +22,8 @@ pub enum Piece {
         text: String,
         /// Ollama-shaped `logprobs` entries for the tokens of this text.
         logprobs: Option<serde_json::Value>,
+        /// The ids of the tokens, when the worker committed to them (a `token` chunk).
+        token_ids: Option<Vec<u32>>,
     },
     /// One embedding vector.
     Embedding(Vec<f32>),
@@ -38,9 +40,10 @@ pub struct Finish {
     pub verified: bool,
     /// `local`, or the serving peer.
     pub routed_via: String,
-    /// Byte length of each text chunk, in order: with the full text, enough to replay the
+    /// How the text was cut into chunks, in order: a byte length for a `text` chunk,
+    /// `{"len", "token_ids"}` for a `token` chunk. With the full text, enough to replay the
     /// commitment of a non-streamed answer (`lucidd receipt verify`).
-    pub text_chunk_lengths: Vec<usize>,
+    pub receipt_chunks: Vec<serde_json::Value>,
 }
 
 impl Finish {
@@ -71,7 +74,7 @@ pub struct JobRun {
     receipts: ReceiptLog,
     shutdown: CancellationToken,
     finished: bool,
-    text_chunk_lengths: Vec<usize>,
+    receipt_chunks: Vec<serde_json::Value>,
     pending_logprobs: Option<serde_json::Value>,
 }
 
@@ -94,7 +97,7 @@ impl JobRun {
             receipts,
             shutdown,
             finished: false,
-            text_chunk_lengths: Vec::new(),
+            receipt_chunks: Vec::new(),
             pending_logprobs: None,
         }
     }
@@ -123,12 +126,20 @@ impl JobRun {
                         }
                         ChunkKind::Text | ChunkKind::Token | ChunkKind::Json => {
                             let text = chunk.text_content().unwrap_or_default().to_string();
-                            self.text_chunk_lengths.push(text.len());
-                            Piece::Text { text, logprobs: self.pending_logprobs.take() }
+                            let token_ids = chunk.token_ids().ok();
+                            self.receipt_chunks.push(match &token_ids {
+                                Some(ids) => {
+                                    serde_json::json!({"len": text.len(), "token_ids": ids})
+                                }
+                                None => serde_json::json!(text.len()),
+                            });
+                            let logprobs = self.pending_logprobs.take();
+                            Piece::Text { text, logprobs, token_ids }
                         }
                         ChunkKind::Stdout | ChunkKind::Stderr => Piece::Text {
                             text: String::from_utf8_lossy(&chunk.data).into_owned(),
                             logprobs: None,
+                            token_ids: None,
                         },
                     });
                 }
@@ -160,7 +171,7 @@ impl JobRun {
                         receipt: *receipt,
                         verified,
                         routed_via: self.routed_via.clone(),
-                        text_chunk_lengths: std::mem::take(&mut self.text_chunk_lengths),
+                        receipt_chunks: std::mem::take(&mut self.receipt_chunks),
                     })));
                 }
             }

@@ -95,14 +95,19 @@ pub fn check(saved: &str) -> anyhow::Result<Checked> {
         let text =
             text_of(final_line).ok_or_else(|| anyhow!("the answer has no text to replay"))?;
         let mut at = 0usize;
-        for len in lengths {
-            let len =
-                len.as_u64().ok_or_else(|| anyhow!("receipt_chunks must hold byte lengths"))?
-                    as usize;
+        for entry in lengths {
+            let (len, ids) = match entry {
+                Value::Object(o) => {
+                    (o.get("len").and_then(Value::as_u64), token_ids(o.get("token_ids"))?)
+                }
+                other => (other.as_u64(), None),
+            };
+            let len = len.ok_or_else(|| anyhow!("receipt_chunks entries must give byte lengths"))?
+                as usize;
             let chunk = text
                 .get(at..at + len)
                 .ok_or_else(|| anyhow!("the answer text does not match its chunk lengths"))?;
-            observed.push("text", chunk.as_bytes());
+            push_chunk(&mut observed, chunk, ids);
             at += len;
         }
         if at != text.len() {
@@ -115,13 +120,38 @@ pub fn check(saved: &str) -> anyhow::Result<Checked> {
             }
             let text =
                 text_of(line).ok_or_else(|| anyhow!("a line of the stream has no text: {line}"))?;
-            observed.push("text", text.as_bytes());
+            push_chunk(&mut observed, text, token_ids(line.get("token_ids"))?);
         }
     }
     let worker = PeerId::from_public_key(&receipt.worker);
     verify_and_bind(&receipt, &receipt.body.manifest_hash, &worker, &observed)?;
     check_statistics(final_line, &receipt.body)?;
     Ok(Checked { worker, replayed_chunks: Some(observed.count()) })
+}
+
+/// Token ids given beside a chunk's text, if any.
+fn token_ids(value: Option<&Value>) -> anyhow::Result<Option<Vec<u32>>> {
+    let Some(value) = value else { return Ok(None) };
+    let ids = value.as_array().ok_or_else(|| anyhow!("token_ids must be a list"))?;
+    ids.iter()
+        .map(|id| {
+            id.as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .ok_or_else(|| anyhow!("token ids are 32-bit numbers"))
+        })
+        .collect::<anyhow::Result<Vec<u32>>>()
+        .map(Some)
+}
+
+/// Replays one chunk: a `token` chunk when its ids are known, else a `text` chunk.
+fn push_chunk(observed: &mut Commitment, text: &str, token_ids: Option<Vec<u32>>) {
+    match token_ids {
+        Some(ids) => {
+            let chunk = phase_protocol::OutputChunk::token(text, &ids);
+            observed.push(chunk.kind.as_str(), &chunk.data);
+        }
+        None => observed.push("text", text.as_bytes()),
+    }
 }
 
 /// The statistics shown beside the receipt must be the signed ones.

@@ -153,8 +153,12 @@ pub async fn respond<S: AnswerShape>(
             None => st.run.next().await,
         };
         let bytes = match piece {
-            Some(Piece::Text { text, logprobs }) => {
+            Some(Piece::Text { text, logprobs, token_ids }) => {
                 let mut line = st.shape.chunk(&text);
+                // The ids the receipt commits to, so a saved stream can be verified offline.
+                if let (Some(ids), Value::Object(map)) = (token_ids, &mut line) {
+                    map.insert("token_ids".into(), json!(ids));
+                }
                 if let Some(logprobs) = logprobs {
                     attach_logprobs(&mut line, st.framing, logprobs);
                 }
@@ -203,7 +207,7 @@ async fn collect<S: AnswerShape>(
     let mut piece = first;
     loop {
         match piece {
-            Some(Piece::Text { text: t, logprobs: lp }) => {
+            Some(Piece::Text { text: t, logprobs: lp, .. }) => {
                 text.push_str(&t);
                 if let Some(Value::Array(entries)) = lp {
                     logprobs.extend(entries);
@@ -220,7 +224,7 @@ async fn collect<S: AnswerShape>(
                     None => {
                         let mut body = shape.done(&finish, Some(&text), &stats);
                         if let Value::Object(map) = &mut body {
-                            map.insert("receipt_chunks".into(), json!(finish.text_chunk_lengths));
+                            map.insert("receipt_chunks".into(), json!(finish.receipt_chunks));
                         }
                         if !logprobs.is_empty() {
                             attach_logprobs(&mut body, framing, Value::Array(logprobs));

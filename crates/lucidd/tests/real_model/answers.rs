@@ -262,3 +262,37 @@ async fn logprobs_come_from_the_model_and_do_not_change_the_answer() {
     assert_eq!(entries.len() as u64, raw["eval_count"].as_u64().expect("eval_count"));
     assert!(entries.iter().all(|e| e["logprob"].as_f64().is_some_and(|l| l <= 0.0)));
 }
+
+#[tokio::test]
+async fn a_saved_gemma_answer_verifies_offline_with_its_token_ids() {
+    let body = json!({"model": "gemma3", "messages": [{"role": "user", "content": PROMPT}], "options": greedy(10)});
+    let stream = reqwest::Client::new()
+        .post(crate::harness::url("/api/chat"))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST")
+        .text()
+        .await
+        .expect("body");
+    assert!(stream.contains("\"token_ids\""), "each line carries the ids the receipt commits to");
+    let checked = lucidd::receipt_check::check(&stream).expect("the saved stream verifies");
+    assert!(checked.replayed_chunks.expect("replayed") > 0);
+    // Change one token id on the first line: refused.
+    let first_ids = stream.find("\"token_ids\":[").expect("ids") + "\"token_ids\":[".len();
+    let mut edited = stream.clone();
+    edited.insert(first_ids, '9');
+    assert!(lucidd::receipt_check::check(&edited).is_err(), "an edited token id is refused");
+    let mut single = body;
+    single["stream"] = json!(false);
+    let one = reqwest::Client::new()
+        .post(crate::harness::url("/api/chat"))
+        .json(&single)
+        .send()
+        .await
+        .expect("POST")
+        .text()
+        .await
+        .expect("body");
+    lucidd::receipt_check::check(&one).expect("the single answer verifies too");
+}
