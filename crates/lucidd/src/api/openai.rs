@@ -242,8 +242,6 @@ pub async fn chat_completions(
         think: validate::think(&model, think(req.reasoning_effort.as_deref())?.as_ref())?,
         logprobs: chat_logprobs(&req)?,
     });
-    state.registry.touch(&model.name, crate::durations::DEFAULT_KEEP_ALIVE);
-    let run = state.start_job(&model, spec).await?;
     let shape = ChatCompletionShape {
         id: completion_id("chatcmpl"),
         model: req.model.clone(),
@@ -251,7 +249,7 @@ pub async fn chat_completions(
         first: true,
         include_usage: include_usage(&req),
     };
-    Ok(answer::respond(run, req.stream.unwrap_or(false), Framing::Sse, shape, stats).await)
+    run_and_answer(&state, &model, spec, req.stream, shape, stats).await
 }
 
 /// `POST /v1/completions`.
@@ -287,15 +285,27 @@ pub async fn completions(
         think: None,
         logprobs: completion_logprobs(&req)?,
     });
-    state.registry.touch(&model.name, crate::durations::DEFAULT_KEEP_ALIVE);
-    let run = state.start_job(&model, spec).await?;
     let shape = TextCompletionShape {
         id: completion_id("cmpl"),
         model: req.model.clone(),
         created: created(),
         include_usage: include_usage(&req),
     };
-    Ok(answer::respond(run, req.stream.unwrap_or(false), Framing::Sse, shape, stats).await)
+    run_and_answer(&state, &model, spec, req.stream, shape, stats).await
+}
+
+/// Starts the job and answers as OpenAI does: one object unless `stream` is true.
+async fn run_and_answer<S: AnswerShape>(
+    state: &AppState,
+    model: &crate::registry::ResolvedModel,
+    spec: JobSpec,
+    stream: Option<bool>,
+    shape: S,
+    stats: Stats,
+) -> Result<Response, OpenAiError> {
+    state.registry.touch(&model.name, crate::durations::DEFAULT_KEEP_ALIVE);
+    let run = state.start_job(model, spec).await?;
+    Ok(answer::respond(run, stream.unwrap_or(false), Framing::Sse, shape, stats).await)
 }
 
 fn finish_reason(finish: &Finish) -> &'static str {
