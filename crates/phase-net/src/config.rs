@@ -1,0 +1,97 @@
+//! How a node networks.
+
+use libp2p::Multiaddr;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The p2p port used when none is given: stable, so a node behind port forwarding keeps its
+/// address across restarts. Next to Ollama's HTTP port.
+pub const DEFAULT_P2P_PORT: u16 = 11435;
+
+/// The default listen addresses: TCP and QUIC on [`DEFAULT_P2P_PORT`], IPv4 and IPv6.
+pub fn default_listen_addrs() -> Vec<Multiaddr> {
+    [
+        format!("/ip4/0.0.0.0/tcp/{DEFAULT_P2P_PORT}"),
+        format!("/ip4/0.0.0.0/udp/{DEFAULT_P2P_PORT}/quic-v1"),
+        format!("/ip6/::/tcp/{DEFAULT_P2P_PORT}"),
+        format!("/ip6/::/udp/{DEFAULT_P2P_PORT}/quic-v1"),
+    ]
+    .iter()
+    .map(|s| s.parse().expect("valid default multiaddr"))
+    .collect()
+}
+
+/// Options of a [`Network`](crate::Network).
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Addresses others should dial (a node behind port forwarding).
+    pub external: Vec<Multiaddr>,
+    /// Peers to join through, each with its `/p2p/<PeerId>` (pinned).
+    pub bootstrap: Vec<Multiaddr>,
+    /// DNS names whose TXT records list bootstrap multiaddrs.
+    pub bootstrap_dns: Vec<String>,
+    /// The DNS server for `bootstrap_dns` (default: the system's).
+    pub dns_server: Option<SocketAddr>,
+    /// Find peers on the LAN by mDNS.
+    pub mdns: bool,
+    /// Most established connections in all.
+    pub max_connections: u32,
+    /// Most established connections with one peer.
+    pub max_connections_per_peer: u32,
+    /// Most connections being set up (incoming).
+    pub max_pending_incoming: u32,
+    /// How often provider records are announced again.
+    pub provide_interval: Duration,
+    /// The relay's limits.
+    pub relay: RelayLimits,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen_addrs(),
+            external: Vec::new(),
+            bootstrap: Vec::new(),
+            bootstrap_dns: Vec::new(),
+            dns_server: None,
+            mdns: true,
+            max_connections: 256,
+            max_connections_per_peer: 4,
+            max_pending_incoming: 64,
+            provide_interval: Duration::from_secs(600),
+            relay: RelayLimits::default(),
+        }
+    }
+}
+
+/// Hard limits on the job relay.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayLimits {
+    /// Largest request frame (the signed manifest) a server reads.
+    pub max_request_bytes: usize,
+    /// Largest event frame either side accepts.
+    pub max_frame_bytes: usize,
+    /// Most remote jobs running here at once; more are refused as busy.
+    pub max_concurrent_jobs: usize,
+    /// How long a requester may take to send its manifest after opening a stream.
+    pub request_timeout: Duration,
+    /// How long a requester waits for the next frame before giving up on the peer.
+    pub idle_timeout: Duration,
+    /// Manifests remembered by the replay guard.
+    pub replay_capacity: usize,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: phase_manifest::MAX_PAYLOAD_BYTES + (64 << 10),
+            max_frame_bytes: 1 << 20,
+            max_concurrent_jobs: 16,
+            request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            replay_capacity: 100_000,
+        }
+    }
+}

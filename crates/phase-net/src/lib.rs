@@ -1,0 +1,34 @@
+//! Phase networking on libp2p.
+//!
+//! A [`Network`] runs one libp2p swarm: TCP and QUIC transports (Noise, Yamux), identify, ping,
+//! Kademlia in server mode on Phase's own protocol id, mDNS on the LAN, and connection limits.
+//! On top of it:
+//!
+//! * **Provider records**: a node announces every model it serves under two keys, its content
+//!   ID and its `name:tag` ([`ModelKey`]), refreshes them, and looks up who serves a model with
+//!   a deadline.
+//! * **The job relay** (`/phase/job/1`, [`relay`]): a requester sends a signed manifest; the
+//!   serving node checks it (signature, expiry, policy, replay) and streams every
+//!   [`JobEvent`](phase_protocol::JobEvent) back as it is produced, in length-prefixed frames
+//!   ([`frame`]) with a hard size cap; the last frame carries the signed receipt. Closing the
+//!   stream on either side cancels the job.
+//! * **The model catalog** (`/phase/models/1`): what a peer serves, for listing remote models.
+//! * **Bootstrap** ([`bootstrap`]): pinned `/p2p/<PeerId>` multiaddrs, given directly or read
+//!   from DNS TXT records.
+
+mod behaviour;
+pub mod bootstrap;
+pub mod config;
+pub mod frame;
+pub mod keys;
+mod node;
+pub mod relay;
+mod swarm;
+pub mod wire;
+
+pub use config::{NetConfig, RelayLimits};
+pub use keys::{ModelKey, libp2p_keypair, to_libp2p_peer_id, to_phase_peer_id};
+pub use libp2p::{Multiaddr, PeerId};
+pub use node::{NetError, NetStatus, Network, PeerStatus};
+pub use relay::{Admission, JobService, RelayError, RelayStats, RemoteJob, SignerAllowlist};
+pub use wire::{ModelEntry, Refusal, RefusalCode};

@@ -1,0 +1,353 @@
+//! The swarm task and the [`Network`] handle the rest of the node uses.
+
+use libp2p::{Multiaddr, PeerId, noise, tcp, yamux};
+use phase_identity::NodeIdentity;
+use phase_manifest::ReplayGuard;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::behaviour::Behaviour;
+use crate::bootstrap;
+use crate::config::NetConfig;
+use crate::keys::{ModelKey, libp2p_keypair};
+use crate::relay::{
+    self, Admission, Faults, JobService, RelayError, RelayServer, RelayStats, RemoteJob,
+};
+use crate::swarm::{Command, Shared, SwarmTask};
+use crate::wire::ModelEntry;
+
+/// How often the served models are checked for changes (and announced if they changed).
+const MODEL_SCAN_INTERVAL: Duration = Duration::from_secs(15);
+/// How often bootstrap peers that are not connected are dialled again.
+pub(crate) const REDIAL_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Why the network could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A transport could not be set up.
+    #[error("setting up the {0} transport: {1}")]
+    Transport(&'static str, String),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// A bootstrap address is not usable.
+    #[error("bootstrap address {addr}: {reason}")]
+    Bootstrap {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What is known about one peer.
+#[derive(Debug, Clone)]
+pub struct PeerStatus {
+    /// The peer.
+    pub peer: PeerId,
+    /// Whether a connection is open now.
+    pub connected: bool,
+    /// Last measured round-trip time.
+    pub rtt: Option<Duration>,
+    /// Addresses it was reached at.
+    pub addrs: Vec<Multiaddr>,
+    /// Its identify agent string.
+    pub agent: Option<String>,
+    /// The models it listed in its catalog.
+    pub models: Vec<ModelEntry>,
+}
+
+/// A snapshot of the node's network.
+#[derive(Debug, Clone)]
+pub struct NetStatus {
+    /// This node.
+    pub peer_id: PeerId,
+    /// Addresses it listens on, each ending in `/p2p/<PeerId>`.
+    pub listen_addrs: Vec<Multiaddr>,
+    /// Addresses it tells others to dial.
+    pub external_addrs: Vec<Multiaddr>,
+    /// Known peers.
+    pub peers: Vec<PeerStatus>,
+    /// Bootstrap problems (an address that answered with another PeerId, a DNS name that
+    /// did not resolve), newest last.
+    pub bootstrap_errors: Vec<String>,
+    /// Jobs started for others.
+    pub jobs_served: u64,
+    /// Jobs refused.
+    pub jobs_refused: u64,
+    /// Jobs sent to others.
+    pub jobs_requested: u64,
+}
+
+/// A running libp2p node. Dropping the last handle stops it.
+#[derive(Clone)]
+pub struct Network {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    peer_id: PeerId,
+    commands: mpsc::UnboundedSender<Command>,
+    control: libp2p_stream::Control,
+    shared: Arc<Mutex<Shared>>,
+    stats: Arc<RelayStats>,
+    faults: Arc<Faults>,
+    limits: crate::config::RelayLimits,
+    _stop: DropGuard,
+}
+
+impl Network {
+    /// Starts a node with `identity`. With a `service`, it serves jobs (through `admission`)
+    /// and announces its models; without one it only asks others.
+    pub async fn start(
+        identity: &NodeIdentity,
+        config: NetConfig,
+        service: Option<(Arc<dyn JobService>, Arc<dyn Admission>)>,
+    ) -> Result<Self, NetError> {
+        let key = libp2p_keypair(identity);
+        let peer_id = key.public().to_peer_id();
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| NetError::Transport("TCP", e.to_string()))?
+            .with_quic()
+            .with_behaviour(|key| {
+                Behaviour::new(key, &config)
+                    .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+            })
+            .map_err(|e| NetError::Transport("mDNS", e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetError::Listen { addr: addr.clone(), reason: e.to_string() })?;
+        }
+        for addr in &config.external {
+            swarm.add_external_address(addr.clone());
+        }
+        let mut bootstrap_peers = Vec::new();
+        for addr in &config.bootstrap {
+            bootstrap::peer_of(addr)
+                .map_err(|reason| NetError::Bootstrap { addr: addr.to_string(), reason })?;
+            bootstrap_peers.push(addr.clone());
+        }
+        let control = swarm.behaviour().stream.new_control();
+        let shared = Arc::new(Mutex::new(Shared {
+            external_addrs: config.external.clone(),
+            ..Shared::default()
+        }));
+        let stats = Arc::new(RelayStats::default());
+        let faults = Arc::new(Faults::default());
+        let stop = CancellationToken::new();
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let task = SwarmTask {
+            swarm,
+            shared: Arc::clone(&shared),
+            control: control.clone(),
+            commands: command_rx,
+            provided: BTreeSet::new(),
+            reprovide: false,
+            lookups: HashMap::new(),
+            bootstrap: bootstrap_peers,
+            max_frame: config.relay.max_frame_bytes,
+        };
+        tokio::spawn(task.run(stop.clone()));
+        if !config.bootstrap_dns.is_empty() {
+            let names = config.bootstrap_dns.clone();
+            let dns_server = config.dns_server;
+            let commands = commands.clone();
+            let shared = Arc::clone(&shared);
+            let stop = stop.clone();
+            let dial = move |addr| {
+                let _ = commands.send(Command::Dial(addr));
+            };
+            let problem =
+                move |message| shared.lock().expect("network state lock").bootstrap_error(message);
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = bootstrap::dns_loop(names, dns_server, dial, problem, REDIAL_INTERVAL) => {}
+                }
+            });
+        }
+        if let Some((service, admission)) = service {
+            let server = Arc::new(RelayServer {
+                service: Arc::clone(&service),
+                admission,
+                replay: Mutex::new(ReplayGuard::new(config.relay.replay_capacity)),
+                slots: Arc::new(Semaphore::new(config.relay.max_concurrent_jobs)),
+                limits: config.relay,
+                stats: Arc::clone(&stats),
+                faults: Arc::clone(&faults),
+            });
+            let stop_relay = stop.clone();
+            let relay_control = control.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = stop_relay.cancelled() => {}
+                    () = server.run(relay_control) => {}
+                }
+            });
+            let stop_catalog = stop.clone();
+            let catalog_control = control.clone();
+            let catalog_service = Arc::clone(&service);
+            let max_frame = config.relay.max_frame_bytes;
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = stop_catalog.cancelled() => {}
+                    () = relay::serve_catalog(catalog_service, catalog_control, max_frame) => {}
+                }
+            });
+            let stop_announce = stop.clone();
+            let announce = commands.clone();
+            tokio::spawn(async move {
+                let mut last = None;
+                let mut tick = tokio::time::interval(MODEL_SCAN_INTERVAL);
+                loop {
+                    tokio::select! {
+                        () = stop_announce.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    let keys: BTreeSet<ModelKey> = service
+                        .models()
+                        .into_iter()
+                        .flat_map(|m| [ModelKey::Name(m.name), ModelKey::Cid(m.cid)])
+                        .collect();
+                    if last.as_ref() != Some(&keys) {
+                        last = Some(keys.clone());
+                        if announce.send(Command::Provide(keys)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                peer_id,
+                commands,
+                control,
+                shared,
+                stats,
+                faults,
+                limits: config.relay,
+                _stop: stop.drop_guard(),
+            }),
+        })
+    }
+
+    /// This node's PeerId.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.peer_id
+    }
+
+    /// A snapshot of the node's network.
+    pub fn status(&self) -> NetStatus {
+        let shared = self.inner.shared.lock().expect("network state lock");
+        let mut peers: Vec<PeerStatus> = shared.peers.values().cloned().collect();
+        peers.sort_by_key(|p| p.peer);
+        NetStatus {
+            peer_id: self.inner.peer_id,
+            listen_addrs: shared.listen_addrs.clone(),
+            external_addrs: shared.external_addrs.clone(),
+            peers,
+            bootstrap_errors: shared.bootstrap_errors.clone(),
+            jobs_served: self.inner.stats.served.load(Ordering::Relaxed),
+            jobs_refused: self.inner.stats.refused.load(Ordering::Relaxed),
+            jobs_requested: self.inner.stats.requested.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Waits until the node listens on at least one address, at most `deadline`.
+    pub async fn wait_listening(&self, deadline: Duration) -> Vec<Multiaddr> {
+        let until = Instant::now() + deadline;
+        loop {
+            let addrs = self.status().listen_addrs;
+            if !addrs.is_empty() || Instant::now() >= until {
+                return addrs;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Dials `addr` (which should end in `/p2p/<PeerId>`).
+    pub fn dial(&self, addr: Multiaddr) {
+        let _ = self.inner.commands.send(Command::Dial(addr));
+    }
+
+    /// The peers that announced `key` in the DHT, as found within `deadline`.
+    pub async fn find_providers(&self, key: &ModelKey, deadline: Duration) -> Vec<PeerId> {
+        let (found, mut rx) = mpsc::unbounded_channel();
+        if self
+            .inner
+            .commands
+            .send(Command::FindProviders { key: key.record_key(), found })
+            .is_err()
+        {
+            return Vec::new();
+        }
+        let mut providers = Vec::new();
+        let collect = async {
+            while let Some(peer) = rx.recv().await {
+                if peer != self.inner.peer_id && !providers.contains(&peer) {
+                    providers.push(peer);
+                }
+            }
+        };
+        let _ = tokio::time::timeout(deadline, collect).await;
+        providers
+    }
+
+    /// Connected peers whose catalog lists `model` (`name:tag`).
+    pub fn catalog_peers(&self, model: &str) -> Vec<PeerId> {
+        let shared = self.inner.shared.lock().expect("network state lock");
+        shared
+            .peers
+            .values()
+            .filter(|p| p.connected && p.models.iter().any(|m| m.name == model))
+            .map(|p| p.peer)
+            .collect()
+    }
+
+    /// The last measured round-trip time to `peer`.
+    pub fn rtt(&self, peer: &PeerId) -> Option<Duration> {
+        self.inner.shared.lock().expect("network state lock").peers.get(peer).and_then(|p| p.rtt)
+    }
+
+    /// Sends a job (the wire form of its signed manifest) to `peer`.
+    pub async fn request_job(
+        &self,
+        peer: PeerId,
+        manifest_cbor: &[u8],
+    ) -> Result<RemoteJob, RelayError> {
+        self.inner.stats.requested.fetch_add(1, Ordering::Relaxed);
+        let mut control = self.inner.control.clone();
+        RemoteJob::start(&mut control, peer, manifest_cbor, self.inner.limits).await
+    }
+
+    /// Makes this node alter every output chunk it relays after committing to it, so its
+    /// receipts stop matching what requesters receive. Only for tests of verify-and-bind;
+    /// fails unless built with the `test-faults` feature.
+    pub fn set_tamper_output(&self, on: bool) -> Result<(), &'static str> {
+        if cfg!(feature = "test-faults") {
+            self.inner.faults.tamper_output.store(on, Ordering::Relaxed);
+            Ok(())
+        } else {
+            Err("this build has no test faults (build phase-net with the test-faults feature)")
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! The job relay, `/phase/job/1`: both ends.
+//!
+//! The requester opens a stream and sends one frame, the wire form of a
+//! `SignedManifest<JobSpec>`, then only reads. The server checks the manifest before any work
+//! (signature and time window, the admission gate, the replay guard), then sends each
+//! [`JobEvent`] as its own frame the moment the worker produces it; the `Final` event, with the
+//! signed receipt, is the last frame. A refused job gets one [`ServerFrame::Refused`] frame.
+//!
+//! Cancellation is the stream itself: when the requester closes or drops it, the server's read
+//! side ends and the job is dropped, which cancels it within one chunk (the job stream holds at
+//! most one undelivered event). When the server goes away, the requester's next read fails.
+
+use futures::future::BoxFuture;
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, Stream, StreamProtocol};
+use phase_identity::PublicKey;
+use phase_manifest::{
+    ManifestError, ReplayError, ReplayGuard, SignedManifest, VerifyLimits, unix_time_ms,
+};
+use phase_protocol::{Job, JobEvent, JobSpec, WorkerError};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+use crate::config::RelayLimits;
+use crate::frame::{self, FrameError};
+use crate::wire::{
+    JOB_PROTOCOL, MAX_CATALOG_MODELS, ModelEntry, Refusal, RefusalCode, ServerFrame,
+};
+
+/// How long opening a stream to a peer may take (dial included) before it counts as
+/// unreachable.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a node serves to others.
+pub trait JobService: Send + Sync + 'static {
+    /// The models this node serves now (announced in the DHT and listed in its catalog).
+    fn models(&self) -> Vec<ModelEntry>;
+
+    /// Starts a job whose manifest has passed every check. `from` is the peer that sent it.
+    fn execute(
+        &self,
+        from: PeerId,
+        manifest: SignedManifest<JobSpec>,
+    ) -> BoxFuture<'_, Result<Job, WorkerError>>;
+}
+
+/// Decides whether a verified manifest may run here.
+pub trait Admission: Send + Sync + 'static {
+    /// `Ok` to run the job; otherwise the refusal sent back.
+    fn admit(
+        &self,
+        signer: &phase_identity::PeerId,
+        from: &PeerId,
+        job: &JobSpec,
+    ) -> Result<(), Refusal>;
+}
+
+/// The simplest gate: a set of allowed signers, or anyone. Default deny.
+#[derive(Debug, Clone, Default)]
+pub struct SignerAllowlist {
+    any: bool,
+    allowed: HashSet<phase_identity::PeerId>,
+}
+
+impl SignerAllowlist {
+    /// Nobody may use this node.
+    pub fn deny_all() -> Self {
+        Self::default()
+    }
+
+    /// Anyone may use this node (must be asked for explicitly).
+    pub fn allow_any() -> Self {
+        Self { any: true, allowed: HashSet::new() }
+    }
+
+    /// Allows one signer, given as a PeerId or a hex Ed25519 public key.
+    pub fn allow(&mut self, signer: &str) -> Result<(), String> {
+        let peer = if let Ok(peer) = signer.parse::<phase_identity::PeerId>() {
+            peer
+        } else if let Ok(key) = signer.parse::<PublicKey>() {
+            phase_identity::PeerId::from_public_key(&key)
+        } else {
+            return Err(format!(
+                "{signer:?} is neither a PeerId (12D3Koo…) nor a hex Ed25519 public key"
+            ));
+        };
+        self.allowed.insert(peer);
+        Ok(())
+    }
+
+    /// Whether anyone may use this node.
+    pub fn allows_any(&self) -> bool {
+        self.any
+    }
+}
+
+impl Admission for SignerAllowlist {
+    fn admit(
+        &self,
+        signer: &phase_identity::PeerId,
+        _from: &PeerId,
+        _job: &JobSpec,
+    ) -> Result<(), Refusal> {
+        if self.any || self.allowed.contains(signer) {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                RefusalCode::NotAuthorized,
+                format!(
+                    "signer {signer} is not allowed to use this node; its operator can add it with --allow-signer {signer}"
+                ),
+            ))
+        }
+    }
+}
+
+/// Counters of the relay, for status pages and tests.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    /// Jobs started for other nodes.
+    pub served: AtomicU64,
+    /// Jobs refused before starting.
+    pub refused: AtomicU64,
+    /// Jobs this node sent to others.
+    pub requested: AtomicU64,
+}
+
+/// Faults a test may switch on (only with the `test-faults` feature).
+#[derive(Debug, Default)]
+pub(crate) struct Faults {
+    pub tamper_output: AtomicBool,
+}
+
+/// The serving side.
+pub(crate) struct RelayServer {
+    pub service: Arc<dyn JobService>,
+    pub admission: Arc<dyn Admission>,
+    pub replay: Mutex<ReplayGuard>,
+    pub slots: Arc<Semaphore>,
+    pub limits: RelayLimits,
+    pub stats: Arc<RelayStats>,
+    pub faults: Arc<Faults>,
+}
+
+impl RelayServer {
+    /// Accepts job streams until the control is dropped.
+    pub(crate) async fn run(self: Arc<Self>, mut control: libp2p_stream::Control) {
+        let mut incoming = match control.accept(StreamProtocol::new(JOB_PROTOCOL)) {
+            Ok(incoming) => incoming,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serve the job relay");
+                return;
+            }
+        };
+        while let Some((peer, stream)) = incoming.next().await {
+            let server = Arc::clone(&self);
+            tokio::spawn(async move { server.serve(peer, stream).await });
+        }
+    }
+
+    async fn serve(&self, peer: PeerId, mut stream: Stream) {
+        let job = match self.start(peer, &mut stream).await {
+            Ok(job) => job,
+            Err(refusal) => {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%peer, reason = %refusal, "refused a remote job");
+                let _ = frame::write_value(
+                    &mut stream,
+                    &ServerFrame::Refused(refusal),
+                    self.limits.max_frame_bytes,
+                )
+                .await;
+                let _ = stream.close().await;
+                return;
+            }
+        };
+        self.stats.served.fetch_add(1, Ordering::Relaxed);
+        self.stream_events(job, stream).await;
+    }
+
+    /// Every check, in order, then the worker.
+    async fn start(
+        &self,
+        peer: PeerId,
+        stream: &mut Stream,
+    ) -> Result<(Job, tokio::sync::OwnedSemaphorePermit), Refusal> {
+        let permit = Arc::clone(&self.slots).try_acquire_owned().map_err(|_| {
+            Refusal::new(
+                RefusalCode::Busy,
+                format!(
+                    "this node already runs {} remote jobs; try another",
+                    self.limits.max_concurrent_jobs
+                ),
+            )
+        })?;
+        let bytes = tokio::time::timeout(
+            self.limits.request_timeout,
+            frame::read_frame(stream, self.limits.max_request_bytes),
+        )
+        .await
+        .map_err(|_| Refusal::new(RefusalCode::Malformed, "no manifest arrived in time"))?
+        .map_err(|e| Refusal::new(RefusalCode::Malformed, format!("reading the manifest: {e}")))?;
+        let manifest = SignedManifest::<JobSpec>::from_cbor(&bytes, self.limits.max_request_bytes)
+            .map_err(|e| match e {
+                ManifestError::Malformed(_) => Refusal::new(RefusalCode::Malformed, e.to_string()),
+                other => Refusal::new(RefusalCode::InvalidManifest, other.to_string()),
+            })?;
+        let now = unix_time_ms();
+        manifest
+            .verify(now, &VerifyLimits::default())
+            .map_err(|e| Refusal::new(RefusalCode::InvalidManifest, e.to_string()))?;
+        let signer = phase_identity::PeerId::from_public_key(&manifest.signer);
+        self.admission.admit(&signer, &peer, &manifest.payload)?;
+        self.replay.lock().expect("replay guard lock").check_and_record(&manifest, now).map_err(
+            |e| match e {
+                ReplayError::Replayed => Refusal::new(
+                    RefusalCode::Replayed,
+                    "this manifest was already run here; sign a new one",
+                ),
+                full @ ReplayError::Full { .. } => {
+                    Refusal::new(RefusalCode::Busy, full.to_string())
+                }
+            },
+        )?;
+        let job = self.service.execute(peer, manifest).await.map_err(|e| match e {
+            WorkerError::ModelNotFound { .. } => {
+                Refusal::new(RefusalCode::ModelNotFound, e.to_string())
+            }
+            WorkerError::InvalidJob { .. } | WorkerError::UnsupportedJob { .. } => {
+                Refusal::new(RefusalCode::InvalidJob, e.to_string())
+            }
+            WorkerError::Unavailable { .. } => {
+                Refusal::new(RefusalCode::Unavailable, e.to_string())
+            }
+        })?;
+        Ok((job, permit))
+    }
+
+    /// Sends each event as it comes; stops (cancelling the job) when the requester goes away.
+    async fn stream_events(
+        &self,
+        (mut job, _permit): (Job, tokio::sync::OwnedSemaphorePermit),
+        stream: Stream,
+    ) {
+        let (mut reader, mut writer) = stream.split();
+        // The requester sends nothing after its manifest: any read that returns means it
+        // closed the stream, reset it, or broke the protocol. Each ends the job.
+        let gone = async move {
+            let mut byte = [0u8; 1];
+            let _ = reader.read(&mut byte).await;
+        };
+        tokio::pin!(gone);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut gone => {
+                    job.handle.cancel();
+                    tracing::debug!("the requester closed the job stream: job cancelled");
+                    return;
+                }
+                event = job.events.next() => {
+                    let Some(mut event) = event else { break };
+                    let last = matches!(event, JobEvent::Final(_));
+                    self.apply_faults(&mut event);
+                    if let Err(e) = frame::write_value(&mut writer, &ServerFrame::Event(event), self.limits.max_frame_bytes).await {
+                        tracing::debug!(error = %e, "the requester is gone: job cancelled");
+                        job.handle.cancel();
+                        return;
+                    }
+                    if last {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = writer.close().await;
+    }
+
+    #[cfg(feature = "test-faults")]
+    fn apply_faults(&self, event: &mut JobEvent) {
+        if self.faults.tamper_output.load(Ordering::Relaxed)
+            && let JobEvent::Output(chunk) = event
+        {
+            // Change the data after it was committed: the receipt no longer matches.
+            chunk.data.iter_mut().for_each(|b| *b = b.to_ascii_uppercase());
+        }
+    }
+
+    #[cfg(not(feature = "test-faults"))]
+    fn apply_faults(&self, _event: &mut JobEvent) {
+        let _ = &self.faults;
+    }
+}
+
+/// Why a relayed job failed on the requester's side.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// No stream could be opened to the peer.
+    #[error("peer {peer} is unreachable: {reason}")]
+    Unreachable {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// The peer refused the job.
+    #[error("peer {peer} refused the job: {refusal}")]
+    Refused {
+        /// The peer.
+        peer: PeerId,
+        /// Its reason.
+        refusal: Refusal,
+    },
+    /// The stream broke or carried something invalid.
+    #[error("peer {peer} broke the job stream: {reason}")]
+    Broken {
+        /// The peer.
+        peer: PeerId,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// A job running on another node, read event by event.
+pub struct RemoteJob {
+    peer: PeerId,
+    stream: Stream,
+    limits: RelayLimits,
+    finished: bool,
+}
+
+impl RemoteJob {
+    /// Opens a relay stream to `peer` and sends the manifest (its wire form).
+    pub(crate) async fn start(
+        control: &mut libp2p_stream::Control,
+        peer: PeerId,
+        manifest_cbor: &[u8],
+        limits: RelayLimits,
+    ) -> Result<Self, RelayError> {
+        let unreachable = |reason: String| RelayError::Unreachable { peer, reason };
+        let mut stream = tokio::time::timeout(
+            OPEN_TIMEOUT,
+            control.open_stream(peer, StreamProtocol::new(JOB_PROTOCOL)),
+        )
+        .await
+        .map_err(|_| unreachable(format!("no stream within {OPEN_TIMEOUT:?}")))?
+        .map_err(|e| match e {
+            libp2p_stream::OpenStreamError::UnsupportedProtocol(p) => {
+                unreachable(format!("it does not speak {p} (a different Phase version?)"))
+            }
+            other => unreachable(other.to_string()),
+        })?;
+        frame::write_frame(&mut stream, manifest_cbor, limits.max_request_bytes)
+            .await
+            .map_err(|e| unreachable(format!("sending the manifest: {e}")))?;
+        Ok(Self { peer, stream, limits, finished: false })
+    }
+
+    /// The serving peer.
+    pub fn peer(&self) -> PeerId {
+        self.peer
+    }
+
+    /// The next event; `Ok(None)` after the `Final` event. A refusal, a malformed or oversized
+    /// frame, a stream that ends before its receipt, or a peer silent for longer than the idle
+    /// timeout is an error.
+    pub async fn next_event(&mut self) -> Result<Option<JobEvent>, RelayError> {
+        if self.finished {
+            return Ok(None);
+        }
+        let broken = |reason: String| RelayError::Broken { peer: self.peer, reason };
+        let frame = tokio::time::timeout(
+            self.limits.idle_timeout,
+            frame::read_value::<_, ServerFrame>(&mut self.stream, self.limits.max_frame_bytes),
+        )
+        .await
+        .map_err(|_| broken(format!("silent for {:?}", self.limits.idle_timeout)))?;
+        match frame {
+            Ok(ServerFrame::Event(event)) => {
+                self.finished = matches!(event, JobEvent::Final(_));
+                Ok(Some(event))
+            }
+            Ok(ServerFrame::Refused(refusal)) => {
+                self.finished = true;
+                Err(RelayError::Refused { peer: self.peer, refusal })
+            }
+            Err(FrameError::Closed) => {
+                self.finished = true;
+                Err(broken("the stream ended before the job's receipt".into()))
+            }
+            Err(e) => {
+                self.finished = true;
+                Err(broken(e.to_string()))
+            }
+        }
+    }
+}
+
+/// Serves this node's model catalog.
+pub(crate) async fn serve_catalog(
+    service: Arc<dyn JobService>,
+    mut control: libp2p_stream::Control,
+    max_frame: usize,
+) {
+    let mut incoming = match control.accept(StreamProtocol::new(crate::wire::MODELS_PROTOCOL)) {
+        Ok(incoming) => incoming,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve the model catalog");
+            return;
+        }
+    };
+    while let Some((_, mut stream)) = incoming.next().await {
+        let models = service.models();
+        tokio::spawn(async move {
+            let _ = frame::write_value(&mut stream, &models, max_frame).await;
+            let _ = stream.close().await;
+        });
+    }
+}
+
+/// Asks `peer` for its model catalog.
+pub(crate) async fn fetch_catalog(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    max_frame: usize,
+) -> Result<Vec<ModelEntry>, String> {
+    let mut stream = tokio::time::timeout(
+        OPEN_TIMEOUT,
+        control.open_stream(peer, StreamProtocol::new(crate::wire::MODELS_PROTOCOL)),
+    )
+    .await
+    .map_err(|_| "timed out".to_string())?
+    .map_err(|e| e.to_string())?;
+    let models: Vec<ModelEntry> =
+        tokio::time::timeout(OPEN_TIMEOUT, frame::read_value(&mut stream, max_frame))
+            .await
+            .map_err(|_| "timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+    if models.len() > MAX_CATALOG_MODELS {
+        return Err(format!("{} models is over the limit of {MAX_CATALOG_MODELS}", models.len()));
+    }
+    Ok(models)
+}

@@ -1,0 +1,265 @@
+//! The task that owns the libp2p swarm: it runs commands from the [`Network`](crate::Network)
+//! handle and reacts to swarm events (connections, identify, ping, mDNS, Kademlia queries).
+
+use futures::StreamExt;
+use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult, RecordKey};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{DialError, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, ping};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::behaviour::{Behaviour, BehaviourEvent};
+use crate::bootstrap;
+use crate::keys::ModelKey;
+use crate::node::{PeerStatus, REDIAL_INTERVAL};
+use crate::relay;
+use crate::wire::MODELS_PROTOCOL;
+
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub listen_addrs: Vec<Multiaddr>,
+    pub external_addrs: Vec<Multiaddr>,
+    pub peers: HashMap<PeerId, PeerStatus>,
+    pub bootstrap_errors: Vec<String>,
+}
+
+impl Shared {
+    pub(crate) fn peer(&mut self, peer: PeerId) -> &mut PeerStatus {
+        self.peers.entry(peer).or_insert_with(|| PeerStatus {
+            peer,
+            connected: false,
+            rtt: None,
+            addrs: Vec::new(),
+            agent: None,
+            models: Vec::new(),
+        })
+    }
+
+    pub(crate) fn bootstrap_error(&mut self, message: String) {
+        tracing::warn!("{message}");
+        if self.bootstrap_errors.len() >= 32 {
+            self.bootstrap_errors.remove(0);
+        }
+        self.bootstrap_errors.push(message);
+    }
+}
+
+pub(crate) enum Command {
+    Provide(BTreeSet<ModelKey>),
+    FindProviders { key: RecordKey, found: mpsc::UnboundedSender<PeerId> },
+    Dial(Multiaddr),
+}
+
+pub(crate) struct SwarmTask {
+    pub swarm: Swarm<Behaviour>,
+    pub shared: Arc<Mutex<Shared>>,
+    pub control: libp2p_stream::Control,
+    pub commands: mpsc::UnboundedReceiver<Command>,
+    pub provided: BTreeSet<ModelKey>,
+    pub reprovide: bool,
+    pub lookups: HashMap<QueryId, mpsc::UnboundedSender<PeerId>>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub max_frame: usize,
+}
+
+impl SwarmTask {
+    pub(crate) async fn run(mut self, stop: CancellationToken) {
+        for addr in self.bootstrap.clone() {
+            self.dial(addr);
+        }
+        let mut reprovide_tick = tokio::time::interval(Duration::from_secs(1));
+        let mut redial_tick = tokio::time::interval(REDIAL_INTERVAL);
+        redial_tick.reset();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                command = self.commands.recv() => match command {
+                    Some(command) => self.command(command),
+                    None => return,
+                },
+                event = self.swarm.select_next_some() => self.event(event),
+                _ = reprovide_tick.tick() => {
+                    if std::mem::take(&mut self.reprovide) {
+                        for key in &self.provided {
+                            if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key.record_key()) {
+                                tracing::warn!(%key, error = ?e, "cannot announce a model");
+                            }
+                        }
+                    }
+                }
+                _ = redial_tick.tick() => self.redial(),
+            }
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Provide(keys) => {
+                for gone in self.provided.difference(&keys) {
+                    self.swarm.behaviour_mut().kad.stop_providing(&gone.record_key());
+                }
+                self.provided = keys;
+                self.reprovide = true;
+            }
+            Command::FindProviders { key, found } => {
+                let id = self.swarm.behaviour_mut().kad.get_providers(key);
+                self.lookups.insert(id, found);
+            }
+            Command::Dial(addr) => self.dial(addr),
+        }
+    }
+
+    fn dial(&mut self, addr: Multiaddr) {
+        let Ok(peer) = bootstrap::peer_of(&addr) else {
+            tracing::warn!(%addr, "not dialling an address without /p2p/<PeerId>");
+            return;
+        };
+        if peer == *self.swarm.local_peer_id() {
+            return;
+        }
+        let transport_addr: Multiaddr =
+            addr.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect();
+        self.swarm.behaviour_mut().kad.add_address(&peer, transport_addr.clone());
+        if !self.bootstrap.contains(&addr) {
+            self.bootstrap.push(addr.clone());
+        }
+        // The dial names the peer: if whoever answers at this address proves another
+        // identity, libp2p drops the connection (DialError::WrongPeerId).
+        let opts = DialOpts::peer_id(peer).addresses(vec![transport_addr]).build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%addr, error = %e, "dial failed");
+        }
+    }
+
+    fn redial(&mut self) {
+        let mut any_connected = false;
+        for addr in self.bootstrap.clone() {
+            if let Ok(peer) = bootstrap::peer_of(&addr) {
+                if self.swarm.is_connected(&peer) {
+                    any_connected = true;
+                } else {
+                    self.dial(addr);
+                }
+            }
+        }
+        if any_connected || self.swarm.connected_peers().next().is_some() {
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+    }
+
+    fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
+                tracing::info!("listening on {full}");
+                self.shared.lock().expect("network state lock").listen_addrs.push(full);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                let mut shared = self.shared.lock().expect("network state lock");
+                shared.listen_addrs.retain(|a| !a.to_string().starts_with(&address.to_string()));
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                let mut shared = self.shared.lock().expect("network state lock");
+                let status = shared.peer(peer_id);
+                status.connected = true;
+                let addr = endpoint.get_remote_address().clone();
+                if !status.addrs.contains(&addr) {
+                    status.addrs.push(addr);
+                }
+                self.reprovide = true;
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                let mut shared = self.shared.lock().expect("network state lock");
+                let status = shared.peer(peer_id);
+                status.connected = false;
+                status.models.clear();
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                if let DialError::WrongPeerId { obtained, address } = &error {
+                    self.shared.lock().expect("network state lock").bootstrap_error(format!(
+                        "{address} answered as {obtained}, not the pinned {}; connection dropped",
+                        peer_id.map(|p| p.to_string()).unwrap_or_default()
+                    ));
+                } else {
+                    tracing::debug!(?peer_id, error = %error, "outgoing connection failed");
+                }
+            }
+            SwarmEvent::Behaviour(event) => self.behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let speaks_kad =
+                    info.protocols.iter().any(|p| p.as_ref() == crate::wire::KAD_PROTOCOL);
+                if speaks_kad {
+                    for addr in &info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
+                    }
+                }
+                self.shared.lock().expect("network state lock").peer(peer_id).agent =
+                    Some(info.agent_version.clone());
+                if info.protocols.iter().any(|p| p.as_ref() == MODELS_PROTOCOL) {
+                    self.fetch_catalog(peer_id);
+                }
+            }
+            BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. }) => {
+                self.shared.lock().expect("network state lock").peer(peer).rtt = Some(rtt);
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    if !self.swarm.is_connected(&peer) {
+                        let _ =
+                            self.swarm.dial(DialOpts::peer_id(peer).addresses(vec![addr]).build());
+                    }
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: QueryResult::GetProviders(result),
+                step,
+                ..
+            }) => {
+                match result {
+                    Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
+                        if let Some(found) = self.lookups.get(&id) {
+                            for peer in providers {
+                                let _ = found.send(peer);
+                            }
+                        }
+                    }
+                    Ok(GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) | Err(_) => {
+                        self.lookups.remove(&id);
+                    }
+                }
+                if step.last {
+                    self.lookups.remove(&id);
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated { is_new_peer: true, .. }) => {
+                self.reprovide = true;
+            }
+            _ => {}
+        }
+    }
+
+    fn fetch_catalog(&self, peer: PeerId) {
+        let mut control = self.control.clone();
+        let shared = Arc::clone(&self.shared);
+        let max_frame = self.max_frame;
+        tokio::spawn(async move {
+            match relay::fetch_catalog(&mut control, peer, max_frame).await {
+                Ok(models) => shared.lock().expect("network state lock").peer(peer).models = models,
+                Err(e) => tracing::debug!(%peer, error = %e, "could not read a peer's catalog"),
+            }
+        });
+    }
+}

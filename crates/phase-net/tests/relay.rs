@@ -1,0 +1,387 @@
+//! Nodes on loopback: discovery, the streaming relay, its checks, and bootstrap.
+//!
+//! The service here is a test fixture (counts to N, one chunk per number, each chunk waiting for
+//! a permit the test hands out), so the tests can hold a job mid-way. lucidd's multi-process
+//! tests run the same relay with its real workers.
+
+use futures::future::BoxFuture;
+use phase_identity::NodeIdentity;
+use phase_manifest::{SignedManifest, unix_time_ms};
+use phase_net::{
+    Admission, JobService, ModelEntry, ModelKey, NetConfig, Network, PeerId, RefusalCode,
+    RelayError, SignerAllowlist,
+};
+use phase_protocol::{
+    Completion, InferenceInput, InferenceJob, Job, JobEvent, JobSpec, Metrics, OutputChunk,
+    WorkerError, job_channel,
+};
+use phase_receipt::{Commitment, JobResult, SignedReceipt, verify_and_bind};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct Counter {
+    identity: NodeIdentity,
+    gate: Arc<Semaphore>,
+    receipts: mpsc::UnboundedSender<SignedReceipt<JobResult>>,
+}
+
+impl JobService for Counter {
+    fn models(&self) -> Vec<ModelEntry> {
+        vec![ModelEntry {
+            name: "counter:latest".into(),
+            digest: "00".repeat(32),
+            cid: "bafkreicounter".into(),
+            size: 0,
+            format: "builtin".into(),
+            family: "counter".into(),
+            parameter_size: "0".into(),
+            quantization_level: "none".into(),
+            context_length: 0,
+            embedding_length: 0,
+            capabilities: vec!["completion".into()],
+        }]
+    }
+
+    fn execute(
+        &self,
+        _from: PeerId,
+        manifest: SignedManifest<JobSpec>,
+    ) -> BoxFuture<'_, Result<Job, WorkerError>> {
+        Box::pin(async move {
+            let JobSpec::Inference(InferenceJob {
+                model,
+                input: InferenceInput::Generate { prompt, .. },
+                ..
+            }) = &manifest.payload
+            else {
+                return Err(WorkerError::InvalidJob { reason: "generate only".into() });
+            };
+            if model != "counter:latest" {
+                return Err(WorkerError::ModelNotFound { model: model.clone() });
+            }
+            let n: u32 = prompt.parse().map_err(|_| WorkerError::InvalidJob {
+                reason: "prompt must be a number".into(),
+            })?;
+            let hash = manifest.hash().expect("hash");
+            let (mut emitter, job) = job_channel(self.identity.clone(), hash);
+            let gate = Arc::clone(&self.gate);
+            let receipts = self.receipts.clone();
+            tokio::spawn(async move {
+                for i in 1..=n {
+                    let permit = tokio::select! {
+                        p = gate.acquire() => p.expect("gate"),
+                        () = emitter.cancelled() => break,
+                    };
+                    permit.forget();
+                    if emitter.output(OutputChunk::text(&format!("{i} "))).await.is_err() {
+                        break;
+                    }
+                }
+                let completion = if emitter.is_cancelled() {
+                    Completion::Cancelled
+                } else {
+                    Completion::Finished
+                };
+                let _ = receipts.send(emitter.finish(completion, Metrics::default()));
+            });
+            Ok(job)
+        })
+    }
+}
+
+fn config() -> NetConfig {
+    NetConfig {
+        listen: vec![
+            "/ip4/127.0.0.1/tcp/0".parse().expect("addr"),
+            "/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("addr"),
+        ],
+        mdns: false,
+        ..NetConfig::default()
+    }
+}
+
+struct Server {
+    net: Network,
+    identity: NodeIdentity,
+    gate: Arc<Semaphore>,
+    receipts: mpsc::UnboundedReceiver<SignedReceipt<JobResult>>,
+    addr: phase_net::Multiaddr,
+}
+
+async fn server(admission: SignerAllowlist) -> Server {
+    let identity = NodeIdentity::generate();
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, receipts) = mpsc::unbounded_channel();
+    let service =
+        Arc::new(Counter { identity: identity.clone(), gate: Arc::clone(&gate), receipts: tx });
+    let admission: Arc<dyn Admission> = Arc::new(admission);
+    let net = Network::start(&identity, config(), Some((service, admission)))
+        .await
+        .expect("start server");
+    let addrs = net.wait_listening(DEADLINE).await;
+    let addr = addrs.into_iter().find(|a| a.to_string().contains("/tcp/")).expect("tcp address");
+    Server { net, identity, gate, receipts, addr }
+}
+
+async fn client(bootstrap: Vec<phase_net::Multiaddr>) -> (Network, NodeIdentity) {
+    let identity = NodeIdentity::generate();
+    let net = Network::start(&identity, NetConfig { bootstrap, ..config() }, None)
+        .await
+        .expect("start client");
+    (net, identity)
+}
+
+fn manifest(identity: &NodeIdentity, prompt: &str) -> SignedManifest<JobSpec> {
+    let spec = JobSpec::Inference(InferenceJob {
+        model: "counter:latest".into(),
+        input: InferenceInput::Generate {
+            prompt: prompt.into(),
+            suffix: None,
+            system: None,
+            raw: false,
+            images: Vec::new(),
+        },
+        options: Default::default(),
+        format: None,
+        tools: Vec::new(),
+        think: None,
+        logprobs: None,
+    });
+    SignedManifest::sign(identity, spec, Duration::from_secs(60), unix_time_ms()).expect("sign")
+}
+
+async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_are_found_and_tokens_stream_before_the_job_ends() {
+    let mut server = server(SignerAllowlist::allow_any()).await;
+    let (client, identity) = client(vec![server.addr.clone()]).await;
+    let key = ModelKey::Name("counter:latest".into());
+    let providers = wait_for("a provider record", async || {
+        let found = client.find_providers(&key, Duration::from_secs(2)).await;
+        (!found.is_empty()).then_some(found)
+    })
+    .await;
+    assert_eq!(providers, vec![server.net.peer_id()]);
+    assert_eq!(
+        client.catalog_peers("counter:latest"),
+        vec![server.net.peer_id()],
+        "the catalog lists the model"
+    );
+
+    let manifest = manifest(&identity, "3");
+    let mut job = client
+        .request_job(server.net.peer_id(), &manifest.to_cbor().expect("cbor"))
+        .await
+        .expect("open");
+    server.gate.add_permits(1);
+    let first = job.next_event().await.expect("first event").expect("not final");
+    assert_eq!(first, JobEvent::Output(OutputChunk::text("1 ")));
+    assert!(
+        server.receipts.try_recv().is_err(),
+        "the first token arrived while the job was still running"
+    );
+    server.gate.add_permits(2);
+    let mut observed = Commitment::new();
+    observed.push("text", b"1 ");
+    let receipt = loop {
+        match job.next_event().await.expect("event") {
+            Some(JobEvent::Output(chunk)) => observed.push(chunk.kind.as_str(), &chunk.data),
+            Some(JobEvent::Final(receipt)) => break receipt,
+            Some(_) => {}
+            None => panic!("no receipt"),
+        }
+    };
+    assert_eq!(receipt.body.completion, Completion::Finished);
+    let worker = server.identity.peer_id();
+    verify_and_bind(&receipt, &manifest.hash().expect("hash"), &worker, &observed)
+        .expect("the receipt binds");
+    assert!(job.next_event().await.expect("after final").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_stream_cancels_the_job_within_a_chunk() {
+    let mut server = server(SignerAllowlist::allow_any()).await;
+    let (client, identity) = client(vec![server.addr.clone()]).await;
+    let manifest = manifest(&identity, "1000");
+    let mut job = client
+        .request_job(server.net.peer_id(), &manifest.to_cbor().expect("cbor"))
+        .await
+        .expect("open");
+    server.gate.add_permits(1);
+    assert!(matches!(job.next_event().await, Ok(Some(JobEvent::Output(_)))));
+    drop(job);
+    // The worker is parked on the gate; it must notice the cancellation without more permits.
+    let receipt = tokio::time::timeout(DEADLINE, server.receipts.recv())
+        .await
+        .expect("in time")
+        .expect("receipt");
+    assert_eq!(receipt.body.completion, Completion::Cancelled);
+    assert!(receipt.body.chunk_count <= 2, "stopped within a chunk: {}", receipt.body.chunk_count);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthorized_signer_is_refused_with_the_reason() {
+    let server = server(SignerAllowlist::deny_all()).await;
+    let (client, identity) = client(vec![server.addr.clone()]).await;
+    let manifest = manifest(&identity, "1");
+    let mut job = client
+        .request_job(server.net.peer_id(), &manifest.to_cbor().expect("cbor"))
+        .await
+        .expect("open");
+    match job.next_event().await {
+        Err(RelayError::Refused { refusal, .. }) => {
+            assert_eq!(refusal.code, RefusalCode::NotAuthorized);
+            assert!(
+                refusal.message.contains(&format!("--allow-signer {}", identity.peer_id())),
+                "{}",
+                refusal.message
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(server.net.status().jobs_refused, 1);
+    assert_eq!(server.net.status().jobs_served, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_signer_passes_and_replays_and_forgeries_are_refused() {
+    let (client_net, identity) = client(Vec::new()).await;
+    let mut allow = SignerAllowlist::deny_all();
+    allow.allow(&identity.peer_id().to_string()).expect("peer id");
+    let server = server(allow).await;
+    client_net.dial(server.addr.clone());
+    let manifest = manifest(&identity, "1");
+    let bytes = manifest.to_cbor().expect("cbor");
+    server.gate.add_permits(10);
+    let mut job = client_net.request_job(server.net.peer_id(), &bytes).await.expect("open");
+    assert!(matches!(job.next_event().await, Ok(Some(JobEvent::Output(_)))));
+
+    let mut again = client_net.request_job(server.net.peer_id(), &bytes).await.expect("open");
+    assert!(
+        matches!(again.next_event().await, Err(RelayError::Refused { refusal, .. }) if refusal.code == RefusalCode::Replayed)
+    );
+
+    let mut forged = manifest.clone();
+    forged.signature.0[0] ^= 1;
+    let mut job = client_net
+        .request_job(server.net.peer_id(), &forged.to_cbor().expect("cbor"))
+        .await
+        .expect("open");
+    assert!(
+        matches!(job.next_event().await, Err(RelayError::Refused { refusal, .. }) if refusal.code == RefusalCode::InvalidManifest)
+    );
+
+    let expired = SignedManifest::sign(
+        &identity,
+        manifest.payload.clone(),
+        Duration::from_secs(1),
+        unix_time_ms() - 120_000,
+    )
+    .expect("sign");
+    let mut job = client_net
+        .request_job(server.net.peer_id(), &expired.to_cbor().expect("cbor"))
+        .await
+        .expect("open");
+    assert!(
+        matches!(job.next_event().await, Err(RelayError::Refused { refusal, .. }) if refusal.code == RefusalCode::InvalidManifest && refusal.message.contains("expired"))
+    );
+
+    let mut job =
+        client_net.request_job(server.net.peer_id(), b"not a manifest").await.expect("open");
+    assert!(
+        matches!(job.next_event().await, Err(RelayError::Refused { refusal, .. }) if refusal.code == RefusalCode::Malformed)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_peer_with_another_identity_is_dropped() {
+    let server = server(SignerAllowlist::allow_any()).await;
+    let impostor = NodeIdentity::generate().peer_id().to_string();
+    let transport: String =
+        server.addr.to_string().split("/p2p/").next().expect("addr").to_string();
+    let wrong: phase_net::Multiaddr = format!("{transport}/p2p/{impostor}").parse().expect("addr");
+    let (client, _) = client(vec![wrong]).await;
+    let errors = wait_for("the mismatch to be reported", async || {
+        let errors = client.status().bootstrap_errors;
+        (!errors.is_empty()).then_some(errors)
+    })
+    .await;
+    assert!(
+        errors[0].contains(&server.net.peer_id().to_string()) && errors[0].contains(&impostor),
+        "{errors:?}"
+    );
+    assert!(client.status().peers.iter().all(|p| !p.connected), "no connection stays open");
+}
+
+/// A DNS server on loopback answering TXT queries for one name.
+async fn dns_server(name: &'static str, txt: Vec<String>) -> std::net::SocketAddr {
+    use hickory_proto::op::{Message, MessageType};
+    use hickory_proto::rr::rdata::TXT;
+    use hickory_proto::rr::{Name, RData, Record};
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else { return };
+            let Ok(request) = Message::from_vec(&buf[..n]) else { continue };
+            let mut response = Message::response(request.metadata.id, request.metadata.op_code);
+            response.metadata.message_type = MessageType::Response;
+            response.metadata.authoritative = true;
+            for query in &request.queries {
+                response.add_query(query.clone());
+                if query.name().to_ascii().trim_end_matches('.') == name {
+                    for t in &txt {
+                        let record = Record::from_rdata(
+                            Name::from_ascii(name).expect("name"),
+                            60,
+                            RData::TXT(TXT::new(vec![t.clone()])),
+                        );
+                        response.add_answer(record);
+                    }
+                }
+            }
+            let _ = socket.send_to(&response.to_vec().expect("encode"), from).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_from_dns_txt_records() {
+    let server = server(SignerAllowlist::allow_any()).await;
+    let dns = dns_server(
+        "_phase.example.test",
+        vec![format!("dnsaddr={}", server.addr), "unrelated text".into()],
+    )
+    .await;
+    let identity = NodeIdentity::generate();
+    let cfg = NetConfig {
+        bootstrap_dns: vec!["_phase.example.test".into()],
+        dns_server: Some(dns),
+        ..config()
+    };
+    let client = Network::start(&identity, cfg, None).await.expect("start");
+    wait_for("a connection through the DNS bootstrap", async || {
+        client
+            .status()
+            .peers
+            .iter()
+            .any(|p| p.connected && p.peer == server.net.peer_id())
+            .then_some(())
+    })
+    .await;
+}
