@@ -125,7 +125,7 @@ async fn main() {
     let port = free_port();
     let lucidd = Proc(
         Command::new(env_path("LUCIDD_BIN"))
-            .args(["--worker", "llama-cpp", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--worker", "llama-cpp", "--no-p2p", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(data.path())
             .arg("--model-dir")

@@ -44,6 +44,7 @@ async fn main() {
     let args = ServeArgs::parse_from([
         "--worker",
         "echo",
+        "--no-p2p",
         "--listen",
         "127.0.0.1:0",
         "--data-dir",

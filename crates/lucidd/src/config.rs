@@ -118,6 +118,51 @@ pub struct ServeArgs {
     /// Write the address actually bound (useful with port 0) to this file once listening.
     #[arg(long)]
     pub addr_file: Option<PathBuf>,
+    /// Peer-to-peer networking (finding models on other nodes, serving yours to them).
+    #[command(flatten)]
+    pub p2p: P2pArgs,
+}
+
+/// Options of the peer-to-peer node.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Peer-to-peer")]
+pub struct P2pArgs {
+    /// Run without the peer-to-peer node: serve local models only, to this machine's clients.
+    #[arg(long)]
+    pub no_p2p: bool,
+    /// libp2p multiaddr to listen on; repeat for several (default: TCP and QUIC on port 11435,
+    /// IPv4 and IPv6; if that port is taken, a free one).
+    #[arg(long = "p2p-listen", value_name = "MULTIADDR")]
+    pub p2p_listen: Vec<String>,
+    /// Address others should dial to reach this node, e.g. behind port forwarding
+    /// (`/ip4/203.0.113.7/tcp/11435`); repeatable.
+    #[arg(long = "external-addr", value_name = "MULTIADDR")]
+    pub external_addrs: Vec<String>,
+    /// A node to join the network through, with its PeerId, which is pinned
+    /// (`/ip4/198.51.100.2/tcp/11435/p2p/12D3KooW…`); repeatable.
+    #[arg(long = "bootstrap-peer", value_name = "MULTIADDR")]
+    pub bootstrap_peers: Vec<String>,
+    /// A DNS name whose TXT records list bootstrap multiaddrs (`dnsaddr=/ip4/…/p2p/…`);
+    /// repeatable.
+    #[arg(long = "bootstrap-dns", value_name = "NAME")]
+    pub bootstrap_dns: Vec<String>,
+    /// DNS server (IP:PORT) for --bootstrap-dns, instead of the system's resolver.
+    #[arg(long, value_name = "ADDR")]
+    pub dns_server: Option<std::net::SocketAddr>,
+    /// Do not look for peers on the local network with mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Run jobs for this signer (a PeerId, or a hex Ed25519 public key); repeatable. Nobody
+    /// else's jobs run here unless --allow-any-signer is given.
+    #[arg(long = "allow-signer", value_name = "PEER_OR_KEY")]
+    pub allow_signers: Vec<String>,
+    /// Run jobs for any signer that reaches this node.
+    #[arg(long)]
+    pub allow_any_signer: bool,
+    /// Test only: misbehave on purpose (`tamper-output`: change relayed output after signing
+    /// for it). Refused by builds without test faults.
+    #[arg(long, hide = true, value_name = "FAULT")]
+    pub test_fault: Option<String>,
 }
 
 impl ServeArgs {

@@ -4,8 +4,10 @@
 use futures::StreamExt;
 use phase_identity::PeerId;
 use phase_manifest::Sha256Hash;
+use phase_net::RemoteJob;
 use phase_protocol::{ChunkKind, Completion, Job, JobEvent, JobResult};
 use phase_receipt::{Commitment, SignedReceipt, verify_and_bind};
+use std::collections::VecDeque;
 use tokio_util::sync::CancellationToken;
 
 use crate::receipts::ReceiptLog;
@@ -29,6 +31,8 @@ pub enum Piece {
     Embedding(Vec<f32>),
     /// The job is over.
     Done(Box<Finish>),
+    /// The job ended without a receipt: the serving peer went away or broke the protocol.
+    Broken(String),
 }
 
 /// How a job ended, with its receipt.
@@ -44,6 +48,9 @@ pub struct Finish {
     /// `{"len", "token_ids"}` for a `token` chunk. With the full text, enough to replay the
     /// commitment of a non-streamed answer (`lucidd receipt verify`).
     pub receipt_chunks: Vec<serde_json::Value>,
+    /// Why the answer must not be trusted: its receipt failed verify-and-bind and the request
+    /// did not accept unverified answers.
+    pub rejected: Option<String>,
 }
 
 impl Finish {
@@ -55,18 +62,39 @@ impl Finish {
         }
     }
 
-    /// The failure reason, if the job failed.
+    /// The failure reason, if the job failed or its answer was rejected.
     pub fn failure(&self) -> Option<&str> {
+        if let Some(rejected) = &self.rejected {
+            return Some(rejected);
+        }
         match &self.receipt.body.completion {
             Completion::Failed { reason } => Some(reason),
             _ => None,
         }
     }
+
+    /// The HTTP status of a failed answer: 502 when a peer's receipt did not verify.
+    pub fn failure_status(&self) -> axum::http::StatusCode {
+        if self.rejected.is_some() {
+            axum::http::StatusCode::BAD_GATEWAY
+        } else {
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+/// Where a job's events come from.
+enum Source {
+    /// A worker on this node.
+    Local(Job),
+    /// A peer, over the job relay; the first events were read while choosing the peer.
+    Remote { job: RemoteJob, buffered: VecDeque<JobEvent> },
 }
 
 /// A running job, consumed piece by piece.
 pub struct JobRun {
-    job: Job,
+    source: Source,
+    accept_unverified: bool,
     manifest_hash: Sha256Hash,
     worker_peer: PeerId,
     routed_via: String,
@@ -88,8 +116,55 @@ impl JobRun {
         receipts: ReceiptLog,
         shutdown: CancellationToken,
     ) -> Self {
+        Self::with_source(
+            Source::Local(job),
+            manifest_hash,
+            worker_peer,
+            routed_via,
+            receipts,
+            shutdown,
+        )
+    }
+
+    /// Wraps a job running on a peer whose identity is `worker_peer`; `buffered` are the events
+    /// already read from it.
+    pub fn remote(
+        job: RemoteJob,
+        buffered: VecDeque<JobEvent>,
+        manifest_hash: Sha256Hash,
+        worker_peer: PeerId,
+        receipts: ReceiptLog,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let routed_via = job.peer().to_string();
+        Self::with_source(
+            Source::Remote { job, buffered },
+            manifest_hash,
+            worker_peer,
+            routed_via,
+            receipts,
+            shutdown,
+        )
+    }
+
+    /// Lets an answer whose receipt does not verify through, marked unverified, instead of
+    /// turning it into an error.
+    pub fn accept_unverified(mut self, accept: bool) -> Self {
+        self.accept_unverified = accept;
+        self
+    }
+
+    fn with_source(
+        source: Source,
+        manifest_hash: Sha256Hash,
+        worker_peer: PeerId,
+        routed_via: String,
+        receipts: ReceiptLog,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
-            job,
+            source,
+            accept_unverified: false,
             manifest_hash,
             worker_peer,
             routed_via,
@@ -109,12 +184,11 @@ impl JobRun {
             return None;
         }
         loop {
-            let event = tokio::select! {
-                event = self.job.events.next() => event,
-                () = self.shutdown.cancelled(), if !self.job.handle.is_finished() => {
-                    self.job.handle.cancel();
-                    // Keep reading: the worker stops within a chunk and sends its receipt.
-                    self.job.events.next().await
+            let event = match self.next_event().await {
+                Ok(event) => event,
+                Err(reason) => {
+                    self.finished = true;
+                    return Some(Piece::Broken(reason));
                 }
             };
             match event? {
@@ -152,6 +226,7 @@ impl JobRun {
                 }
                 JobEvent::Final(receipt) => {
                     self.finished = true;
+                    let mut rejected = None;
                     let verified = match verify_and_bind(
                         &receipt,
                         &self.manifest_hash,
@@ -161,6 +236,12 @@ impl JobRun {
                         Ok(()) => true,
                         Err(e) => {
                             tracing::warn!(error = %e, routed_via = %self.routed_via, "receipt did not verify");
+                            if !self.accept_unverified {
+                                rejected = Some(format!(
+                                    "the receipt from {} did not verify ({e}), so this answer cannot be trusted; send the header X-Lucid-Accept-Unverified: true to receive such answers marked unverified",
+                                    self.routed_via
+                                ));
+                            }
                             false
                         }
                     };
@@ -172,7 +253,35 @@ impl JobRun {
                         verified,
                         routed_via: self.routed_via.clone(),
                         receipt_chunks: std::mem::take(&mut self.receipt_chunks),
+                        rejected,
                     })));
+                }
+            }
+        }
+    }
+}
+
+impl JobRun {
+    /// The next event: `Ok(None)` when a local stream ends, `Err` when a peer's stream breaks.
+    /// When the daemon shuts down, a local job is cancelled and still yields its receipt; a
+    /// remote one is abandoned (closing the stream cancels it on the peer).
+    async fn next_event(&mut self) -> Result<Option<JobEvent>, String> {
+        match &mut self.source {
+            Source::Local(job) => Ok(tokio::select! {
+                event = job.events.next() => event,
+                () = self.shutdown.cancelled(), if !job.handle.is_finished() => {
+                    job.handle.cancel();
+                    // Keep reading: the worker stops within a chunk and sends its receipt.
+                    job.events.next().await
+                }
+            }),
+            Source::Remote { job, buffered } => {
+                if let Some(event) = buffered.pop_front() {
+                    return Ok(Some(event));
+                }
+                tokio::select! {
+                    event = job.next_event() => event.map_err(|e| e.to_string()),
+                    () = self.shutdown.cancelled() => Err("lucidd is shutting down".to_string()),
                 }
             }
         }
@@ -183,10 +292,11 @@ impl Drop for JobRun {
     /// A job abandoned mid-answer (the client went away) is cancelled by dropping its stream;
     /// its receipt over the partial output is still logged.
     fn drop(&mut self) {
+        let Source::Local(job) = &self.source else { return };
         if self.finished {
             return;
         }
-        let handle = self.job.handle.clone();
+        let handle = job.handle.clone();
         let receipts = self.receipts.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {

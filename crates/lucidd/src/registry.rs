@@ -47,6 +47,8 @@ pub struct ResolvedModel {
     pub base: ModelInfo,
     /// Settings from `/api/create`, if it is a derived model.
     pub derived: Option<DerivedModel>,
+    /// Served by other nodes, not by a worker here.
+    pub remote: bool,
 }
 
 impl ResolvedModel {
@@ -141,12 +143,12 @@ impl Registry {
     /// Finds a model by name.
     pub fn resolve(&self, name: &ModelName) -> Option<ResolvedModel> {
         if let Some((_, base)) = self.workers.find(name) {
-            return Some(ResolvedModel { name: name.clone(), base, derived: None });
+            return Some(ResolvedModel { name: name.clone(), base, derived: None, remote: false });
         }
         let derived = self.derived.lock().expect("registry lock").get(name).cloned()?;
         let base_name = ModelName::parse(&derived.base).ok()?;
         let (_, base) = self.workers.find(&base_name)?;
-        Some(ResolvedModel { name: name.clone(), base, derived: Some(derived) })
+        Some(ResolvedModel { name: name.clone(), base, derived: Some(derived), remote: false })
     }
 
     /// Every model, newest first.
@@ -156,7 +158,12 @@ impl Registry {
             .models()
             .into_iter()
             .filter(|base| base.problem.is_none())
-            .map(|base| ResolvedModel { name: base.name.clone(), base, derived: None })
+            .map(|base| ResolvedModel {
+                name: base.name.clone(),
+                base,
+                derived: None,
+                remote: false,
+            })
             .collect();
         let names: Vec<ModelName> =
             self.derived.lock().expect("registry lock").keys().cloned().collect();

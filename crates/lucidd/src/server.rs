@@ -109,7 +109,19 @@ pub async fn start_with_workers(
     })?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
+    let network = crate::p2p::start(
+        &args.p2p,
+        &identity,
+        registry.workers().clone(),
+        receipts.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    // --local-only: this node may still serve others, but never sends a prompt away.
+    let remote = network.clone().filter(|_| !args.local_only).map(crate::remote::RemoteModels::new);
     let state = Arc::new(AppState {
+        network,
+        remote,
         peer_id: identity.peer_id(),
         identity,
         registry,

@@ -11,6 +11,7 @@ use crate::api::error::ApiError;
 use crate::jobs::{JobRun, ROUTED_LOCAL};
 use crate::receipts::ReceiptLog;
 use crate::registry::{Registry, ResolvedModel};
+use crate::remote::RemoteModels;
 
 /// How long a manifest this node signs for its own request stays valid. Long enough for a slow
 /// generation to start on a busy peer, short enough that a leaked manifest soon expires.
@@ -34,31 +35,89 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Whether the listener is on a loopback address (then Host headers are checked).
     pub loopback_listener: bool,
+    /// The peer-to-peer node, unless started with `--no-p2p`.
+    pub network: Option<phase_net::Network>,
+    /// Models on other nodes, unless this node runs without p2p or with `--local-only`.
+    pub remote: Option<RemoteModels>,
+}
+
+/// How a request wants its answer routed and checked.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteOptions {
+    /// Deliver an answer whose receipt failed verify-and-bind (marked unverified) instead of
+    /// an error. Set by the header `X-Lucid-Accept-Unverified: true`.
+    pub accept_unverified: bool,
+}
+
+/// The request header that accepts unverified answers.
+pub const ACCEPT_UNVERIFIED_HEADER: &str = "x-lucid-accept-unverified";
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RouteOptions {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let accept_unverified = parts
+            .headers
+            .get(ACCEPT_UNVERIFIED_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+        Ok(Self { accept_unverified })
+    }
 }
 
 impl AppState {
-    /// Signs `spec` as this node and starts it on the worker serving `model`.
+    /// Finds a model a job can run on: served here, or (unless local-only) by another node.
+    pub async fn resolve_for_job(&self, name: &str) -> Result<ResolvedModel, ApiError> {
+        let parsed = crate::api::ollama::validate::model_name(name)?;
+        if let Some(model) = self.registry.resolve(&parsed) {
+            return Ok(model);
+        }
+        if let Some(remote) = &self.remote
+            && let Some(base) = remote.describe(&parsed).await
+        {
+            return Ok(ResolvedModel { name: parsed, base, derived: None, remote: true });
+        }
+        Err(ApiError::model_not_found(name))
+    }
+
+    /// Signs `spec` as this node and starts it: on the worker serving `model` here, or on the
+    /// best peer serving it.
     pub async fn start_job(
         &self,
         model: &ResolvedModel,
         spec: JobSpec,
+        route: RouteOptions,
     ) -> Result<JobRun, ApiError> {
         let manifest = SignedManifest::sign(&self.identity, spec, MANIFEST_TTL, unix_time_ms())
             .map_err(|e| ApiError::bad_request(format!("cannot encode the request: {e}")))?;
         let hash = manifest.hash().map_err(|e| ApiError::internal(e.to_string()))?;
-        let (worker, _) = self
-            .registry
-            .workers()
-            .find(&model.base.name)
+        if let Some((worker, _)) = self.registry.workers().find(&model.base.name) {
+            let job = worker.execute(manifest).await?;
+            return Ok(JobRun::new(
+                job,
+                hash,
+                self.peer_id.clone(),
+                ROUTED_LOCAL.to_string(),
+                self.receipts.clone(),
+                self.shutdown.clone(),
+            ));
+        }
+        let remote = self
+            .remote
+            .as_ref()
             .ok_or_else(|| ApiError::model_not_found(&model.name.to_string()))?;
-        let job = worker.execute(manifest).await?;
-        Ok(JobRun::new(
-            job,
+        let relayed = remote.start(&model.base.name.to_string(), &manifest).await?;
+        Ok(JobRun::remote(
+            relayed.job,
+            relayed.buffered,
             hash,
-            self.peer_id.clone(),
-            ROUTED_LOCAL.to_string(),
+            relayed.worker,
             self.receipts.clone(),
             self.shutdown.clone(),
-        ))
+        )
+        .accept_unverified(route.accept_unverified))
     }
 }

@@ -323,6 +323,12 @@ impl Network {
             .collect()
     }
 
+    /// Asks `peer` for the models it serves.
+    pub async fn catalog_of(&self, peer: PeerId) -> Result<Vec<ModelEntry>, String> {
+        let mut control = self.inner.control.clone();
+        relay::fetch_catalog(&mut control, peer, self.inner.limits.max_frame_bytes).await
+    }
+
     /// The last measured round-trip time to `peer`.
     pub fn rtt(&self, peer: &PeerId) -> Option<Duration> {
         self.inner.shared.lock().expect("network state lock").peers.get(peer).and_then(|p| p.rtt)

@@ -6,7 +6,7 @@
 //! anything gets a proper HTTP error status; after that, an error is a last line in the stream.
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures::stream;
 use serde_json::{Value, json};
@@ -126,11 +126,19 @@ pub async fn respond<S: AnswerShape>(
     if let Some(Piece::Done(finish)) = &first
         && let Some(reason) = finish.failure()
     {
+        let error = ApiError { status: finish.failure_status(), message: reason.to_string() };
         let response = match framing {
-            Framing::Sse => ApiError::internal(reason).openai().into_response(),
-            Framing::NdJson => ApiError::internal(reason).into_response(),
+            Framing::Sse => error.openai().into_response(),
+            Framing::NdJson => error.into_response(),
         };
         return with_receipt_headers(response, finish);
+    }
+    if let Some(Piece::Broken(reason)) = &first {
+        let error = ApiError::bad_gateway(reason.clone());
+        return match framing {
+            Framing::Sse => error.openai().into_response(),
+            Framing::NdJson => error.into_response(),
+        };
     }
     if !streaming {
         return collect(run, first, shape, stats, framing).await;
@@ -168,7 +176,14 @@ pub async fn respond<S: AnswerShape>(
             Some(Piece::Done(finish)) => {
                 st.finished = true;
                 let lines = match finish.failure() {
-                    Some(reason) => vec![st.shape.error(reason, Some(&finish))],
+                    Some(reason) => {
+                        let mut line = st.shape.error(reason, Some(&finish));
+                        if let Value::Object(map) = &mut line {
+                            map.insert("routed_via".into(), json!(finish.routed_via));
+                            map.insert("receipt_verified".into(), json!(finish.verified));
+                        }
+                        vec![line]
+                    }
                     None => st.shape.done_lines(&finish, &st.stats),
                 };
                 let mut out: Vec<u8> =
@@ -177,6 +192,10 @@ pub async fn respond<S: AnswerShape>(
                     out.extend_from_slice(b"data: [DONE]\n\n");
                 }
                 Bytes::from(out)
+            }
+            Some(Piece::Broken(reason)) => {
+                st.finished = true;
+                frame(st.framing, &st.shape.error(&reason, None))
             }
             None => {
                 st.finished = true;
@@ -216,11 +235,10 @@ async fn collect<S: AnswerShape>(
             Some(Piece::Embedding(_)) => {}
             Some(Piece::Done(finish)) => {
                 let response = match finish.failure() {
-                    Some(reason) => (
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        axum::Json(shape.error(reason, Some(&finish))),
-                    )
-                        .into_response(),
+                    Some(reason) => {
+                        (finish.failure_status(), axum::Json(shape.error(reason, Some(&finish))))
+                            .into_response()
+                    }
                     None => {
                         let mut body = shape.done(&finish, Some(&text), &stats);
                         if let Value::Object(map) = &mut body {
@@ -234,6 +252,7 @@ async fn collect<S: AnswerShape>(
                 };
                 return with_receipt_headers(response, &finish);
             }
+            Some(Piece::Broken(reason)) => return ApiError::bad_gateway(reason).into_response(),
             None => return ApiError::internal("the job ended without a receipt").into_response(),
         }
         piece = run.next().await;

@@ -27,6 +27,11 @@ impl ApiError {
         Self { status: StatusCode::NOT_FOUND, message: format!("model '{name}' not found") }
     }
 
+    /// A 502 with `message`: another node failed us.
+    pub fn bad_gateway(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::BAD_GATEWAY, message: message.into() }
+    }
+
     /// A 500 with `message`.
     pub fn internal(message: impl Into<String>) -> Self {
         Self { status: StatusCode::INTERNAL_SERVER_ERROR, message: message.into() }

@@ -15,7 +15,7 @@ use super::body::JsonBody;
 use super::error::{ApiError, OpenAiError};
 use super::ollama::{embed, validate};
 use crate::jobs::Finish;
-use crate::state::AppState;
+use crate::state::{AppState, RouteOptions};
 
 /// `POST /v1/chat/completions` and `/v1/completions` share these fields.
 #[derive(Debug, Default, Deserialize)]
@@ -222,11 +222,12 @@ fn completion_id(prefix: &str) -> String {
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    route: RouteOptions,
     body: JsonBody<CompletionRequest>,
 ) -> Result<Response, OpenAiError> {
     let JsonBody(req) = body;
     let stats = Stats::start();
-    let model = validate::resolve(&state, &req.model)?;
+    let model = state.resolve_for_job(&req.model).await?;
     let messages = req.messages.as_deref().unwrap_or_default();
     if messages.is_empty() {
         return Err(ApiError::bad_request("[] is too short - 'messages'").into());
@@ -249,17 +250,18 @@ pub async fn chat_completions(
         first: true,
         include_usage: include_usage(&req),
     };
-    run_and_answer(&state, &model, spec, req.stream, shape, stats).await
+    run_and_answer(&state, &model, spec, route, req.stream, shape, stats).await
 }
 
 /// `POST /v1/completions`.
 pub async fn completions(
     State(state): State<Arc<AppState>>,
+    route: RouteOptions,
     body: JsonBody<CompletionRequest>,
 ) -> Result<Response, OpenAiError> {
     let JsonBody(req) = body;
     let stats = Stats::start();
-    let model = validate::resolve(&state, &req.model)?;
+    let model = state.resolve_for_job(&req.model).await?;
     let prompt = match &req.prompt {
         Some(Value::String(s)) => s.clone(),
         _ => return Err(ApiError::bad_request("prompt must be a string").into()),
@@ -291,7 +293,7 @@ pub async fn completions(
         created: created(),
         include_usage: include_usage(&req),
     };
-    run_and_answer(&state, &model, spec, req.stream, shape, stats).await
+    run_and_answer(&state, &model, spec, route, req.stream, shape, stats).await
 }
 
 /// Starts the job and answers as OpenAI does: one object unless `stream` is true.
@@ -299,12 +301,13 @@ async fn run_and_answer<S: AnswerShape>(
     state: &AppState,
     model: &crate::registry::ResolvedModel,
     spec: JobSpec,
+    route: RouteOptions,
     stream: Option<bool>,
     shape: S,
     stats: Stats,
 ) -> Result<Response, OpenAiError> {
     state.registry.touch(&model.name, crate::durations::DEFAULT_KEEP_ALIVE);
-    let run = state.start_job(model, spec).await?;
+    let run = state.start_job(model, spec, route).await?;
     Ok(answer::respond(run, stream.unwrap_or(false), Framing::Sse, shape, stats).await)
 }
 
@@ -421,10 +424,11 @@ impl AnswerShape for TextCompletionShape {
 /// `POST /v1/embeddings`.
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
+    route: RouteOptions,
     body: JsonBody<EmbeddingsRequest>,
 ) -> Result<Response, OpenAiError> {
     let JsonBody(req) = body;
-    let model = validate::resolve(&state, &req.model)?;
+    let model = state.resolve_for_job(&req.model).await?;
     let inputs = match &req.input {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(items)) if !items.is_empty() => items
@@ -448,7 +452,7 @@ pub async fn embeddings(
         }
     };
     let embedded =
-        embed::embed_texts(&state, &model, inputs, true, req.dimensions, Map::new()).await?;
+        embed::embed_texts(&state, &model, inputs, true, req.dimensions, Map::new(), route).await?;
     let data: Vec<Value> = embedded
         .vectors
         .iter()

@@ -25,6 +25,7 @@ fn spawn(data: &Path) -> (Child, String) {
             .env("OLLAMA_HOST", "127.0.0.1:0")
             .env("RUST_LOG", "warn")
             .args([
+                "--no-p2p",
                 "--data-dir",
                 data.to_str().expect("utf8"),
                 "--addr-file",

@@ -17,8 +17,16 @@ pub struct Daemon {
 
 pub fn args(dir: &std::path::Path) -> ServeArgs {
     let dir = dir.to_str().expect("utf-8 path");
-    ServeArgs::parse_from(["--worker", "echo", "--listen", "127.0.0.1:0", "--data-dir", dir])
-        .expect("valid arguments")
+    ServeArgs::parse_from([
+        "--worker",
+        "echo",
+        "--no-p2p",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir,
+    ])
+    .expect("valid arguments")
 }
 
 impl Daemon {

@@ -15,7 +15,7 @@ let client;
 before(async () => {
   data = mkdtempSync(join(tmpdir(), 'lucidd-js-'));
   const addrFile = join(data, 'addr');
-  daemon = spawn(process.env.LUCIDD_BIN, ['--worker', 'echo', '--listen', '127.0.0.1:0', '--data-dir', data, '--addr-file', addrFile], { stdio: 'ignore' });
+  daemon = spawn(process.env.LUCIDD_BIN, ['--worker', 'echo', '--no-p2p', '--listen', '127.0.0.1:0', '--data-dir', data, '--addr-file', addrFile], { stdio: 'ignore' });
   const deadline = Date.now() + 30000;
   while (!existsSync(addrFile)) {
     if (Date.now() > deadline) throw new Error('lucidd did not start');

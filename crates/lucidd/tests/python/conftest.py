@@ -21,7 +21,7 @@ def lucidd_url():
         addr_file = Path(data) / "addr"
         log = open(Path(data) / "lucidd.log", "w")
         proc = subprocess.Popen(
-            [binary, "--worker", "echo", "--listen", "127.0.0.1:0", "--data-dir", data, "--addr-file", str(addr_file)],
+            [binary, "--worker", "echo", "--no-p2p", "--listen", "127.0.0.1:0", "--data-dir", data, "--addr-file", str(addr_file)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -57,6 +57,7 @@ pub fn shared() -> &'static Shared {
             "llama-cpp",
             "--worker",
             "echo",
+            "--no-p2p",
             "--listen",
             "127.0.0.1:0",
             "--data-dir",

@@ -138,7 +138,7 @@ async fn no_llama_server_outlives_a_killed_lucidd() {
     std::fs::create_dir_all(&model_dir).expect("mkdir");
     std::os::unix::fs::symlink(&s.model_file, model_dir.join("orphan-check.gguf")).expect("link");
     let mut lucidd = Command::new(env!("CARGO_BIN_EXE_lucidd"))
-        .args(["--worker", "llama-cpp", "--preload", "--listen", "127.0.0.1:0"])
+        .args(["--worker", "llama-cpp", "--preload", "--no-p2p", "--listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .arg("--model-dir")

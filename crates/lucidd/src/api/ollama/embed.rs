@@ -14,7 +14,7 @@ use crate::api::body::JsonBody;
 use crate::api::error::ApiError;
 use crate::jobs::{Finish, Piece};
 use crate::registry::ResolvedModel;
-use crate::state::AppState;
+use crate::state::{AppState, RouteOptions};
 
 /// The vectors of an embedding job and how it finished.
 pub struct Embedded {
@@ -32,6 +32,7 @@ pub async fn embed_texts(
     truncate: bool,
     dimensions: Option<u32>,
     options: serde_json::Map<String, Value>,
+    route: RouteOptions,
 ) -> Result<Embedded, ApiError> {
     if !model.base.can("embedding") {
         return Err(ApiError::bad_request(format!(
@@ -49,7 +50,7 @@ pub async fn embed_texts(
         dimensions,
         options: options.into_iter().collect(),
     });
-    let mut run = state.start_job(model, spec).await?;
+    let mut run = state.start_job(model, spec, route).await?;
     let mut vectors = Vec::new();
     while let Some(piece) = run.next().await {
         match piece {
@@ -57,10 +58,14 @@ pub async fn embed_texts(
             Piece::Text { .. } => {}
             Piece::Done(finish) => {
                 if let Some(reason) = finish.failure() {
-                    return Err(ApiError::internal(reason));
+                    return Err(ApiError {
+                        status: finish.failure_status(),
+                        message: reason.into(),
+                    });
                 }
                 return Ok(Embedded { vectors, finish: *finish });
             }
+            Piece::Broken(reason) => return Err(ApiError::bad_gateway(reason)),
         }
     }
     Err(ApiError::internal("the embedding job ended without a receipt"))
@@ -87,10 +92,11 @@ pub fn input_list(input: Option<&Value>) -> Result<Vec<String>, ApiError> {
 /// `POST /api/embed`.
 pub async fn embed(
     State(state): State<Arc<AppState>>,
+    route: RouteOptions,
     JsonBody(req): JsonBody<EmbedRequest>,
 ) -> Result<Response, ApiError> {
     let stats = Stats::start();
-    let model = validate::resolve(&state, &req.model)?;
+    let model = state.resolve_for_job(&req.model).await?;
     let keep_alive = validate::keep_alive(req.keep_alive.as_ref())?;
     let options = validate::options(&model, req.options.as_ref())?;
     let inputs = input_list(req.input.as_ref())?;
@@ -98,9 +104,16 @@ pub async fn embed(
     if inputs.is_empty() {
         return Ok(Json(json!({"model": req.model, "embeddings": [], "total_duration": 0, "load_duration": 0, "prompt_eval_count": 0})).into_response());
     }
-    let embedded =
-        embed_texts(&state, &model, inputs, req.truncate.unwrap_or(true), req.dimensions, options)
-            .await?;
+    let embedded = embed_texts(
+        &state,
+        &model,
+        inputs,
+        req.truncate.unwrap_or(true),
+        req.dimensions,
+        options,
+        route,
+    )
+    .await?;
     let metrics = stats.ollama_metrics(&embedded.finish);
     let mut body = json!({
         "model": req.model,
@@ -118,9 +131,10 @@ pub async fn embed(
 /// `POST /api/embeddings`: one prompt, one vector.
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
+    route: RouteOptions,
     JsonBody(req): JsonBody<EmbeddingsRequest>,
 ) -> Result<Response, ApiError> {
-    let model = validate::resolve(&state, &req.model)?;
+    let model = state.resolve_for_job(&req.model).await?;
     let keep_alive = validate::keep_alive(req.keep_alive.as_ref())?;
     let options = validate::options(&model, req.options.as_ref())?;
     state.registry.touch(&model.name, keep_alive);
@@ -128,7 +142,7 @@ pub async fn embeddings(
     if prompt.is_empty() {
         return Ok(Json(json!({"embedding": []})).into_response());
     }
-    let embedded = embed_texts(&state, &model, vec![prompt], true, None, options).await?;
+    let embedded = embed_texts(&state, &model, vec![prompt], true, None, options, route).await?;
     let mut body = json!({"embedding": embedded.vectors.into_iter().next().unwrap_or_default()});
     if let Value::Object(map) = &mut body {
         map.extend(receipt_fields(&embedded.finish));

@@ -15,17 +15,18 @@ use crate::api::error::ApiError;
 use crate::durations::KeepAlive;
 use crate::jobs::Finish;
 use crate::registry::ResolvedModel;
-use crate::state::AppState;
+use crate::state::{AppState, RouteOptions};
 
 const ROLES: &[&str] = &["system", "user", "assistant", "tool"];
 
 /// `POST /api/chat`.
 pub async fn chat(
     State(state): State<Arc<AppState>>,
+    route: RouteOptions,
     JsonBody(req): JsonBody<ChatRequest>,
 ) -> Result<Response, ApiError> {
     let stats = Stats::start();
-    let model = validate::resolve(&state, &req.model)?;
+    let model = state.resolve_for_job(&req.model).await?;
     let keep_alive = validate::keep_alive(req.keep_alive.as_ref())?;
     let options = validate::options(&model, req.options.as_ref())?;
     let tools = validate::tools(&model, req.tools.as_ref())?;
@@ -54,7 +55,7 @@ pub async fn chat(
         logprobs: logprobs(req.logprobs, req.top_logprobs),
     });
     state.registry.touch(&model.name, keep_alive);
-    let run = state.start_job(&model, spec).await?;
+    let run = state.start_job(&model, spec, route).await?;
     let shape = ChatShape { model: req.model };
     Ok(answer::respond(run, req.stream.unwrap_or(true), Framing::NdJson, shape, stats).await)
 }
@@ -62,10 +63,11 @@ pub async fn chat(
 /// `POST /api/generate`.
 pub async fn generate(
     State(state): State<Arc<AppState>>,
+    route: RouteOptions,
     JsonBody(req): JsonBody<GenerateRequest>,
 ) -> Result<Response, ApiError> {
     let stats = Stats::start();
-    let model = validate::resolve(&state, &req.model)?;
+    let model = state.resolve_for_job(&req.model).await?;
     let keep_alive = validate::keep_alive(req.keep_alive.as_ref())?;
     let options = validate::options(&model, req.options.as_ref())?;
     let think = validate::think(&model, req.think.as_ref())?;
@@ -105,7 +107,7 @@ pub async fn generate(
         logprobs: logprobs(req.logprobs, req.top_logprobs),
     });
     state.registry.touch(&model.name, keep_alive);
-    let run = state.start_job(&model, spec).await?;
+    let run = state.start_job(&model, spec, route).await?;
     let shape = GenerateShape { model: req.model, raw };
     Ok(answer::respond(run, req.stream.unwrap_or(true), Framing::NdJson, shape, stats).await)
 }

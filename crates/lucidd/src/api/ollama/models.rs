@@ -72,9 +72,8 @@ fn digest(model: &ResolvedModel) -> String {
 
 /// `GET /api/tags`.
 pub async fn tags(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let models: Vec<Value> = state
-        .registry
-        .list()
+    let local = state.registry.list();
+    let mut models: Vec<Value> = local
         .iter()
         .map(|m| {
             json!({
@@ -88,7 +87,67 @@ pub async fn tags(State(state): State<Arc<AppState>>) -> Json<Value> {
             })
         })
         .collect();
+    // Models seen on the network and not served here, marked as remote with the peers that
+    // serve them (none when local-only: they could not be used).
+    if let Some(remote) = &state.remote {
+        for (entry, peers) in remote.catalog() {
+            if local.iter().any(|m| m.name.to_string() == entry.name) {
+                continue;
+            }
+            let model = crate::registry::ResolvedModel {
+                name: crate::remote::model_info(&entry).name,
+                base: crate::remote::model_info(&entry),
+                derived: None,
+                remote: true,
+            };
+            models.push(json!({
+                "name": entry.name,
+                "model": entry.name,
+                "modified_at": rfc3339(model.modified_at()),
+                "size": entry.size,
+                "digest": entry.digest,
+                "details": details(&model),
+                "capabilities": entry.capabilities,
+                "remote": true,
+                "peers": peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            }));
+        }
+    }
     Json(json!({ "models": models }))
+}
+
+/// `GET /api/phase/network`: this node on the peer-to-peer network (a Phase extension).
+pub async fn network(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let Some(network) = &state.network else {
+        return Json(json!({ "enabled": false, "peer_id": state.peer_id.to_string() }));
+    };
+    let status = network.status();
+    let peers: Vec<Value> = status
+        .peers
+        .iter()
+        .map(|p| {
+            json!({
+                "peer_id": p.peer.to_string(),
+                "connected": p.connected,
+                "rtt_ms": p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                "addrs": p.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "agent": p.agent,
+                "models": p.models.iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!({
+        "enabled": true,
+        "peer_id": status.peer_id.to_string(),
+        "local_only": state.remote.is_none(),
+        "listen_addrs": status.listen_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "external_addrs": status.external_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "peers": peers,
+        "bootstrap_errors": status.bootstrap_errors,
+        "jobs_served": status.jobs_served,
+        "jobs_refused": status.jobs_refused,
+        "jobs_requested": status.jobs_requested,
+    }))
 }
 
 /// `GET /api/ps`.

@@ -1,0 +1,180 @@
+//! This node on the peer-to-peer network: starting it from the command line, and serving the
+//! local workers' models to other nodes.
+
+use anyhow::Context;
+use futures::future::BoxFuture;
+use phase_identity::NodeIdentity;
+use phase_manifest::SignedManifest;
+use phase_net::{Admission, JobService, ModelEntry, NetConfig, Network, PeerId, SignerAllowlist};
+use phase_protocol::{ContentId, Job, JobSpec, WorkerError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::P2pArgs;
+use crate::names::ModelName;
+use crate::receipts::ReceiptLog;
+use crate::workers::{LocalWorkers, ModelInfo};
+
+/// Serves this node's local models to other nodes.
+pub struct LocalService {
+    workers: LocalWorkers,
+    receipts: ReceiptLog,
+    shutdown: CancellationToken,
+}
+
+/// A model as other nodes see it in this node's catalog.
+pub fn model_entry(info: &ModelInfo) -> ModelEntry {
+    let cid = hex::decode(&info.digest)
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .map(|digest| ContentId::from_sha256(digest).to_string())
+        .unwrap_or_default();
+    ModelEntry {
+        name: info.name.to_string(),
+        digest: info.digest.clone(),
+        cid,
+        size: info.size,
+        format: info.format.clone(),
+        family: info.family.clone(),
+        parameter_size: info.parameter_size.clone(),
+        quantization_level: info.quantization_level.clone(),
+        context_length: info.context_length,
+        embedding_length: info.embedding_length,
+        capabilities: info.capabilities.iter().map(|c| (*c).to_string()).collect(),
+    }
+}
+
+impl JobService for LocalService {
+    fn models(&self) -> Vec<ModelEntry> {
+        self.workers.models().iter().filter(|m| m.problem.is_none()).map(model_entry).collect()
+    }
+
+    fn execute(
+        &self,
+        from: PeerId,
+        manifest: SignedManifest<JobSpec>,
+    ) -> BoxFuture<'_, Result<Job, WorkerError>> {
+        Box::pin(async move {
+            let model = manifest.payload.model().unwrap_or_default().to_string();
+            let name = ModelName::parse(&model)
+                .map_err(|e| WorkerError::InvalidJob { reason: e.to_string() })?;
+            let (worker, _) =
+                self.workers.find(&name).ok_or(WorkerError::ModelNotFound { model })?;
+            let job = worker.execute(manifest).await?;
+            // The job's receipt goes to this node's log too, whether the requester stays to
+            // the end or not; a shutdown cancels it like a local job.
+            let handle = job.handle.clone();
+            let receipts = self.receipts.clone();
+            let shutdown = self.shutdown.clone();
+            tokio::spawn(async move {
+                let receipt = tokio::select! {
+                    receipt = handle.receipt() => receipt,
+                    () = shutdown.cancelled() => {
+                        handle.cancel();
+                        handle.receipt().await
+                    }
+                };
+                tracing::info!(%from, completion = ?receipt.body.completion, "served a job for a peer");
+                if let Err(e) = receipts.append(&receipt).await {
+                    tracing::error!(error = %e, "could not record a receipt");
+                }
+            });
+            Ok(job)
+        })
+    }
+}
+
+/// Starts the peer-to-peer node described by `args`, or nothing with `--no-p2p`.
+pub async fn start(
+    args: &P2pArgs,
+    identity: &NodeIdentity,
+    workers: LocalWorkers,
+    receipts: ReceiptLog,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Option<Network>> {
+    if args.no_p2p {
+        return Ok(None);
+    }
+    let parse = |what: &str, list: &[String]| -> anyhow::Result<Vec<phase_net::Multiaddr>> {
+        list.iter()
+            .map(|a| a.parse().with_context(|| format!("{what} {a:?} is not a libp2p multiaddr")))
+            .collect()
+    };
+    let mut bootstrap = Vec::new();
+    for addr in &args.bootstrap_peers {
+        bootstrap.push(
+            phase_net::bootstrap::parse_bootstrap(addr)
+                .map_err(|e| anyhow::anyhow!("--bootstrap-peer: {e}"))?,
+        );
+    }
+    let mut admission = if args.allow_any_signer {
+        SignerAllowlist::allow_any()
+    } else {
+        SignerAllowlist::deny_all()
+    };
+    for signer in &args.allow_signers {
+        admission.allow(signer).map_err(|e| anyhow::anyhow!("--allow-signer: {e}"))?;
+    }
+    // This node's own manifests: its HTTP clients may always use what it serves.
+    admission.allow(&identity.peer_id().to_string()).map_err(anyhow::Error::msg)?;
+    let explicit_listen = !args.p2p_listen.is_empty();
+    let mut config = NetConfig {
+        external: parse("--external-addr", &args.external_addrs)?,
+        bootstrap,
+        bootstrap_dns: args.bootstrap_dns.clone(),
+        dns_server: args.dns_server,
+        mdns: !args.no_mdns,
+        ..NetConfig::default()
+    };
+    if explicit_listen {
+        config.listen = parse("--p2p-listen", &args.p2p_listen)?;
+    }
+    let service: Arc<dyn JobService> = Arc::new(LocalService { workers, receipts, shutdown });
+    let admission: Arc<dyn Admission> = Arc::new(admission);
+    let network = match Network::start(
+        identity,
+        config.clone(),
+        Some((Arc::clone(&service), Arc::clone(&admission))),
+    )
+    .await
+    {
+        Ok(network) => network,
+        Err(phase_net::NetError::Listen { addr, reason }) if !explicit_listen => {
+            tracing::warn!(%addr, %reason, "the default p2p port is taken; listening on a free port instead (give --p2p-listen for a stable one)");
+            config.listen = config
+                .listen
+                .iter()
+                .map(|a| {
+                    a.to_string()
+                        .replace(&format!("/{}", phase_net::config::DEFAULT_P2P_PORT), "/0")
+                })
+                .filter_map(|a| a.parse().ok())
+                .collect();
+            Network::start(identity, config, Some((service, admission))).await?
+        }
+        Err(e) => return Err(e).context("starting the p2p node"),
+    };
+    if let Some(fault) = &args.test_fault {
+        match fault.as_str() {
+            "tamper-output" => network.set_tamper_output(true).map_err(anyhow::Error::msg)?,
+            other => anyhow::bail!("unknown test fault {other:?}"),
+        }
+        tracing::warn!(fault, "TEST FAULT ON: this node misbehaves on purpose");
+    }
+    for addr in network.wait_listening(Duration::from_secs(5)).await {
+        tracing::info!("p2p: reach this node at {addr}");
+    }
+    if admission_is_open(args) {
+        tracing::info!("p2p: serving jobs for other signers");
+    } else {
+        tracing::info!(
+            "p2p: not serving jobs for others (add --allow-signer PEER or --allow-any-signer)"
+        );
+    }
+    Ok(Some(network))
+}
+
+fn admission_is_open(args: &P2pArgs) -> bool {
+    args.allow_any_signer || !args.allow_signers.is_empty()
+}
