@@ -76,6 +76,9 @@ pub struct ServeArgs {
     /// Workers to run; repeat for several.
     #[arg(long = "worker", value_enum, default_values_t = [WorkerKind::Echo])]
     pub workers: Vec<WorkerKind>,
+    /// Run no worker at all: a gateway that sends every request to the network.
+    #[arg(long, conflicts_with = "workers")]
+    pub no_workers: bool,
     /// Data directory: identity.key, receipts/, models/ (default: $XDG_DATA_HOME/phase/lucidd).
     #[arg(long, env = "LUCIDD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,

@@ -71,7 +71,8 @@ pub async fn start_with_workers(
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
     let identity = load_identity(&data_dir)?;
     let mut workers = LocalWorkers::default();
-    for kind in &args.workers {
+    let kinds = if args.no_workers { &[][..] } else { &args.workers[..] };
+    for kind in kinds {
         match kind {
             WorkerKind::Echo => workers.add(Arc::new(EchoWorker::new(identity.clone()))),
             WorkerKind::LlamaCpp => {

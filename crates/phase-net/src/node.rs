@@ -86,6 +86,8 @@ pub struct NetStatus {
     pub jobs_refused: u64,
     /// Jobs sent to others.
     pub jobs_requested: u64,
+    /// Jobs running here for others now.
+    pub jobs_active: u64,
 }
 
 /// A running libp2p node. Dropping the last handle stops it.
@@ -269,6 +271,7 @@ impl Network {
             jobs_served: self.inner.stats.served.load(Ordering::Relaxed),
             jobs_refused: self.inner.stats.refused.load(Ordering::Relaxed),
             jobs_requested: self.inner.stats.requested.load(Ordering::Relaxed),
+            jobs_active: self.inner.stats.active.load(Ordering::Relaxed),
         }
     }
 

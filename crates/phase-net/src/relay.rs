@@ -126,6 +126,8 @@ pub struct RelayStats {
     pub refused: AtomicU64,
     /// Jobs this node sent to others.
     pub requested: AtomicU64,
+    /// Jobs running here for others right now.
+    pub active: AtomicU64,
 }
 
 /// Faults a test may switch on (only with the `test-faults` feature).
@@ -178,7 +180,9 @@ impl RelayServer {
             }
         };
         self.stats.served.fetch_add(1, Ordering::Relaxed);
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
         self.stream_events(job, stream).await;
+        self.stats.active.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Every check, in order, then the worker.

@@ -10,5 +10,6 @@ mod hostile;
 mod llama_faults;
 mod models;
 mod openai;
+mod p2p;
 mod receipts;
 mod transport;

@@ -147,6 +147,7 @@ pub async fn network(State(state): State<Arc<AppState>>) -> Json<Value> {
         "jobs_served": status.jobs_served,
         "jobs_refused": status.jobs_refused,
         "jobs_requested": status.jobs_requested,
+        "jobs_active": status.jobs_active,
     }))
 }
 

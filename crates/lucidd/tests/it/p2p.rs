@@ -1,0 +1,449 @@
+//! Several lucidd processes on loopback forming a network: relay, failover, verify-and-bind,
+//! refusals, local-only, and bootstrap by address and by DNS TXT.
+
+use crate::harness::ndjson;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LUCIDD: &str = env!("CARGO_BIN_EXE_lucidd");
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A lucidd process with its own data directory and loopback-only p2p listeners.
+struct Node {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    http: String,
+    client: reqwest::Client,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The PeerId of the node whose data directory is `dir` (creating its identity).
+fn peer_id(dir: &tempfile::TempDir) -> String {
+    let out = Command::new(LUCIDD)
+        .args(["id", "--data-dir", dir.path().to_str().expect("utf8")])
+        .output()
+        .expect("lucidd id");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).expect("utf8").trim().to_string()
+}
+
+impl Node {
+    /// Starts a node in `dir` with `extra` arguments and waits until it listens on p2p.
+    async fn start(dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        let addr_file = dir.path().join("addr");
+        let log = std::fs::File::create(dir.path().join("log")).expect("log file");
+        let child = Command::new(LUCIDD)
+            .env("RUST_LOG", "info")
+            .args(["--listen", "127.0.0.1:0", "--no-mdns"])
+            .args([
+                "--p2p-listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--p2p-listen",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn lucidd");
+        let until = Instant::now() + DEADLINE;
+        let http = loop {
+            if let Ok(addr) = std::fs::read_to_string(&addr_file) {
+                break format!("http://{addr}");
+            }
+            assert!(Instant::now() < until, "lucidd did not start: {}", log_of(&dir));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let node = Self { child, dir, http, client: reqwest::Client::new() };
+        node.wait_for("p2p listeners", |s| {
+            s["listen_addrs"].as_array().is_some_and(|a| !a.is_empty())
+        })
+        .await;
+        node
+    }
+
+    async fn status(&self) -> Value {
+        self.client
+            .get(format!("{}/api/phase/network", self.http))
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    fn peer_id(&self) -> String {
+        peer_id(&self.dir)
+    }
+
+    /// This node's TCP multiaddr with its PeerId.
+    async fn tcp_addr(&self) -> String {
+        let status = self.status().await;
+        status["listen_addrs"]
+            .as_array()
+            .expect("addrs")
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|a| a.contains("/tcp/"))
+            .expect("a TCP address")
+            .to_string()
+    }
+
+    async fn wait_for(&self, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let status = self.status().await;
+            if ready(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < until,
+                "timed out waiting for {what}: {status}\n{}",
+                log_of(&self.dir)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `/api/tags` lists `model` as remote.
+    async fn wait_for_remote_model(&self, model: &str) {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let tags: Value = self
+                .client
+                .get(format!("{}/api/tags", self.http))
+                .send()
+                .await
+                .expect("tags")
+                .json()
+                .await
+                .expect("json");
+            if tags["models"]
+                .as_array()
+                .expect("models")
+                .iter()
+                .any(|m| m["name"] == model && m["remote"] == true)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "{model} never appeared as remote: {tags}\n{}",
+                log_of(&self.dir)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn post(&self, path: &str, body: Value) -> reqwest::RequestBuilder {
+        self.client.post(format!("{}{path}", self.http)).json(&body)
+    }
+}
+
+fn log_of(dir: &tempfile::TempDir) -> String {
+    std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+}
+
+fn chat(words: &str, delay_ms: u64, stream: bool) -> Value {
+    json!({
+        "model": "echo",
+        "messages": [{"role": "user", "content": words}],
+        "stream": stream,
+        "options": {"echo_delay_ms": delay_ms},
+    })
+}
+
+/// Two serving nodes (B, C) that allow A's signer, and A with no worker of its own.
+async fn network_of_three() -> (Node, Node, Node) {
+    let a_dir = tempfile::tempdir().expect("tempdir");
+    let a_id = peer_id(&a_dir);
+    let b = Node::start(
+        tempfile::tempdir().expect("tempdir"),
+        &["--worker", "echo", "--allow-signer", &a_id],
+    )
+    .await;
+    let c = Node::start(
+        tempfile::tempdir().expect("tempdir"),
+        &["--worker", "echo", "--allow-signer", &a_id],
+    )
+    .await;
+    let (b_addr, c_addr) = (b.tcp_addr().await, c.tcp_addr().await);
+    let a = Node::start(
+        a_dir,
+        &["--no-workers", "--bootstrap-peer", &b_addr, "--bootstrap-peer", &c_addr],
+    )
+    .await;
+    a.wait_for("both peers' catalogs", |s| {
+        s["peers"]
+            .as_array()
+            .expect("peers")
+            .iter()
+            .filter(|p| {
+                p["connected"] == true && p["models"].as_array().is_some_and(|m| !m.is_empty())
+            })
+            .count()
+            == 2
+    })
+    .await;
+    a.wait_for_remote_model("echo:latest").await;
+    (a, b, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_serves_token_by_token_with_a_verified_receipt_and_failover_hides_a_dead_peer() {
+    let (a, b, c) = network_of_three().await;
+    let words = "one two three four five six seven eight";
+
+    // Streamed: the first chunk arrives while the job still runs on the serving peer.
+    let response = a.post("/api/chat", chat(words, 150, true)).send().await.expect("chat");
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    while !text.contains('\n') {
+        text.push_str(
+            std::str::from_utf8(&body.next().await.expect("first bytes").expect("bytes"))
+                .expect("utf8"),
+        );
+    }
+    let first: Value = serde_json::from_str(text.lines().next().expect("line")).expect("json");
+    assert_eq!(first["message"]["content"], "one");
+    assert_eq!(first["done"], false);
+    let running = b.status().await["jobs_active"].as_u64().expect("n")
+        + c.status().await["jobs_active"].as_u64().expect("n");
+    assert_eq!(running, 1, "the job was still running when its first token arrived");
+    while let Some(bytes) = body.next().await {
+        text.push_str(std::str::from_utf8(&bytes.expect("bytes")).expect("utf8"));
+    }
+    let lines = ndjson(&text);
+    let content: Vec<&str> =
+        lines.iter().filter_map(|l| l["message"]["content"].as_str()).collect();
+    assert_eq!(content.concat(), words);
+    let last = lines.last().expect("final line");
+    assert_eq!(last["done"], true, "{last}");
+    assert_eq!(last["receipt_verified"], true, "{last}");
+    let served_by = last["routed_via"].as_str().expect("routed_via").to_string();
+    let (b_id, c_id) = (b.peer_id(), c.peer_id());
+    assert!(served_by == b_id || served_by == c_id, "{served_by}");
+    assert_eq!(last["receipt"]["body"]["completion"], "finished");
+
+    // Not streamed: the same facts in headers.
+    let response = a.post("/api/chat", chat("hello there", 0, false)).send().await.expect("chat");
+    assert_eq!(response.status(), 200);
+    let via = response.headers()["x-lucid-routed-via"].to_str().expect("header").to_string();
+    assert!(via == b_id || via == c_id, "{via}");
+    assert_eq!(response.headers()["x-lucid-receipt-verified"], "true");
+    let answer: Value = response.json().await.expect("json");
+    assert_eq!(answer["message"]["content"], "hello there");
+
+    // Kill whichever peer served; the next request is answered by the other without an error.
+    let (mut dead, alive_id) = if via == b_id { (b, c_id) } else { (c, b_id) };
+    dead.child.kill().expect("kill");
+    dead.child.wait().expect("wait");
+    for _ in 0..3 {
+        let response =
+            a.post("/api/chat", chat("still here", 0, false)).send().await.expect("chat");
+        assert_eq!(response.status(), 200, "{}", log_of(&a.dir));
+        assert_eq!(response.headers()["x-lucid-routed-via"].to_str().expect("header"), alive_id);
+        assert_eq!(response.headers()["x-lucid-receipt-verified"], "true");
+    }
+    // Embeddings travel the same way.
+    let response = a
+        .post("/api/embed", json!({"model": "echo", "input": ["a", "b"]}))
+        .send()
+        .await
+        .expect("embed");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-lucid-routed-via"].to_str().expect("header"), alive_id);
+    let embedded: Value = response.json().await.expect("json");
+    assert_eq!(embedded["embeddings"].as_array().expect("vectors").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampering_peer_is_not_trusted_and_an_unauthorized_signer_is_refused() {
+    let a_dir = tempfile::tempdir().expect("tempdir");
+    let a_id = peer_id(&a_dir);
+    let liar = Node::start(
+        tempfile::tempdir().expect("tempdir"),
+        &["--worker", "echo", "--allow-signer", &a_id, "--test-fault", "tamper-output"],
+    )
+    .await;
+    let a = Node::start(a_dir, &["--no-workers", "--bootstrap-peer", &liar.tcp_addr().await]).await;
+    a.wait_for_remote_model("echo:latest").await;
+
+    let response = a.post("/api/chat", chat("quiet words", 0, false)).send().await.expect("chat");
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.headers()["x-lucid-receipt-verified"], "false");
+    let error: Value = response.json().await.expect("json");
+    assert!(error["error"].as_str().expect("error").contains("did not verify"), "{error}");
+
+    let response = a
+        .post("/api/chat", chat("quiet words", 0, false))
+        .header("X-Lucid-Accept-Unverified", "true")
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["x-lucid-receipt-verified"],
+        "false",
+        "never reported as verified"
+    );
+    let answer: Value = response.json().await.expect("json");
+    assert_eq!(answer["message"]["content"], "QUIET WORDS", "the tampered text, marked unverified");
+    assert_eq!(answer["receipt_verified"], false);
+
+    let response = a.post("/api/chat", chat("quiet words", 0, true)).send().await.expect("chat");
+    let lines = ndjson(&response.text().await.expect("text"));
+    let last = lines.last().expect("last");
+    assert!(last["error"].as_str().expect("error line").contains("did not verify"), "{last}");
+    assert_eq!(last["receipt_verified"], false);
+
+    // A node that does not allow A's signer refuses, and A says why.
+    let stranger = Node::start(tempfile::tempdir().expect("tempdir"), &["--worker", "echo"]).await;
+    let a2_dir = tempfile::tempdir().expect("tempdir");
+    let a2 = Node::start(a2_dir, &["--no-workers", "--bootstrap-peer", &stranger.tcp_addr().await])
+        .await;
+    a2.wait_for_remote_model("echo:latest").await;
+    let response = a2
+        .post("/api/generate", json!({"model": "echo", "prompt": "hi", "stream": false}))
+        .send()
+        .await
+        .expect("generate");
+    assert_eq!(response.status(), 403);
+    let error: Value = response.json().await.expect("json");
+    let message = error["error"].as_str().expect("error");
+    assert!(message.contains("not allowed") && message.contains("--allow-signer"), "{message}");
+    assert_eq!(stranger.status().await["jobs_refused"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_only_never_relays() {
+    let a_dir = tempfile::tempdir().expect("tempdir");
+    let a_id = peer_id(&a_dir);
+    let b = Node::start(
+        tempfile::tempdir().expect("tempdir"),
+        &["--worker", "echo", "--allow-signer", &a_id],
+    )
+    .await;
+    let a = Node::start(
+        a_dir,
+        &["--no-workers", "--local-only", "--bootstrap-peer", &b.tcp_addr().await],
+    )
+    .await;
+    a.wait_for("a connection to B", |s| {
+        s["peers"].as_array().expect("peers").iter().any(|p| p["connected"] == true)
+    })
+    .await;
+    let response = a.post("/api/chat", chat("secret prompt", 0, false)).send().await.expect("chat");
+    assert_eq!(response.status(), 404);
+    let tags: Value = a
+        .client
+        .get(format!("{}/api/tags", a.http))
+        .send()
+        .await
+        .expect("tags")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(tags["models"], json!([]), "no remote models offered when local-only");
+    assert_eq!(a.status().await["jobs_requested"], 0);
+    assert_eq!(b.status().await["jobs_served"], 0);
+}
+
+/// A DNS server on loopback answering TXT queries for one name.
+async fn dns_server(name: &'static str, txt: Vec<String>) -> std::net::SocketAddr {
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::rdata::TXT;
+    use hickory_proto::rr::{Name, RData, Record};
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else { return };
+            let Ok(request) = Message::from_vec(&buf[..n]) else { continue };
+            let mut response = Message::response(request.metadata.id, request.metadata.op_code);
+            response.metadata.authoritative = true;
+            for query in &request.queries {
+                response.add_query(query.clone());
+                if query.name().to_ascii().trim_end_matches('.') == name {
+                    for t in &txt {
+                        let rdata = RData::TXT(TXT::new(vec![t.clone()]));
+                        response.add_answer(Record::from_rdata(
+                            Name::from_ascii(name).expect("name"),
+                            60,
+                            rdata,
+                        ));
+                    }
+                }
+            }
+            let _ = socket.send_to(&response.to_vec().expect("encode"), from).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_by_dns_txt_and_a_pinned_peer_id_mismatch_is_refused() {
+    let a_dir = tempfile::tempdir().expect("tempdir");
+    let a_id = peer_id(&a_dir);
+    let b = Node::start(
+        tempfile::tempdir().expect("tempdir"),
+        &["--worker", "echo", "--allow-signer", &a_id],
+    )
+    .await;
+    let dns =
+        dns_server("_phase.lucidd.test", vec![format!("dnsaddr={}", b.tcp_addr().await)]).await;
+    let a = Node::start(
+        a_dir,
+        &[
+            "--no-workers",
+            "--bootstrap-dns",
+            "_phase.lucidd.test",
+            "--dns-server",
+            &dns.to_string(),
+        ],
+    )
+    .await;
+    a.wait_for_remote_model("echo:latest").await;
+    let response = a.post("/api/chat", chat("found you", 0, false)).send().await.expect("chat");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-lucid-routed-via"].to_str().expect("header"), b.peer_id());
+
+    // B's address with somebody else's PeerId: the connection is dropped, nothing is relayed.
+    let impostor = peer_id(&tempfile::tempdir().expect("tempdir"));
+    let b_addr = b.tcp_addr().await;
+    let transport = b_addr.split("/p2p/").next().expect("transport");
+    let pinned = format!("{transport}/p2p/{impostor}");
+    let m = Node::start(
+        tempfile::tempdir().expect("tempdir"),
+        &["--no-workers", "--bootstrap-peer", &pinned],
+    )
+    .await;
+    let status = m
+        .wait_for("the mismatch to be reported", |s| {
+            s["bootstrap_errors"].as_array().is_some_and(|e| !e.is_empty())
+        })
+        .await;
+    let error = status["bootstrap_errors"][0].as_str().expect("error");
+    assert!(error.contains(&impostor) && error.contains(&b.peer_id()), "{error}");
+    assert!(
+        status["peers"].as_array().expect("peers").iter().all(|p| p["connected"] == false),
+        "{status}"
+    );
+    let response = m.post("/api/chat", chat("anyone?", 0, false)).send().await.expect("chat");
+    assert_eq!(response.status(), 404);
+}
