@@ -125,7 +125,13 @@ impl Network {
                 yamux::Config::default,
             )
             .map_err(|e| NetError::Transport("TCP", e.to_string()))?
-            .with_quic()
+            .with_quic_config(|mut quic| {
+                // A peer that vanishes without closing (power loss, kill -9) is noticed within
+                // a few seconds, so requests stop being sent to its dead connection.
+                quic.max_idle_timeout = 4_000;
+                quic.keep_alive_interval = Duration::from_secs(1);
+                quic
+            })
             .with_behaviour(|key| {
                 Behaviour::new(key, &config)
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)

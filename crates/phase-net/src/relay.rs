@@ -32,7 +32,7 @@ use crate::wire::{
 
 /// How long opening a stream to a peer may take (dial included) before it counts as
 /// unreachable.
-pub const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What a node serves to others.
 pub trait JobService: Send + Sync + 'static {

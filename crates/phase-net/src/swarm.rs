@@ -156,7 +156,7 @@ impl SwarmTask {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
-                tracing::info!("listening on {full}");
+                tracing::debug!("listening on {full}");
                 self.shared.lock().expect("network state lock").listen_addrs.push(full);
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {

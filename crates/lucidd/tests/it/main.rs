@@ -9,6 +9,7 @@ mod faults;
 mod hostile;
 mod llama_faults;
 mod models;
+mod netns;
 mod openai;
 mod p2p;
 mod receipts;
