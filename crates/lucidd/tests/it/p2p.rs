@@ -248,10 +248,26 @@ async fn a_peer_serves_token_by_token_with_a_verified_receipt_and_failover_hides
     let answer: Value = response.json().await.expect("json");
     assert_eq!(answer["message"]["content"], "hello there");
 
-    // Kill whichever peer served; the next request is answered by the other without an error.
-    let (mut dead, alive_id) = if via == b_id { (b, c_id) } else { (c, b_id) };
+    // Kill the serving peer mid-answer: the stream ends with an Ollama-shaped error line.
+    let response = a.post("/api/chat", chat(words, 300, true)).send().await.expect("chat");
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    while !text.contains('\n') {
+        text.push_str(std::str::from_utf8(&body.next().await.expect("bytes").expect("bytes")).expect("utf8"));
+    }
+    let b_busy = b.status().await["jobs_active"] == 1;
+    let (mut dead, alive_id) = if b_busy { (b, c_id) } else { (c, b_id) };
     dead.child.kill().expect("kill");
     dead.child.wait().expect("wait");
+    while let Some(bytes) = body.next().await {
+        text.push_str(std::str::from_utf8(&bytes.expect("bytes")).expect("utf8"));
+    }
+    let lines = ndjson(&text);
+    let last = lines.last().expect("last line");
+    assert!(last["error"].as_str().is_some_and(|e| e.contains("broke the job stream")), "{last}");
+    assert!(lines.len() < 9, "the answer stopped with its peer: {lines:?}");
+
+    // The next requests are answered by the other peer without an error.
     for _ in 0..3 {
         let response =
             a.post("/api/chat", chat("still here", 0, false)).send().await.expect("chat");
