@@ -72,6 +72,25 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Appends `value` as one CBOR frame to `buf`, for writing later with others.
+pub fn append_value<T: Serialize>(
+    buf: &mut Vec<u8>,
+    value: &T,
+    max: usize,
+) -> Result<(), FrameError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    ciborium::into_writer(value, &mut *buf).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let len = buf.len() - start - 4;
+    if len > max {
+        buf.truncate(start);
+        return Err(FrameError::TooLarge { len, max });
+    }
+    let prefix = u32::try_from(len).map_err(|_| FrameError::TooLarge { len, max })?.to_be_bytes();
+    buf[start..start + 4].copy_from_slice(&prefix);
+    Ok(())
+}
+
 /// Encodes `value` as CBOR.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
     let mut out = Vec::new();
@@ -146,6 +165,25 @@ mod tests {
             block(read_frame(&mut Cursor::new(vec![0, 0]), 64)),
             Err(FrameError::Io(_))
         ));
+    }
+
+    #[test]
+    fn appended_frames_read_back_and_oversized_ones_leave_the_buffer_alone() {
+        let mut buf = Vec::new();
+        append_value(&mut buf, &"one", 64).expect("fits");
+        append_value(&mut buf, &vec![7u8; 10], 64).expect("fits");
+        let before = buf.len();
+        assert!(matches!(
+            append_value(&mut buf, &"x".repeat(100), 64),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert_eq!(buf.len(), before);
+        let mut cursor = Cursor::new(buf);
+        assert_eq!(block(read_value::<_, String>(&mut cursor, 64)).expect("first"), "one");
+        assert_eq!(
+            block(read_value::<_, Vec<u8>>(&mut cursor, 64)).expect("second"),
+            vec![7u8; 10]
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! most one undelivered event). When the server goes away, the requester's next read fails.
 
 use futures::future::BoxFuture;
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use phase_identity::PublicKey;
 use phase_manifest::{
@@ -257,28 +257,48 @@ impl RelayServer {
             let _ = reader.read(&mut byte).await;
         };
         tokio::pin!(gone);
+        // Frames waiting to be written. Each event is sent as soon as nothing else is ready, so
+        // a token never waits for the next one; under load several go out in one write.
+        let mut pending: Vec<u8> = Vec::new();
         loop {
-            tokio::select! {
-                biased;
-                () = &mut gone => {
-                    job.handle.cancel();
-                    tracing::debug!("the requester closed the job stream: job cancelled");
-                    return;
-                }
-                event = job.events.next() => {
-                    let Some(mut event) = event else { break };
-                    let last = matches!(event, JobEvent::Final(_));
-                    self.apply_faults(&mut event);
-                    if let Err(e) = frame::write_value(&mut writer, &ServerFrame::Event(event), self.limits.max_frame_bytes).await {
-                        tracing::debug!(error = %e, "the requester is gone: job cancelled");
+            let event = if pending.is_empty() {
+                tokio::select! {
+                    biased;
+                    () = &mut gone => {
                         job.handle.cancel();
+                        tracing::debug!("the requester closed the job stream: job cancelled");
                         return;
                     }
-                    if last {
-                        break;
-                    }
+                    event = job.events.next() => event,
                 }
+            } else if let Some(event) = job.events.next().now_or_never() {
+                event
+            } else {
+                if let Err(e) = send(&mut writer, &mut pending).await {
+                    tracing::debug!(error = %e, "the requester is gone: job cancelled");
+                    job.handle.cancel();
+                    return;
+                }
+                continue;
+            };
+            let Some(mut event) = event else { break };
+            let last = matches!(event, JobEvent::Final(_));
+            self.apply_faults(&mut event);
+            if let Err(e) = frame::append_value(
+                &mut pending,
+                &ServerFrame::Event(event),
+                self.limits.max_frame_bytes,
+            ) {
+                tracing::warn!(error = %e, "an event does not fit in a frame: job cancelled");
+                job.handle.cancel();
+                return;
             }
+            if last {
+                break;
+            }
+        }
+        if let Err(e) = send(&mut writer, &mut pending).await {
+            tracing::debug!(error = %e, "could not send the last frames");
         }
         let _ = writer.close().await;
     }
@@ -297,6 +317,17 @@ impl RelayServer {
     fn apply_faults(&self, _event: &mut JobEvent) {
         let _ = &self.faults;
     }
+}
+
+/// Writes and flushes the pending frames.
+async fn send<W: futures::AsyncWrite + Unpin>(
+    writer: &mut W,
+    pending: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    writer.write_all(pending).await?;
+    writer.flush().await?;
+    pending.clear();
+    Ok(())
 }
 
 /// Why a relayed job failed on the requester's side.

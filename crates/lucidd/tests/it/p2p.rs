@@ -253,7 +253,9 @@ async fn a_peer_serves_token_by_token_with_a_verified_receipt_and_failover_hides
     let mut body = response.bytes_stream();
     let mut text = String::new();
     while !text.contains('\n') {
-        text.push_str(std::str::from_utf8(&body.next().await.expect("bytes").expect("bytes")).expect("utf8"));
+        text.push_str(
+            std::str::from_utf8(&body.next().await.expect("bytes").expect("bytes")).expect("utf8"),
+        );
     }
     let b_busy = b.status().await["jobs_active"] == 1;
     let (mut dead, alive_id) = if b_busy { (b, c_id) } else { (c, b_id) };
