@@ -172,6 +172,7 @@ impl Network {
             lookups: HashMap::new(),
             bootstrap: bootstrap_peers,
             max_frame: config.relay.max_frame_bytes,
+            joined: false,
         };
         tokio::spawn(task.run(stop.clone()));
         if !config.bootstrap_dns.is_empty() {

@@ -65,6 +65,8 @@ pub(crate) struct SwarmTask {
     pub lookups: HashMap<QueryId, mpsc::UnboundedSender<PeerId>>,
     pub bootstrap: Vec<Multiaddr>,
     pub max_frame: usize,
+    /// Whether the DHT was bootstrapped since start.
+    pub joined: bool,
 }
 
 impl SwarmTask {
@@ -202,6 +204,11 @@ impl SwarmTask {
                 if speaks_kad {
                     for addr in &info.listen_addrs {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
+                    }
+                    // The first DHT peer: fill the routing table now rather than at the next
+                    // periodic bootstrap.
+                    if !std::mem::replace(&mut self.joined, true) {
+                        let _ = self.swarm.behaviour_mut().kad.bootstrap();
                     }
                 }
                 self.shared.lock().expect("network state lock").peer(peer_id).agent =
