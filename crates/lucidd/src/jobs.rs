@@ -88,7 +88,7 @@ enum Source {
     /// A worker on this node.
     Local(Job),
     /// A peer, over the job relay; the first events were read while choosing the peer.
-    Remote { job: RemoteJob, buffered: VecDeque<JobEvent> },
+    Remote { job: Box<RemoteJob>, buffered: VecDeque<JobEvent> },
 }
 
 /// A running job, consumed piece by piece.
@@ -138,7 +138,7 @@ impl JobRun {
     ) -> Self {
         let routed_via = job.peer().to_string();
         Self::with_source(
-            Source::Remote { job, buffered },
+            Source::Remote { job: Box::new(job), buffered },
             manifest_hash,
             worker_peer,
             routed_via,

@@ -24,6 +24,8 @@ pub mod keys;
 mod node;
 pub mod relay;
 mod swarm;
+#[cfg(feature = "test-faults")]
+pub mod testing;
 pub mod wire;
 
 pub use config::{NetConfig, RelayLimits};

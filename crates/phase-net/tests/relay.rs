@@ -326,44 +326,10 @@ async fn a_bootstrap_peer_with_another_identity_is_dropped() {
     assert!(client.status().peers.iter().all(|p| !p.connected), "no connection stays open");
 }
 
-/// A DNS server on loopback answering TXT queries for one name.
-async fn dns_server(name: &'static str, txt: Vec<String>) -> std::net::SocketAddr {
-    use hickory_proto::op::{Message, MessageType};
-    use hickory_proto::rr::rdata::TXT;
-    use hickory_proto::rr::{Name, RData, Record};
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    let addr = socket.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let Ok((n, from)) = socket.recv_from(&mut buf).await else { return };
-            let Ok(request) = Message::from_vec(&buf[..n]) else { continue };
-            let mut response = Message::response(request.metadata.id, request.metadata.op_code);
-            response.metadata.message_type = MessageType::Response;
-            response.metadata.authoritative = true;
-            for query in &request.queries {
-                response.add_query(query.clone());
-                if query.name().to_ascii().trim_end_matches('.') == name {
-                    for t in &txt {
-                        let record = Record::from_rdata(
-                            Name::from_ascii(name).expect("name"),
-                            60,
-                            RData::TXT(TXT::new(vec![t.clone()])),
-                        );
-                        response.add_answer(record);
-                    }
-                }
-            }
-            let _ = socket.send_to(&response.to_vec().expect("encode"), from).await;
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_from_dns_txt_records() {
     let server = server(SignerAllowlist::allow_any()).await;
-    let dns = dns_server(
+    let dns = phase_net::testing::txt_server(
         "_phase.example.test",
         vec![format!("dnsaddr={}", server.addr), "unrelated text".into()],
     )

@@ -74,15 +74,13 @@ impl Node {
         node
     }
 
+    async fn get_json(&self, path: &str) -> Value {
+        let response = self.client.get(format!("{}{path}", self.http)).send().await;
+        response.expect("GET").json().await.expect("JSON")
+    }
+
     async fn status(&self) -> Value {
-        self.client
-            .get(format!("{}/api/phase/network", self.http))
-            .send()
-            .await
-            .expect("status")
-            .json()
-            .await
-            .expect("json")
+        self.get_json("/api/phase/network").await
     }
 
     fn peer_id(&self) -> String {
@@ -122,15 +120,7 @@ impl Node {
     async fn wait_for_remote_model(&self, model: &str) {
         let until = Instant::now() + DEADLINE;
         loop {
-            let tags: Value = self
-                .client
-                .get(format!("{}/api/tags", self.http))
-                .send()
-                .await
-                .expect("tags")
-                .json()
-                .await
-                .expect("json");
+            let tags = self.get_json("/api/tags").await;
             if tags["models"]
                 .as_array()
                 .expect("models")
@@ -150,6 +140,35 @@ impl Node {
 
     fn post(&self, path: &str, body: Value) -> reqwest::RequestBuilder {
         self.client.post(format!("{}{path}", self.http)).json(&body)
+    }
+}
+
+/// A streamed NDJSON answer read as it arrives.
+struct Streamed {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    text: String,
+}
+
+impl Streamed {
+    fn new(response: reqwest::Response) -> Self {
+        Self { body: response.bytes_stream().boxed(), text: String::new() }
+    }
+
+    /// The first line, as soon as it has arrived.
+    async fn first_line(&mut self) -> Value {
+        while !self.text.contains('\n') {
+            let bytes = self.body.next().await.expect("more bytes").expect("bytes");
+            self.text.push_str(std::str::from_utf8(&bytes).expect("utf8"));
+        }
+        serde_json::from_str(self.text.lines().next().expect("line")).expect("json")
+    }
+
+    /// Every line, once the answer has ended.
+    async fn all_lines(mut self) -> Vec<Value> {
+        while let Some(bytes) = self.body.next().await {
+            self.text.push_str(std::str::from_utf8(&bytes.expect("bytes")).expect("utf8"));
+        }
+        ndjson(&self.text)
     }
 }
 
@@ -210,24 +229,14 @@ async fn a_peer_serves_token_by_token_with_a_verified_receipt_and_failover_hides
     // Streamed: the first chunk arrives while the job still runs on the serving peer.
     let response = a.post("/api/chat", chat(words, 150, true)).send().await.expect("chat");
     assert_eq!(response.status(), 200);
-    let mut body = response.bytes_stream();
-    let mut text = String::new();
-    while !text.contains('\n') {
-        text.push_str(
-            std::str::from_utf8(&body.next().await.expect("first bytes").expect("bytes"))
-                .expect("utf8"),
-        );
-    }
-    let first: Value = serde_json::from_str(text.lines().next().expect("line")).expect("json");
+    let mut answer = Streamed::new(response);
+    let first = answer.first_line().await;
     assert_eq!(first["message"]["content"], "one");
     assert_eq!(first["done"], false);
     let running = b.status().await["jobs_active"].as_u64().expect("n")
         + c.status().await["jobs_active"].as_u64().expect("n");
     assert_eq!(running, 1, "the job was still running when its first token arrived");
-    while let Some(bytes) = body.next().await {
-        text.push_str(std::str::from_utf8(&bytes.expect("bytes")).expect("utf8"));
-    }
-    let lines = ndjson(&text);
+    let lines = answer.all_lines().await;
     let content: Vec<&str> =
         lines.iter().filter_map(|l| l["message"]["content"].as_str()).collect();
     assert_eq!(content.concat(), words);
@@ -250,21 +259,13 @@ async fn a_peer_serves_token_by_token_with_a_verified_receipt_and_failover_hides
 
     // Kill the serving peer mid-answer: the stream ends with an Ollama-shaped error line.
     let response = a.post("/api/chat", chat(words, 300, true)).send().await.expect("chat");
-    let mut body = response.bytes_stream();
-    let mut text = String::new();
-    while !text.contains('\n') {
-        text.push_str(
-            std::str::from_utf8(&body.next().await.expect("bytes").expect("bytes")).expect("utf8"),
-        );
-    }
+    let mut answer = Streamed::new(response);
+    answer.first_line().await;
     let b_busy = b.status().await["jobs_active"] == 1;
     let (mut dead, alive_id) = if b_busy { (b, c_id) } else { (c, b_id) };
     dead.child.kill().expect("kill");
     dead.child.wait().expect("wait");
-    while let Some(bytes) = body.next().await {
-        text.push_str(std::str::from_utf8(&bytes.expect("bytes")).expect("utf8"));
-    }
-    let lines = ndjson(&text);
+    let lines = answer.all_lines().await;
     let last = lines.last().expect("last line");
     assert!(last["error"].as_str().is_some_and(|e| e.contains("broke the job stream")), "{last}");
     assert!(lines.len() < 9, "the answer stopped with its peer: {lines:?}");
@@ -367,51 +368,10 @@ async fn local_only_never_relays() {
     .await;
     let response = a.post("/api/chat", chat("secret prompt", 0, false)).send().await.expect("chat");
     assert_eq!(response.status(), 404);
-    let tags: Value = a
-        .client
-        .get(format!("{}/api/tags", a.http))
-        .send()
-        .await
-        .expect("tags")
-        .json()
-        .await
-        .expect("json");
+    let tags = a.get_json("/api/tags").await;
     assert_eq!(tags["models"], json!([]), "no remote models offered when local-only");
     assert_eq!(a.status().await["jobs_requested"], 0);
     assert_eq!(b.status().await["jobs_served"], 0);
-}
-
-/// A DNS server on loopback answering TXT queries for one name.
-async fn dns_server(name: &'static str, txt: Vec<String>) -> std::net::SocketAddr {
-    use hickory_proto::op::Message;
-    use hickory_proto::rr::rdata::TXT;
-    use hickory_proto::rr::{Name, RData, Record};
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    let addr = socket.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let Ok((n, from)) = socket.recv_from(&mut buf).await else { return };
-            let Ok(request) = Message::from_vec(&buf[..n]) else { continue };
-            let mut response = Message::response(request.metadata.id, request.metadata.op_code);
-            response.metadata.authoritative = true;
-            for query in &request.queries {
-                response.add_query(query.clone());
-                if query.name().to_ascii().trim_end_matches('.') == name {
-                    for t in &txt {
-                        let rdata = RData::TXT(TXT::new(vec![t.clone()]));
-                        response.add_answer(Record::from_rdata(
-                            Name::from_ascii(name).expect("name"),
-                            60,
-                            rdata,
-                        ));
-                    }
-                }
-            }
-            let _ = socket.send_to(&response.to_vec().expect("encode"), from).await;
-        }
-    });
-    addr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,8 +383,11 @@ async fn bootstrap_by_dns_txt_and_a_pinned_peer_id_mismatch_is_refused() {
         &["--worker", "echo", "--allow-signer", &a_id],
     )
     .await;
-    let dns =
-        dns_server("_phase.lucidd.test", vec![format!("dnsaddr={}", b.tcp_addr().await)]).await;
+    let dns = phase_net::testing::txt_server(
+        "_phase.lucidd.test",
+        vec![format!("dnsaddr={}", b.tcp_addr().await)],
+    )
+    .await;
     let a = Node::start(
         a_dir,
         &[
