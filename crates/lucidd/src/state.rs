@@ -83,6 +83,24 @@ impl AppState {
         Err(ApiError::model_not_found(name))
     }
 
+    /// Models other nodes serve that this one does not, each with the peers serving it (none
+    /// when local-only).
+    pub fn remote_models(&self) -> Vec<(ResolvedModel, Vec<phase_net::PeerId>)> {
+        let Some(remote) = &self.remote else { return Vec::new() };
+        remote
+            .catalog()
+            .into_iter()
+            .map(|(entry, peers)| {
+                let base = crate::remote::model_info(&entry);
+                (
+                    ResolvedModel { name: base.name.clone(), base, derived: None, remote: true },
+                    peers,
+                )
+            })
+            .filter(|(model, _)| self.registry.resolve(&model.name).is_none())
+            .collect()
+    }
+
     /// Signs `spec` as this node and starts it: on the worker serving `model` here, or on the
     /// best peer serving it.
     pub async fn start_job(

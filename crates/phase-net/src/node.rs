@@ -96,6 +96,25 @@ pub struct Network {
     inner: Arc<Inner>,
 }
 
+/// Checks that a fixed port is free. libp2p binds its TCP listeners with `SO_REUSEPORT`, so a
+/// second node on the same port would silently share the first one's connections; a plain bind
+/// (without that option) fails while any socket holds the port.
+fn bind_probe(addr: &Multiaddr) -> Result<(), String> {
+    use libp2p::multiaddr::Protocol;
+    let mut parts = addr.iter();
+    let ip: std::net::IpAddr = match parts.next() {
+        Some(Protocol::Ip4(ip)) => ip.into(),
+        Some(Protocol::Ip6(ip)) => ip.into(),
+        _ => return Ok(()),
+    };
+    let result = match parts.next() {
+        Some(Protocol::Tcp(port)) if port != 0 => std::net::TcpListener::bind((ip, port)).map(drop),
+        Some(Protocol::Udp(port)) if port != 0 => std::net::UdpSocket::bind((ip, port)).map(drop),
+        _ => Ok(()),
+    };
+    result.map_err(|e| format!("{e} (is another node using this port?)"))
+}
+
 struct Inner {
     peer_id: PeerId,
     commands: mpsc::UnboundedSender<Command>,
@@ -139,10 +158,20 @@ impl Network {
             .map_err(|e| NetError::Transport("mDNS", e.to_string()))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
             .build();
+        // An address that cannot be bound (IPv6 disabled, a port in use) is skipped with a
+        // warning; the node fails to start only when it can listen nowhere.
+        let mut listen_errors = Vec::new();
         for addr in &config.listen {
-            swarm
-                .listen_on(addr.clone())
-                .map_err(|e| NetError::Listen { addr: addr.clone(), reason: e.to_string() })?;
+            if let Err(e) = bind_probe(addr)
+                .and_then(|()| swarm.listen_on(addr.clone()).map_err(|e| e.to_string()))
+            {
+                tracing::warn!(%addr, error = %e, "cannot listen on this address; skipping it");
+                listen_errors.push((addr.clone(), e));
+            }
+        }
+        if !config.listen.is_empty() && listen_errors.len() == config.listen.len() {
+            let (addr, reason) = listen_errors.swap_remove(0);
+            return Err(NetError::Listen { addr, reason });
         }
         for addr in &config.external {
             swarm.add_external_address(addr.clone());

@@ -351,3 +351,19 @@ async fn bootstrap_from_dns_txt_records() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_that_cannot_be_bound_is_skipped_unless_it_is_the_only_one() {
+    let first = server(SignerAllowlist::deny_all()).await;
+    let taken: phase_net::Multiaddr =
+        first.addr.to_string().split("/p2p/").next().expect("transport").parse().expect("addr");
+    let only_taken = NetConfig { listen: vec![taken.clone()], mdns: false, ..NetConfig::default() };
+    match Network::start(&NodeIdentity::generate(), only_taken, None).await {
+        Err(e) => assert!(e.to_string().contains("cannot listen"), "{e}"),
+        Ok(_) => panic!("listening on a taken port must fail"),
+    }
+    let free: phase_net::Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().expect("addr");
+    let mixed = NetConfig { listen: vec![taken, free], mdns: false, ..NetConfig::default() };
+    let node = Network::start(&NodeIdentity::generate(), mixed, None).await.expect("starts");
+    assert_eq!(node.wait_listening(DEADLINE).await.len(), 1);
+}

@@ -481,10 +481,11 @@ fn model_object(id: String, created: i64, owned_by: &str) -> Value {
 
 /// `GET /v1/models`.
 pub async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let data: Vec<Value> = state
-        .registry
-        .list()
-        .iter()
+    let local = state.registry.list();
+    let remote = state.remote_models().into_iter().map(|(model, _)| model);
+    let data: Vec<Value> = local
+        .into_iter()
+        .chain(remote)
         .map(|m| {
             model_object(m.name.to_string(), m.modified_at().unix_timestamp(), m.name.namespace())
         })
@@ -497,7 +498,7 @@ pub async fn model(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, OpenAiError> {
-    let model = validate::resolve(&state, &id)?;
+    let model = state.resolve_for_job(&id).await?;
     Ok(Json(model_object(id, model.modified_at().unix_timestamp(), model.name.namespace())))
 }
 

@@ -1,5 +1,6 @@
-//! Two lucidd nodes on two hosts: network namespaces this test creates, joined by a veth pair,
-//! each node reachable from the other only across that link. Needs root (CI runs as root);
+//! lucidd nodes on two hosts: network namespaces this test creates, joined by a veth pair, each
+//! node reachable from the other only across that link. One node joins by `--bootstrap-peer`,
+//! another finds the server by mDNS on the link. Needs root (CI runs as root);
 //! `PHASE_SKIP_NETNS=1` skips it elsewhere.
 
 use serde_json::Value;
@@ -66,7 +67,7 @@ impl Drop for Daemon {
 fn start_in(ns: &str, dir: &std::path::Path, args: &[&str]) -> (Daemon, String) {
     let addr_file = dir.join("addr");
     let child = Command::new("ip")
-        .args(["netns", "exec", ns, LUCIDD, "--listen", "127.0.0.1:0", "--no-mdns"])
+        .args(["netns", "exec", ns, LUCIDD, "--listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir)
         .arg("--addr-file")
@@ -125,10 +126,13 @@ fn two_hosts_joined_by_a_veth_pair_relay_a_job() {
         String::from_utf8(out.stdout).expect("utf8").trim().to_string()
     };
     let (id_a, id_b) = (id(&dir_a), id(&dir_b));
+    let dir_m = tempfile::tempdir().expect("tmp");
+    let id_m = id(&dir_m);
+    let b_args = ["--worker", "echo", "--allow-signer", &id_a, "--allow-signer", &id_m];
     let (_b, http_b) = start_in(
         &hosts.b,
         dir_b.path(),
-        &["--worker", "echo", "--allow-signer", &id_a, "--p2p-listen", "/ip4/10.213.7.2/tcp/0"],
+        &[&b_args[..], &["--p2p-listen", "/ip4/10.213.7.2/tcp/0"]].concat(),
     );
     let mut b_addr = String::new();
     poll("B's p2p address", || {
@@ -144,7 +148,14 @@ fn two_hosts_joined_by_a_veth_pair_relay_a_job() {
     let (_a, http_a) = start_in(
         &hosts.a,
         dir_a.path(),
-        &["--no-workers", "--p2p-listen", "/ip4/10.213.7.1/tcp/0", "--bootstrap-peer", &b_addr],
+        &[
+            "--no-workers",
+            "--no-mdns",
+            "--p2p-listen",
+            "/ip4/10.213.7.1/tcp/0",
+            "--bootstrap-peer",
+            &b_addr,
+        ],
     );
     poll("the echo model to be seen across the link", || {
         let (_, tags) = curl_in(&hosts.a, &format!("http://{http_a}/api/tags"), None);
@@ -157,5 +168,19 @@ fn two_hosts_joined_by_a_veth_pair_relay_a_job() {
         headers.contains(&format!("x-lucid-routed-via: {}", id_b.to_lowercase())),
         "{headers:?}"
     );
+    assert!(headers.contains(&"x-lucid-receipt-verified: true".to_string()), "{headers:?}");
+
+    // A node with no bootstrap address finds B by mDNS on the link.
+    let (_m, http_m) = start_in(
+        &hosts.a,
+        dir_m.path(),
+        &["--no-workers", "--p2p-listen", "/ip4/10.213.7.1/tcp/0"],
+    );
+    poll("B to be found by mDNS", || {
+        let (_, tags) = curl_in(&hosts.a, &format!("http://{http_m}/api/tags"), None);
+        tags["models"].as_array().is_some_and(|m| m.iter().any(|m| m["remote"] == true))
+    });
+    let (headers, answer) = curl_in(&hosts.a, &format!("http://{http_m}/api/chat"), Some(body));
+    assert_eq!(answer["message"]["content"], "across the wire", "{headers:?} {answer}");
     assert!(headers.contains(&"x-lucid-receipt-verified: true".to_string()), "{headers:?}");
 }

@@ -226,6 +226,17 @@ async fn a_peer_serves_token_by_token_with_a_verified_receipt_and_failover_hides
     let (a, b, c) = network_of_three().await;
     let words = "one two three four five six seven eight";
 
+    // Remote models are described and listed like local ones.
+    let show = a.post("/api/show", json!({"model": "echo"})).send().await.expect("show");
+    assert_eq!(show.status(), 200);
+    let show: Value = show.json().await.expect("json");
+    assert_eq!(show["details"]["family"], "echo", "{show}");
+    let listed = a.get_json("/v1/models").await;
+    assert!(
+        listed["data"].as_array().expect("data").iter().any(|m| m["id"] == "echo:latest"),
+        "{listed}"
+    );
+
     // Streamed: the first chunk arrives while the job still runs on the serving peer.
     let response = a.post("/api/chat", chat(words, 150, true)).send().await.expect("chat");
     assert_eq!(response.status(), 200);

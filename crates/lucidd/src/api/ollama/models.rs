@@ -72,8 +72,9 @@ fn digest(model: &ResolvedModel) -> String {
 
 /// `GET /api/tags`.
 pub async fn tags(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let local = state.registry.list();
-    let mut models: Vec<Value> = local
+    let mut models: Vec<Value> = state
+        .registry
+        .list()
         .iter()
         .map(|m| {
             json!({
@@ -89,29 +90,18 @@ pub async fn tags(State(state): State<Arc<AppState>>) -> Json<Value> {
         .collect();
     // Models seen on the network and not served here, marked as remote with the peers that
     // serve them (none when local-only: they could not be used).
-    if let Some(remote) = &state.remote {
-        for (entry, peers) in remote.catalog() {
-            if local.iter().any(|m| m.name.to_string() == entry.name) {
-                continue;
-            }
-            let model = crate::registry::ResolvedModel {
-                name: crate::remote::model_info(&entry).name,
-                base: crate::remote::model_info(&entry),
-                derived: None,
-                remote: true,
-            };
-            models.push(json!({
-                "name": entry.name,
-                "model": entry.name,
-                "modified_at": rfc3339(model.modified_at()),
-                "size": entry.size,
-                "digest": entry.digest,
-                "details": details(&model),
-                "capabilities": entry.capabilities,
-                "remote": true,
-                "peers": peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            }));
-        }
+    for (model, peers) in state.remote_models() {
+        models.push(json!({
+            "name": model.name.to_string(),
+            "model": model.name.to_string(),
+            "modified_at": rfc3339(model.modified_at()),
+            "size": model.base.size,
+            "digest": digest(&model),
+            "details": details(&model),
+            "capabilities": model.base.capabilities,
+            "remote": true,
+            "peers": peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }));
     }
     Json(json!({ "models": models }))
 }
@@ -189,7 +179,7 @@ pub async fn show(
 ) -> Result<Json<Value>, ApiError> {
     let name =
         req.model.as_deref().filter(|m| !m.is_empty()).or(req.name.as_deref()).unwrap_or_default();
-    let model = validate::resolve(&state, name)?;
+    let model = state.resolve_for_job(name).await?;
     let derived = model.derived.clone();
     let template = derived
         .as_ref()
