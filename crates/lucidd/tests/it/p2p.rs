@@ -420,11 +420,13 @@ async fn bootstrap_by_dns_txt_and_a_pinned_peer_id_mismatch_is_refused() {
     let b_addr = b.tcp_addr().await;
     let transport = b_addr.split("/p2p/").next().expect("transport");
     let pinned = format!("{transport}/p2p/{impostor}");
+    let external = "/ip4/203.0.113.7/tcp/11435";
     let m = Node::start(
         tempfile::tempdir().expect("tempdir"),
-        &["--no-workers", "--bootstrap-peer", &pinned],
+        &["--no-workers", "--bootstrap-peer", &pinned, "--external-addr", external],
     )
     .await;
+    assert_eq!(m.status().await["external_addrs"], json!([external]));
     let status = m
         .wait_for("the mismatch to be reported", |s| {
             s["bootstrap_errors"].as_array().is_some_and(|e| !e.is_empty())
