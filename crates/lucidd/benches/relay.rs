@@ -4,8 +4,11 @@
 //! * echo worker, no pacing: how many tokens/s each path sustains, and the p50 gap between
 //!   tokens at that rate;
 //! * echo worker paced at 5 ms a token: p50 inter-token gap, and time to first token;
-//! * with `PHASE_TEST_MODEL` and `LLAMA_SERVER_BINARY` set, the real model on B (llama-server):
+//! * with `PHASE_TEST_MODEL` and `LLAMA_SERVER_BINARY` set, the real model on B (llama-server,
+//!   one decode thread so the relay's work on the other core does not compete with it):
 //!   decode tokens/s seen by the client, direct and relayed.
+//!
+//! Runs alternate between the two paths; the ratio is the median of per-pair ratios.
 //!
 //! `bench/relay` runs it (release build).
 
@@ -54,33 +57,63 @@ struct Summary {
     ttft_p50_ms: f64,
 }
 
-async fn measure(client: &reqwest::Client, url: &str, body: &Value, runs: usize) -> Summary {
-    let mut rates = Vec::new();
-    let mut gaps = Vec::new();
-    let mut ttfts = Vec::new();
+/// Runs the job `runs` times on each path, alternating, so drift (thermal, other load) falls
+/// on both alike. Returns the direct and relayed summaries and the median of per-pair ratios.
+async fn compare(
+    client: &reqwest::Client,
+    direct_url: &str,
+    relay_url: &str,
+    body: &Value,
+    runs: usize,
+) -> (Summary, Summary, f64) {
+    let mut direct = Samples::default();
+    let mut relayed = Samples::default();
+    let mut ratios = Vec::new();
     for _ in 0..runs {
-        let t = stream(client, url, body).await;
-        let span = (*t.arrivals.last().expect("tokens") - t.arrivals[0]).as_secs_f64();
-        rates.push((t.arrivals.len() - 1) as f64 / span);
-        gaps.extend(t.arrivals.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1e3));
-        ttfts.push(t.first.as_secs_f64() * 1e3);
+        let d = direct.add(&stream(client, direct_url, body).await);
+        let r = relayed.add(&stream(client, relay_url, body).await);
+        ratios.push(r / d);
     }
-    rates.sort_by(f64::total_cmp);
-    gaps.sort_by(f64::total_cmp);
-    ttfts.sort_by(f64::total_cmp);
-    Summary {
-        tokens_per_s: percentile(&rates, 0.5),
-        gap_p50_ms: percentile(&gaps, 0.5),
-        ttft_p50_ms: percentile(&ttfts, 0.5),
+    ratios.sort_by(f64::total_cmp);
+    (direct.summary(), relayed.summary(), percentile(&ratios, 0.5))
+}
+
+#[derive(Default)]
+struct Samples {
+    rates: Vec<f64>,
+    gaps: Vec<f64>,
+    ttfts: Vec<f64>,
+}
+
+impl Samples {
+    /// Adds one run; returns its tokens/s.
+    fn add(&mut self, t: &Timeline) -> f64 {
+        let span = (*t.arrivals.last().expect("tokens") - t.arrivals[0]).as_secs_f64();
+        let rate = (t.arrivals.len() - 1) as f64 / span;
+        self.rates.push(rate);
+        self.gaps.extend(t.arrivals.windows(2).map(|w| (w[1] - w[0]).as_secs_f64() * 1e3));
+        self.ttfts.push(t.first.as_secs_f64() * 1e3);
+        rate
+    }
+
+    fn summary(mut self) -> Summary {
+        for v in [&mut self.rates, &mut self.gaps, &mut self.ttfts] {
+            v.sort_by(f64::total_cmp);
+        }
+        Summary {
+            tokens_per_s: percentile(&self.rates, 0.5),
+            gap_p50_ms: percentile(&self.gaps, 0.5),
+            ttft_p50_ms: percentile(&self.ttfts, 0.5),
+        }
     }
 }
 
-fn report(name: &str, direct: &Summary, relayed: &Summary) {
+fn report(name: &str, (direct, relayed, ratio): &(Summary, Summary, f64)) {
     println!(
         "{name:<34} {:>10.0} {:>10.0} {:>7.3} {:>9.3} {:>9.3} {:>+8.3} {:>9.2} {:>9.2}",
         direct.tokens_per_s,
         relayed.tokens_per_s,
-        relayed.tokens_per_s / direct.tokens_per_s,
+        ratio,
         direct.gap_p50_ms,
         relayed.gap_p50_ms,
         relayed.gap_p50_ms - direct.gap_p50_ms,
@@ -109,7 +142,10 @@ async fn main() {
     b_args.extend(["--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--allow-signer", &a_id]);
     if let Some(model) = &real_model {
         std::os::unix::fs::symlink(model, models.path().join("gemma3.gguf")).expect("link model");
+        // One decode thread: the relay's own work then has the other core, as it would have
+        // its own machine in a real deployment, and does not slow the model down.
         b_args.extend(["--worker", "llama-cpp", "--model-dir", &models_dir, "--preload"]);
+        b_args.extend(["--threads", "1"]);
     }
     let b = start(&b_args).await;
     let client = reqwest::Client::new();
@@ -173,20 +209,22 @@ async fn main() {
         "ttft ms",
         "relay ttft"
     );
-    let direct = measure(&client, &format!("{b_url}/api/generate"), &echo(0), RUNS).await;
-    let relayed = measure(&client, &format!("{a_url}/api/generate"), &echo(0), RUNS).await;
-    report("echo, 400 tokens, unpaced", &direct, &relayed);
-    let paced = |delay| json!({"model": "echo", "prompt": words[..100].join(" "), "options": {"echo_delay_ms": delay}});
-    let direct = measure(&client, &format!("{b_url}/api/generate"), &paced(5), RUNS / 2).await;
-    let relayed = measure(&client, &format!("{a_url}/api/generate"), &paced(5), RUNS / 2).await;
-    report("echo, 100 tokens, 5 ms/token", &direct, &relayed);
+    let (b_gen, a_gen) = (format!("{b_url}/api/generate"), format!("{a_url}/api/generate"));
+    report("echo, 400 tokens, unpaced", &compare(&client, &b_gen, &a_gen, &echo(0), RUNS).await);
+    let paced =
+        json!({"model": "echo", "prompt": words[..100].join(" "), "options": {"echo_delay_ms": 5}});
+    report(
+        "echo, 100 tokens, 5 ms/token",
+        &compare(&client, &b_gen, &a_gen, &paced, RUNS / 2).await,
+    );
     if real_model.is_some() {
         let body = json!({"model": "gemma3", "prompt": "Write a long story about a lighthouse keeper.", "options": {"temperature": 0, "num_predict": 128, "seed": 1}});
-        stream(&client, &format!("{b_url}/api/generate"), &body).await;
-        stream(&client, &format!("{a_url}/api/generate"), &body).await;
-        let direct = measure(&client, &format!("{b_url}/api/generate"), &body, 5).await;
-        let relayed = measure(&client, &format!("{a_url}/api/generate"), &body, 5).await;
-        report("gemma3 270M, 128 tokens (llama.cpp)", &direct, &relayed);
+        stream(&client, &b_gen, &body).await;
+        stream(&client, &a_gen, &body).await;
+        report(
+            "gemma3 270M, 128 tokens (llama.cpp)",
+            &compare(&client, &b_gen, &a_gen, &body, 8).await,
+        );
     } else {
         println!("(set PHASE_TEST_MODEL and LLAMA_SERVER_BINARY to include the real model)");
     }
