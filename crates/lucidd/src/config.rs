@@ -40,6 +40,31 @@ pub enum Command {
     /// Work with saved receipts.
     #[command(subcommand)]
     Receipt(ReceiptCommand),
+    /// Check or show the operator policy (policy.toml).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// `lucidd policy …`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check a policy file: prints `ok`, or the line and key at fault.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Print the policy in force and whether each donation gate is open now, and why.
+    Show {
+        /// Policy file (default: policy.toml in the data directory).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Data directory.
+        #[arg(long, env = "LUCIDD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Where sysfs is mounted (for power and temperature).
+        #[arg(long, default_value = "/sys", hide = true)]
+        sysfs_root: PathBuf,
+    },
 }
 
 /// `lucidd receipt …`
@@ -82,9 +107,13 @@ pub struct ServeArgs {
     /// Data directory: identity.key, receipts/, models/ (default: $XDG_DATA_HOME/phase/lucidd).
     #[arg(long, env = "LUCIDD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Policy file (default: policy.toml in the data directory).
+    /// Operator policy for jobs from other nodes (default: policy.toml in the data directory,
+    /// written with commented defaults on first start; reloaded when it changes).
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// Where sysfs is mounted, for the power and temperature gates (tests point it elsewhere).
+    #[arg(long, default_value = "/sys", hide = true)]
+    pub sysfs_root: PathBuf,
     /// Never send a prompt to another node.
     #[arg(long)]
     pub local_only: bool,

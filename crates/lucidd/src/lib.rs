@@ -12,6 +12,7 @@ pub mod durations;
 pub mod jobs;
 pub mod names;
 pub mod p2p;
+pub mod policy;
 pub mod receipt_check;
 pub mod receipts;
 pub mod registry;

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Some(Command::Receipt(ReceiptCommand::Verify { file })) => {
             lucidd::receipt_check::run(&file)
         }
+        Some(Command::Policy(command)) => lucidd::policy::cli::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,6 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::P2pArgs;
 use crate::names::ModelName;
+use crate::policy::admission::{Grants, PolicyAdmission};
+use crate::policy::gates::Sensors;
+use crate::policy::watch::PolicyHandle;
 use crate::receipts::ReceiptLog;
 use crate::workers::{LocalWorkers, ModelInfo};
 
@@ -21,6 +24,25 @@ pub struct LocalService {
     workers: LocalWorkers,
     receipts: ReceiptLog,
     shutdown: CancellationToken,
+    policy: PolicyHandle,
+    grants: Arc<Grants>,
+    grants_log: std::path::PathBuf,
+}
+
+/// What the p2p node needs from the rest of the daemon.
+pub struct Serving {
+    /// The local workers, served to others.
+    pub workers: LocalWorkers,
+    /// Where receipts of jobs for others go.
+    pub receipts: ReceiptLog,
+    /// Directory of the receipt log (operator grants are recorded beside it).
+    pub receipts_dir: std::path::PathBuf,
+    /// Cancelled at shutdown.
+    pub shutdown: CancellationToken,
+    /// The operator's policy.
+    pub policy: PolicyHandle,
+    /// Where power and temperature are read.
+    pub sensors: Sensors,
 }
 
 /// A model as other nodes see it in this node's catalog.
@@ -47,7 +69,13 @@ pub fn model_entry(info: &ModelInfo) -> ModelEntry {
 
 impl JobService for LocalService {
     fn models(&self) -> Vec<ModelEntry> {
-        self.workers.models().iter().filter(|m| m.problem.is_none()).map(model_entry).collect()
+        let policy = self.policy.current();
+        self.workers
+            .models()
+            .iter()
+            .filter(|m| m.problem.is_none() && policy.serves_model(&m.name.to_string()))
+            .map(model_entry)
+            .collect()
     }
 
     fn execute(
@@ -61,16 +89,27 @@ impl JobService for LocalService {
                 .map_err(|e| WorkerError::InvalidJob { reason: e.to_string() })?;
             let (worker, _) =
                 self.workers.find(&name).ok_or(WorkerError::ModelNotFound { model })?;
+            let hash =
+                manifest.hash().map_err(|e| WorkerError::InvalidJob { reason: e.to_string() })?;
             let job = worker.execute(manifest).await?;
             // The job's receipt goes to this node's log too, whether the requester stays to
-            // the end or not; a shutdown cancels it like a local job.
+            // the end or not; a shutdown cancels it like a local job, and so does the policy's
+            // time limit for remote jobs.
             let handle = job.handle.clone();
             let receipts = self.receipts.clone();
             let shutdown = self.shutdown.clone();
+            let limit = Duration::from_secs(self.policy.current().limits.max_job_seconds);
+            let grants = Arc::clone(&self.grants);
+            let grants_log = self.grants_log.clone();
             tokio::spawn(async move {
                 let receipt = tokio::select! {
                     receipt = handle.receipt() => receipt,
                     () = shutdown.cancelled() => {
+                        handle.cancel();
+                        handle.receipt().await
+                    }
+                    () = tokio::time::sleep(limit) => {
+                        tracing::warn!(%from, ?limit, "a remote job ran past limits.max_job_seconds: cancelled");
                         handle.cancel();
                         handle.receipt().await
                     }
@@ -79,9 +118,34 @@ impl JobService for LocalService {
                 if let Err(e) = receipts.append(&receipt).await {
                     tracing::error!(error = %e, "could not record a receipt");
                 }
+                if grants.take(&hash) {
+                    record_grant(&grants_log, &receipt);
+                }
             });
             Ok(job)
         })
+    }
+}
+
+/// Appends a line to the operator-grants log: which job ran on a grant, for whom.
+fn record_grant(
+    path: &std::path::Path,
+    receipt: &phase_receipt::SignedReceipt<phase_protocol::JobResult>,
+) {
+    use std::io::Write;
+    let line = serde_json::json!({
+        "at_ms": receipt.issued_at,
+        "manifest_hash": receipt.body.manifest_hash,
+        "completion": receipt.body.completion,
+        "note": "signer not on the allowlist; run on an operator grant",
+    });
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| writeln!(f, "{line}").and_then(|()| f.sync_data()));
+    if let Err(e) = written {
+        tracing::error!(error = %e, path = %path.display(), "could not record an operator grant");
     }
 }
 
@@ -89,9 +153,7 @@ impl JobService for LocalService {
 pub async fn start(
     args: &P2pArgs,
     identity: &NodeIdentity,
-    workers: LocalWorkers,
-    receipts: ReceiptLog,
-    shutdown: CancellationToken,
+    serving: Serving,
 ) -> anyhow::Result<Option<Network>> {
     if args.no_p2p {
         return Ok(None);
@@ -130,7 +192,15 @@ pub async fn start(
     if explicit_listen {
         config.listen = parse("--p2p-listen", &args.p2p_listen)?;
     }
-    let service: Arc<dyn JobService> = Arc::new(LocalService { workers, receipts, shutdown });
+    let admission = PolicyAdmission::new(serving.policy.clone(), admission, serving.sensors);
+    let service: Arc<dyn JobService> = Arc::new(LocalService {
+        workers: serving.workers,
+        receipts: serving.receipts,
+        shutdown: serving.shutdown,
+        policy: serving.policy,
+        grants: admission.grants(),
+        grants_log: serving.receipts_dir.join("operator-grants.log"),
+    });
     let admission: Arc<dyn Admission> = Arc::new(admission);
     let network = match Network::start(
         identity,

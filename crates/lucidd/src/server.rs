@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api;
 use crate::config::{self, ServeArgs, WorkerKind};
+use crate::policy::gates::Sensors;
+use crate::policy::watch::PolicyHandle;
 use crate::receipts::{ReceiptLog, ReceiptWriter};
 use crate::registry::Registry;
 use crate::state::AppState;
@@ -110,17 +112,22 @@ pub async fn start_with_workers(
     })?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let network = crate::p2p::start(
-        &args.p2p,
-        &identity,
-        registry.workers().clone(),
-        receipts.clone(),
-        shutdown.clone(),
-    )
-    .await?;
+    let policy_path = args.policy.clone().unwrap_or_else(|| data_dir.join("policy.toml"));
+    let policy = PolicyHandle::load_or_create(&policy_path)?;
+    let policy_watch = policy.watch()?;
+    let serving = crate::p2p::Serving {
+        workers: registry.workers().clone(),
+        receipts: receipts.clone(),
+        receipts_dir: data_dir.join("receipts"),
+        shutdown: shutdown.clone(),
+        policy: policy.clone(),
+        sensors: Sensors::new(&args.sysfs_root),
+    };
+    let network = crate::p2p::start(&args.p2p, &identity, serving).await?;
     // --local-only: this node may still serve others, but never sends a prompt away.
     let remote = network.clone().filter(|_| !args.local_only).map(crate::remote::RemoteModels::new);
     let state = Arc::new(AppState {
+        policy,
         network,
         remote,
         peer_id: identity.peer_id(),
@@ -139,7 +146,12 @@ pub async fn start_with_workers(
         write_addr_file(path, addr)?;
     }
     let stop = CancellationToken::new();
-    let task = tokio::spawn(run(listener, app, state, writer, stop.clone()));
+    let stop_task = stop.clone();
+    let task = tokio::spawn(async move {
+        // The policy is reloaded on change for as long as the daemon runs.
+        let _policy_watch = policy_watch;
+        run(listener, app, state, writer, stop_task).await
+    });
     Ok(Running { addr, stop, task })
 }
 

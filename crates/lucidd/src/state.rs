@@ -35,6 +35,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Whether the listener is on a loopback address (then Host headers are checked).
     pub loopback_listener: bool,
+    /// The operator's policy (reloaded when its file changes).
+    pub policy: crate::policy::watch::PolicyHandle,
     /// The peer-to-peer node, unless started with `--no-p2p`.
     pub network: Option<phase_net::Network>,
     /// Models on other nodes, unless this node runs without p2p or with `--local-only`.
@@ -69,13 +71,19 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RouteOptions {
 }
 
 impl AppState {
+    /// Routing to other nodes, unless this node is local-only (`--local-only`, or
+    /// `local_only = true` in the policy, read per request so an edit applies at once).
+    pub fn relaying(&self) -> Option<&RemoteModels> {
+        self.remote.as_ref().filter(|_| !self.policy.current().local_only)
+    }
+
     /// Finds a model a job can run on: served here, or (unless local-only) by another node.
     pub async fn resolve_for_job(&self, name: &str) -> Result<ResolvedModel, ApiError> {
         let parsed = crate::api::ollama::validate::model_name(name)?;
         if let Some(model) = self.registry.resolve(&parsed) {
             return Ok(model);
         }
-        if let Some(remote) = &self.remote
+        if let Some(remote) = self.relaying()
             && let Some(base) = remote.describe(&parsed).await
         {
             return Ok(ResolvedModel { name: parsed, base, derived: None, remote: true });
@@ -86,7 +94,7 @@ impl AppState {
     /// Models other nodes serve that this one does not, each with the peers serving it (none
     /// when local-only).
     pub fn remote_models(&self) -> Vec<(ResolvedModel, Vec<phase_net::PeerId>)> {
-        let Some(remote) = &self.remote else { return Vec::new() };
+        let Some(remote) = self.relaying() else { return Vec::new() };
         remote
             .catalog()
             .into_iter()
@@ -123,10 +131,8 @@ impl AppState {
                 self.shutdown.clone(),
             ));
         }
-        let remote = self
-            .remote
-            .as_ref()
-            .ok_or_else(|| ApiError::model_not_found(&model.name.to_string()))?;
+        let remote =
+            self.relaying().ok_or_else(|| ApiError::model_not_found(&model.name.to_string()))?;
         let relayed = remote.start(&model.base.name.to_string(), &manifest).await?;
         Ok(JobRun::remote(
             relayed.job,

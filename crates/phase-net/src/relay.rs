@@ -47,15 +47,27 @@ pub trait JobService: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Job, WorkerError>>;
 }
 
+/// A job that passed the checks, as the admission gate sees it.
+#[derive(Debug)]
+pub struct AdmissionRequest<'a> {
+    /// Who signed the manifest.
+    pub signer: &'a phase_identity::PeerId,
+    /// The peer that sent it.
+    pub from: &'a PeerId,
+    /// The verified manifest.
+    pub manifest: &'a SignedManifest<JobSpec>,
+    /// Size of the manifest's wire form, in bytes.
+    pub wire_bytes: usize,
+}
+
+/// Held for as long as an admitted job runs; dropping it tells the gate the job is over (a
+/// concurrency slot, for instance).
+pub type AdmissionTicket = Box<dyn Send + Sync>;
+
 /// Decides whether a verified manifest may run here.
 pub trait Admission: Send + Sync + 'static {
-    /// `Ok` to run the job; otherwise the refusal sent back.
-    fn admit(
-        &self,
-        signer: &phase_identity::PeerId,
-        from: &PeerId,
-        job: &JobSpec,
-    ) -> Result<(), Refusal>;
+    /// A ticket to run the job; otherwise the refusal sent back.
+    fn admit(&self, request: &AdmissionRequest<'_>) -> Result<AdmissionTicket, Refusal>;
 }
 
 /// The simplest gate: a set of allowed signers, or anyone. Default deny.
@@ -97,15 +109,28 @@ impl SignerAllowlist {
     }
 }
 
+impl SignerAllowlist {
+    /// Whether `signer` may use this node.
+    pub fn allows(&self, signer: &phase_identity::PeerId) -> bool {
+        self.any || self.allowed.contains(signer)
+    }
+
+    /// The refusal for a signer that is not allowed.
+    pub fn refusal(signer: &phase_identity::PeerId) -> Refusal {
+        Refusal::new(
+            RefusalCode::NotAuthorized,
+            format!(
+                "signer {signer} is not allowed to use this node; its operator can add it with --allow-signer {signer}"
+            ),
+        )
+    }
+}
+
 impl Admission for SignerAllowlist {
-    fn admit(
-        &self,
-        signer: &phase_identity::PeerId,
-        _from: &PeerId,
-        _job: &JobSpec,
-    ) -> Result<(), Refusal> {
-        if self.any || self.allowed.contains(signer) {
-            Ok(())
+    fn admit(&self, request: &AdmissionRequest<'_>) -> Result<AdmissionTicket, Refusal> {
+        let signer = request.signer;
+        if self.allows(signer) {
+            Ok(Box::new(()))
         } else {
             Err(Refusal::new(
                 RefusalCode::NotAuthorized,
@@ -186,11 +211,7 @@ impl RelayServer {
     }
 
     /// Every check, in order, then the worker.
-    async fn start(
-        &self,
-        peer: PeerId,
-        stream: &mut Stream,
-    ) -> Result<(Job, tokio::sync::OwnedSemaphorePermit), Refusal> {
+    async fn start(&self, peer: PeerId, stream: &mut Stream) -> Result<(Job, Running), Refusal> {
         let permit = Arc::clone(&self.slots).try_acquire_owned().map_err(|_| {
             Refusal::new(
                 RefusalCode::Busy,
@@ -217,7 +238,12 @@ impl RelayServer {
             .verify(now, &VerifyLimits::default())
             .map_err(|e| Refusal::new(RefusalCode::InvalidManifest, e.to_string()))?;
         let signer = phase_identity::PeerId::from_public_key(&manifest.signer);
-        self.admission.admit(&signer, &peer, &manifest.payload)?;
+        let ticket = self.admission.admit(&AdmissionRequest {
+            signer: &signer,
+            from: &peer,
+            manifest: &manifest,
+            wire_bytes: bytes.len(),
+        })?;
         self.replay.lock().expect("replay guard lock").check_and_record(&manifest, now).map_err(
             |e| match e {
                 ReplayError::Replayed => Refusal::new(
@@ -240,15 +266,11 @@ impl RelayServer {
                 Refusal::new(RefusalCode::Unavailable, e.to_string())
             }
         })?;
-        Ok((job, permit))
+        Ok((job, Running { _permit: permit, _ticket: ticket }))
     }
 
     /// Sends each event as it comes; stops (cancelling the job) when the requester goes away.
-    async fn stream_events(
-        &self,
-        (mut job, _permit): (Job, tokio::sync::OwnedSemaphorePermit),
-        stream: Stream,
-    ) {
+    async fn stream_events(&self, (mut job, _running): (Job, Running), stream: Stream) {
         let (mut reader, mut writer) = stream.split();
         // The requester sends nothing after its manifest: any read that returns means it
         // closed the stream, reset it, or broke the protocol. Each ends the job.
@@ -328,6 +350,12 @@ async fn send<W: futures::AsyncWrite + Unpin>(
     writer.flush().await?;
     pending.clear();
     Ok(())
+}
+
+/// What a running remote job holds until it ends: its slot and its admission ticket.
+pub(crate) struct Running {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _ticket: AdmissionTicket,
 }
 
 /// Why a relayed job failed on the requester's side.

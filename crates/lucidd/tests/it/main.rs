@@ -10,6 +10,7 @@ mod hostile;
 mod llama_faults;
 mod models;
 mod netns;
+mod nodes;
 mod openai;
 mod p2p;
 mod receipts;

@@ -129,7 +129,7 @@ pub async fn network(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({
         "enabled": true,
         "peer_id": status.peer_id.to_string(),
-        "local_only": state.remote.is_none(),
+        "local_only": state.relaying().is_none(),
         "listen_addrs": status.listen_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "external_addrs": status.external_addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "peers": peers,
