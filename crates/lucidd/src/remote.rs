@@ -96,7 +96,7 @@ impl RemoteModels {
             .lock()
             .expect("provider cache lock")
             .get(model)
-            .filter(|(at, _)| at.elapsed() < PROVIDER_CACHE_TTL)
+            .filter(|(at, peers)| at.elapsed() < PROVIDER_CACHE_TTL && !peers.is_empty())
             .map(|(_, peers)| peers.clone());
         let mut peers = match cached {
             Some(peers) => peers,

@@ -123,11 +123,13 @@ pub async fn start_with_workers(
         policy: policy.clone(),
         sensors: Sensors::new(&args.sysfs_root),
     };
+    let sensors = serving.sensors.clone();
     let network = crate::p2p::start(&args.p2p, &identity, serving).await?;
     // --local-only: this node may still serve others, but never sends a prompt away.
     let remote = network.clone().filter(|_| !args.local_only).map(crate::remote::RemoteModels::new);
     let state = Arc::new(AppState {
         policy,
+        sensors,
         network,
         remote,
         peer_id: identity.peer_id(),

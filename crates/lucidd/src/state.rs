@@ -37,6 +37,8 @@ pub struct AppState {
     pub loopback_listener: bool,
     /// The operator's policy (reloaded when its file changes).
     pub policy: crate::policy::watch::PolicyHandle,
+    /// Where power and temperature are read for the donation gates.
+    pub sensors: crate::policy::gates::Sensors,
     /// The peer-to-peer node, unless started with `--no-p2p`.
     pub network: Option<phase_net::Network>,
     /// Models on other nodes, unless this node runs without p2p or with `--local-only`.

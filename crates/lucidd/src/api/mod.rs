@@ -27,6 +27,7 @@ pub fn router(state: Arc<AppState>, guard: guard::GuardConfig) -> Router {
         .route("/api/tags", get(models::tags))
         .route("/api/ps", get(models::ps))
         .route("/api/phase/network", get(models::network))
+        .route("/api/phase/policy", get(models::policy))
         .route("/api/show", post(models::show))
         .route("/api/copy", post(models::copy))
         .route("/api/delete", axum::routing::delete(models::delete))

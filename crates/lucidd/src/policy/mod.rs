@@ -206,7 +206,10 @@ impl Policy {
             // The toml message names an unknown key ("unknown field `x`, ..."); for a wrong
             // value the key is the one assigned on that line.
             let message = e.message().trim().to_string();
-            let key = key_in(&message).or_else(|| key_on_line(text, line));
+            let names_a_key = ["unknown field", "missing field", "duplicate key"]
+                .iter()
+                .any(|m| message.contains(m));
+            let key = if names_a_key { key_in(&message) } else { key_on_line(text, line) };
             PolicyError { line, key, message }
         })?;
         policy.check(text)?;

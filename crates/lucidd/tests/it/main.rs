@@ -13,5 +13,6 @@ mod netns;
 mod nodes;
 mod openai;
 mod p2p;
+mod policy;
 mod receipts;
 mod transport;

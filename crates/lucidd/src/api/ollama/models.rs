@@ -106,6 +106,21 @@ pub async fn tags(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({ "models": models }))
 }
 
+/// `GET /api/phase/policy`: the operator policy in force, whether each donation gate is open
+/// now and why, and the last refused edit (a Phase extension).
+pub async fn policy(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let policy = state.policy.current();
+    let running = state.network.as_ref().map_or(0, |n| n.status().jobs_active);
+    let minute = crate::policy::gates::local_minute_of_day();
+    let gates = crate::policy::gates::evaluate(&policy, &state.sensors, minute, running as u32);
+    Json(json!({
+        "path": state.policy.path().display().to_string(),
+        "policy": policy.to_toml(),
+        "last_error": state.policy.last_error(),
+        "gates": gates.iter().map(|g| json!({"name": g.name, "open": g.open, "reason": g.reason})).collect::<Vec<_>>(),
+    }))
+}
+
 /// `GET /api/phase/network`: this node on the peer-to-peer network (a Phase extension).
 pub async fn network(State(state): State<Arc<AppState>>) -> Json<Value> {
     let Some(network) = &state.network else {
