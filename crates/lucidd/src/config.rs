@@ -120,6 +120,18 @@ pub struct ServeArgs {
     /// Largest accepted JSON request body, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+    /// HTTP connections served at once; more are closed as they arrive.
+    #[arg(long, default_value_t = 512)]
+    pub max_connections: usize,
+    /// Seconds a client may take to send a request's headers (slow clients are disconnected).
+    #[arg(long, default_value_t = 10.0)]
+    pub header_timeout: f64,
+    /// Seconds a client may take to send a request body.
+    #[arg(long, default_value_t = 60.0)]
+    pub body_timeout: f64,
+    /// Requests per second from one client address (bursts of twice that); 0 = no limit.
+    #[arg(long, default_value_t = 0.0)]
+    pub client_rate: f64,
     /// Extra origins allowed to call the API from a browser, comma-separated, `*` wildcards
     /// (local origins are always allowed).
     #[arg(long, env = "OLLAMA_ORIGINS")]

@@ -1,7 +1,6 @@
 //! Starting and stopping the daemon.
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use phase_identity::NodeIdentity;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -139,6 +138,9 @@ pub async fn start_with_workers(
         shutdown: shutdown.clone(),
         blobs_dir: data_dir.join("models").join("blobs"),
         max_body_bytes: args.max_body_bytes,
+        body_timeout: Duration::from_secs_f64(args.body_timeout.clamp(0.1, 86_400.0)),
+        client_rate: (args.client_rate > 0.0)
+            .then(|| crate::api::ratelimit::ClientRate::new(args.client_rate)),
         loopback_listener: addr.ip().is_loopback(),
     });
     let guard = api::guard::GuardConfig::new(args.origins.as_deref(), state.loopback_listener);
@@ -149,10 +151,15 @@ pub async fn start_with_workers(
     }
     let stop = CancellationToken::new();
     let stop_task = stop.clone();
+    let http_limits = crate::http_server::HttpLimits {
+        max_connections: args.max_connections.max(1),
+        header_timeout: Duration::from_secs_f64(args.header_timeout.clamp(0.1, 3600.0)),
+        ..crate::http_server::HttpLimits::default()
+    };
     let task = tokio::spawn(async move {
         // The policy is reloaded on change for as long as the daemon runs.
         let _policy_watch = policy_watch;
-        run(listener, app, state, writer, stop_task).await
+        run(listener, app, http_limits, state, writer, stop_task).await
     });
     Ok(Running { addr, stop, task })
 }
@@ -166,6 +173,7 @@ fn write_addr_file(path: &PathBuf, addr: SocketAddr) -> anyhow::Result<()> {
 async fn run(
     listener: TcpListener,
     app: axum::Router,
+    limits: crate::http_server::HttpLimits,
     state: Arc<AppState>,
     writer: ReceiptWriter,
     stop: CancellationToken,
@@ -179,17 +187,7 @@ async fn run(
         tokio::time::sleep(SHUTDOWN_GRACE).await;
         jobs.cancel();
     });
-    // Streamed answers are many small writes; without TCP_NODELAY, Nagle's algorithm holds each
-    // back until the previous one is acknowledged, adding latency to every token.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-        .context("serving HTTP")?;
+    crate::http_server::serve(listener, app, limits, stop).await;
     grace.abort();
     state.shutdown.cancel();
     // The last ReceiptLog handle goes with the state; then the writer drains and syncs.

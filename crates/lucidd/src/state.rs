@@ -33,6 +33,10 @@ pub struct AppState {
     pub blobs_dir: PathBuf,
     /// Largest JSON body.
     pub max_body_bytes: usize,
+    /// How long a client may take to send a body.
+    pub body_timeout: std::time::Duration,
+    /// Per-client request rate limit, if any.
+    pub client_rate: Option<crate::api::ratelimit::ClientRate>,
     /// Whether the listener is on a loopback address (then Host headers are checked).
     pub loopback_listener: bool,
     /// The operator's policy (reloaded when its file changes).

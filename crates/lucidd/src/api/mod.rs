@@ -6,6 +6,7 @@ pub mod error;
 pub mod guard;
 pub mod ollama;
 pub mod openai;
+pub mod ratelimit;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -53,5 +54,6 @@ pub fn router(state: Arc<AppState>, guard: guard::GuardConfig) -> Router {
             (StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed")
         })
         .layer(axum::middleware::from_fn_with_state(Arc::new(guard), guard::guard))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), ratelimit::limit))
         .with_state(state)
 }

@@ -7,6 +7,7 @@ mod cli;
 mod embeddings;
 mod faults;
 mod hostile;
+mod limits;
 mod llama_faults;
 mod models;
 mod netns;
