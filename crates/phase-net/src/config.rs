@@ -81,6 +81,8 @@ pub struct RelayLimits {
     pub idle_timeout: Duration,
     /// Manifests remembered by the replay guard.
     pub replay_capacity: usize,
+    /// Job requests one peer may send per minute; more are refused before being read.
+    pub max_requests_per_peer_per_minute: u32,
 }
 
 impl Default for RelayLimits {
@@ -92,6 +94,7 @@ impl Default for RelayLimits {
             request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             replay_capacity: 100_000,
+            max_requests_per_peer_per_minute: 120,
         }
     }
 }

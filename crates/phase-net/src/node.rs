@@ -20,6 +20,10 @@ use crate::relay::{
 use crate::swarm::{Command, Shared, SwarmTask};
 use crate::wire::ModelEntry;
 
+/// Streams one connection may have open at once (Yamux and QUIC): a peer cannot pile up
+/// protocol streams on one connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+
 /// How often the served models are checked for changes (and announced if they changed).
 const MODEL_SCAN_INTERVAL: Duration = Duration::from_secs(15);
 /// How often bootstrap peers that are not connected are dialled again.
@@ -138,16 +142,17 @@ impl Network {
         let peer_id = key.public().to_peer_id();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
+            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, || {
+                let mut yamux = yamux::Config::default();
+                yamux.set_max_num_streams(MAX_STREAMS_PER_CONNECTION as usize);
+                yamux
+            })
             .map_err(|e| NetError::Transport("TCP", e.to_string()))?
             .with_quic_config(|mut quic| {
                 // A peer that vanishes without closing (power loss, kill -9) is noticed within
                 // a few seconds, so requests stop being sent to its dead connection.
                 quic.max_idle_timeout = 4_000;
+                quic.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION;
                 quic.keep_alive_interval = Duration::from_secs(1);
                 quic
             })
@@ -231,6 +236,7 @@ impl Network {
                 limits: config.relay,
                 stats: Arc::clone(&stats),
                 faults: Arc::clone(&faults),
+                recent: Mutex::new(relay::PeerWindow::default()),
             });
             let stop_relay = stop.clone();
             let relay_control = control.clone();
@@ -373,6 +379,28 @@ impl Network {
         self.inner.shared.lock().expect("network state lock").peers.get(peer).and_then(|p| p.rtt)
     }
 
+    /// Whether a connection to `peer` is open.
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        let shared = self.inner.shared.lock().expect("network state lock");
+        shared.peers.get(peer).is_some_and(|p| p.connected)
+    }
+
+    /// Connects to `peer` unless already connected, waiting at most `deadline`.
+    pub async fn connect(&self, peer: PeerId, deadline: Duration) -> bool {
+        if self.is_connected(&peer) {
+            return true;
+        }
+        let _ = self.inner.commands.send(Command::DialPeer(peer));
+        let until = Instant::now() + deadline;
+        while Instant::now() < until {
+            if self.is_connected(&peer) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
+
     /// Sends a job (the wire form of its signed manifest) to `peer`.
     pub async fn request_job(
         &self,
@@ -380,6 +408,14 @@ impl Network {
         manifest_cbor: &[u8],
     ) -> Result<RemoteJob, RelayError> {
         self.inner.stats.requested.fetch_add(1, Ordering::Relaxed);
+        // Connect first: opening a stream to a peer whose connection is still being dialled
+        // can otherwise wait for the whole stream-open timeout.
+        if !self.connect(peer, relay::OPEN_TIMEOUT).await {
+            return Err(RelayError::Unreachable {
+                peer,
+                reason: format!("no connection within {:?}", relay::OPEN_TIMEOUT),
+            });
+        }
         let mut control = self.inner.control.clone();
         RemoteJob::start(&mut control, peer, manifest_cbor, self.inner.limits).await
     }

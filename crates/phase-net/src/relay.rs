@@ -170,6 +170,39 @@ pub(crate) struct RelayServer {
     pub limits: RelayLimits,
     pub stats: Arc<RelayStats>,
     pub faults: Arc<Faults>,
+    pub recent: Mutex<PeerWindow>,
+}
+
+/// Job requests per peer in the last minute, bounded in the peers it remembers.
+#[derive(Default)]
+pub(crate) struct PeerWindow {
+    requests: std::collections::HashMap<PeerId, std::collections::VecDeque<std::time::Instant>>,
+}
+
+impl PeerWindow {
+    const PEERS: usize = 4096;
+
+    /// Records a request from `peer`; false when it is over `per_minute`.
+    fn admit(&mut self, peer: PeerId, per_minute: u32) -> bool {
+        let now = std::time::Instant::now();
+        let minute = Duration::from_secs(60);
+        if self.requests.len() >= Self::PEERS && !self.requests.contains_key(&peer) {
+            self.requests
+                .retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) < minute));
+            if self.requests.len() >= Self::PEERS {
+                return false;
+            }
+        }
+        let times = self.requests.entry(peer).or_default();
+        while times.front().is_some_and(|t| now.duration_since(*t) >= minute) {
+            times.pop_front();
+        }
+        if times.len() >= per_minute as usize {
+            return false;
+        }
+        times.push_back(now);
+        true
+    }
 }
 
 impl RelayServer {
@@ -212,6 +245,13 @@ impl RelayServer {
 
     /// Every check, in order, then the worker.
     async fn start(&self, peer: PeerId, stream: &mut Stream) -> Result<(Job, Running), Refusal> {
+        let per_minute = self.limits.max_requests_per_peer_per_minute;
+        if !self.recent.lock().expect("peer window lock").admit(peer, per_minute) {
+            return Err(Refusal::new(
+                RefusalCode::Busy,
+                format!("more than {per_minute} job requests from {peer} in a minute; slow down"),
+            ));
+        }
         let permit = Arc::clone(&self.slots).try_acquire_owned().map_err(|_| {
             Refusal::new(
                 RefusalCode::Busy,

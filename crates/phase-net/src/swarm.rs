@@ -53,6 +53,7 @@ pub(crate) enum Command {
     Provide(BTreeSet<ModelKey>),
     FindProviders { key: RecordKey, found: mpsc::UnboundedSender<PeerId> },
     Dial(Multiaddr),
+    DialPeer(PeerId),
 }
 
 pub(crate) struct SwarmTask {
@@ -113,6 +114,16 @@ impl SwarmTask {
                 self.lookups.insert(id, found);
             }
             Command::Dial(addr) => self.dial(addr),
+            Command::DialPeer(peer) => {
+                // Addresses come from the behaviours (Kademlia, identify, mDNS); a dial already
+                // under way is left to finish.
+                let opts = DialOpts::peer_id(peer)
+                    .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                if let Err(e) = self.swarm.dial(opts) {
+                    tracing::debug!(%peer, error = %e, "not dialling");
+                }
+            }
         }
     }
 

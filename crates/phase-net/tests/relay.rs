@@ -112,15 +112,18 @@ struct Server {
 }
 
 async fn server(admission: SignerAllowlist) -> Server {
+    server_with(admission, config()).await
+}
+
+async fn server_with(admission: SignerAllowlist, config: NetConfig) -> Server {
     let identity = NodeIdentity::generate();
     let gate = Arc::new(Semaphore::new(0));
     let (tx, receipts) = mpsc::unbounded_channel();
     let service =
         Arc::new(Counter { identity: identity.clone(), gate: Arc::clone(&gate), receipts: tx });
     let admission: Arc<dyn Admission> = Arc::new(admission);
-    let net = Network::start(&identity, config(), Some((service, admission)))
-        .await
-        .expect("start server");
+    let net =
+        Network::start(&identity, config, Some((service, admission))).await.expect("start server");
     let addrs = net.wait_listening(DEADLINE).await;
     let addr = addrs.into_iter().find(|a| a.to_string().contains("/tcp/")).expect("tcp address");
     Server { net, identity, gate, receipts, addr }
@@ -175,11 +178,12 @@ async fn providers_are_found_and_tokens_stream_before_the_job_ends() {
     })
     .await;
     assert_eq!(providers, vec![server.net.peer_id()]);
-    assert_eq!(
-        client.catalog_peers("counter:latest"),
-        vec![server.net.peer_id()],
-        "the catalog lists the model"
-    );
+    let listed = wait_for("the peer's catalog", async || {
+        let peers = client.catalog_peers("counter:latest");
+        (!peers.is_empty()).then_some(peers)
+    })
+    .await;
+    assert_eq!(listed, vec![server.net.peer_id()], "the catalog lists the model");
 
     let manifest = manifest(&identity, "3");
     let mut job = client
@@ -366,4 +370,100 @@ async fn an_address_that_cannot_be_bound_is_skipped_unless_it_is_the_only_one() 
     let mixed = NetConfig { listen: vec![taken, free], mdns: false, ..NetConfig::default() };
     let node = Network::start(&NodeIdentity::generate(), mixed, None).await.expect("starts");
     assert_eq!(node.wait_listening(DEADLINE).await.len(), 1);
+}
+
+async fn first_event(
+    client: &Network,
+    server: &Server,
+    bytes: &[u8],
+) -> Result<Option<JobEvent>, RelayError> {
+    let mut job = client.request_job(server.net.peer_id(), bytes).await.expect("open");
+    job.next_event().await
+}
+
+fn busy(result: &Result<Option<JobEvent>, RelayError>, says: &str) -> bool {
+    matches!(result, Err(RelayError::Refused { refusal, .. })
+        if refusal.code == RefusalCode::Busy && refusal.message.contains(says))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_peer_is_refused_and_others_are_still_served() {
+    let mut cfg = config();
+    cfg.relay.max_requests_per_peer_per_minute = 3;
+    let server = server_with(SignerAllowlist::allow_any(), cfg).await;
+    server.gate.add_permits(100);
+    let (flood, flood_id) = client(vec![server.addr.clone()]).await;
+    for i in 0..3 {
+        let bytes = manifest(&flood_id, "1").to_cbor().expect("cbor");
+        assert!(
+            first_event(&flood, &server, &bytes).await.is_ok(),
+            "request {i} is within the limit"
+        );
+    }
+    let bytes = manifest(&flood_id, "1").to_cbor().expect("cbor");
+    let refused = first_event(&flood, &server, &bytes).await;
+    assert!(busy(&refused, "job requests from"), "{refused:?}");
+    let (other, other_id) = client(vec![server.addr.clone()]).await;
+    let bytes = manifest(&other_id, "1").to_cbor().expect("cbor");
+    assert!(matches!(first_event(&other, &server, &bytes).await, Ok(Some(JobEvent::Output(_)))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_beyond_the_concurrency_cap_are_refused_as_busy() {
+    let mut cfg = config();
+    cfg.relay.max_concurrent_jobs = 2;
+    let server = server_with(SignerAllowlist::allow_any(), cfg).await;
+    let (client, identity) = client(vec![server.addr.clone()]).await;
+    // Two jobs parked on the gate hold both slots.
+    let mut running = Vec::new();
+    for _ in 0..2 {
+        let bytes = manifest(&identity, "5").to_cbor().expect("cbor");
+        running.push(client.request_job(server.net.peer_id(), &bytes).await.expect("open"));
+    }
+    let until = Instant::now() + DEADLINE;
+    while server.net.status().jobs_active < 2 {
+        assert!(Instant::now() < until, "the two jobs never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let bytes = manifest(&identity, "1").to_cbor().expect("cbor");
+    let refused = first_event(&client, &server, &bytes).await;
+    assert!(busy(&refused, "already runs 2 remote jobs"), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_frame_is_refused_unread() {
+    let mut cfg = config();
+    cfg.relay.max_request_bytes = 1024;
+    let server = server_with(SignerAllowlist::allow_any(), cfg).await;
+    let (client, identity) = client(vec![server.addr.clone()]).await;
+    let big = manifest(&identity, &"9".repeat(4096)).to_cbor().expect("cbor");
+    let refused = first_event(&client, &server, &big).await;
+    assert!(
+        matches!(&refused, Err(RelayError::Refused { refusal, .. }) if refusal.code == RefusalCode::Malformed && refusal.message.contains("over the limit")),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_total_limit_are_refused() {
+    let mut cfg = config();
+    cfg.max_connections = 2;
+    let server = server_with(SignerAllowlist::allow_any(), cfg).await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(client(vec![server.addr.clone()]).await.0);
+    }
+    // Wait until the dials have settled: every client either connected or failed.
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let connected = server.net.status().peers.iter().filter(|p| p.connected).count();
+        assert!(connected <= 2, "the server holds {connected} connections");
+        let refused =
+            clients.iter().filter(|c| c.status().peers.iter().all(|p| !p.connected)).count();
+        if connected == 2 && refused == 2 {
+            break;
+        }
+        assert!(Instant::now() < until, "connected {connected}, refused {refused}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
