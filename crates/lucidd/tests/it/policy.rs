@@ -2,7 +2,7 @@
 //! their reason, edits apply within a second without a restart, the operator's own requests are
 //! never gated, a refused peer is failed over, and a grant is recorded.
 
-use crate::nodes::{Node, chat, peer_id};
+use crate::nodes::{Node, Streamed, chat, peer_id};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,23 @@ async fn gates_refuse_with_their_reason_and_edits_apply_without_a_restart() {
 
     write(&policy_path, &allow(&a_id));
     until_status(&a, 200, "unpausing by editing policy.toml").await;
+
+    // A reload never touches a job that already passed the gates.
+    let response = a
+        .post("/api/chat", chat("one two three four five six", 100, true))
+        .send()
+        .await
+        .expect("chat");
+    let mut answer = Streamed::new(response);
+    answer.first_line().await;
+    write(&policy_path, &format!("{}manual_pause = true\n", allow(&a_id)));
+    until_status(&a, 502, "pausing again").await;
+    let lines = answer.all_lines().await;
+    let last = lines.last().expect("last line");
+    assert_eq!(last["done"], true, "the running answer finished: {last}");
+    assert_eq!(last["receipt_verified"], true, "{last}");
+    write(&policy_path, &allow(&a_id));
+    until_status(&a, 200, "unpausing").await;
 
     // Power and heat, from the sysfs files B reads.
     let sys = b.dir.path().join("sys/class");
