@@ -218,3 +218,18 @@ fn policy_check_and_show_on_the_command_line() {
     assert!(shown.contains("temperature  open   30.0 °C, limit 85.0 °C"), "{shown}");
     assert!(shown.contains("# not serving other nodes' jobs, from nobody"), "{shown}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_job_past_its_time_limit_is_cancelled_with_a_receipt() {
+    let (a, _b, _) = gateway_and_server(|a| {
+        format!("allowed_signers = [\"{a}\"]\n[limits]\nmax_job_seconds = 1\n")
+    })
+    .await;
+    let words = "one two three four five six seven eight nine ten";
+    let response = a.post("/api/chat", chat(words, 400, true)).send().await.expect("chat");
+    let lines = Streamed::new(response).all_lines().await;
+    let last = lines.last().expect("last line");
+    assert_eq!(last["receipt"]["body"]["completion"], "cancelled", "{last}");
+    assert_eq!(last["receipt_verified"], true, "the partial answer's receipt still binds: {last}");
+    assert!(lines.len() < 10, "stopped early: {} lines", lines.len());
+}
