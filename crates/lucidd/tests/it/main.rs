@@ -6,6 +6,7 @@ mod chat_generate;
 mod cli;
 mod embeddings;
 mod faults;
+mod fuzz_corpus;
 mod hostile;
 mod limits;
 mod llama_faults;
