@@ -98,11 +98,12 @@ async fn a_killed_llama_server_is_restarted_for_the_next_request() {
         !llama_server_pids("scratch.gguf").contains(&pids[0])
     })
     .await;
-    let ps: Value = reqwest::get(url("/api/ps")).await.expect("ps").json().await.expect("json");
-    assert!(
-        !ps["models"].as_array().expect("models").iter().any(|m| m["name"] == "scratch:latest"),
-        "/api/ps does not list a model whose server died: {ps}"
-    );
+    // The supervisor notices the death when it reaps the process, a moment after it is gone.
+    eventually("/api/ps to stop listing the model whose server died", async || {
+        let ps: Value = reqwest::get(url("/api/ps")).await.expect("ps").json().await.expect("json");
+        !ps["models"].as_array().expect("models").iter().any(|m| m["name"] == "scratch:latest")
+    })
+    .await;
     let (status, body) = ask().await;
     assert_eq!(status, 200, "the next request succeeds: {body}");
     let now = llama_server_pids("scratch.gguf");
