@@ -1,0 +1,186 @@
+//! plasmd's cost over bare wasmtime, in one run:
+//!
+//! * bare: wasmtime instantiate-and-run of the hello example (precompiled module, fresh WASI
+//!   context and store each time, fuel and epochs on as in plasmd);
+//! * plasmd: the same run plus verifying the signed manifest, the sandbox's limits and module
+//!   cache lookup, committing the output and signing the receipt, and verify-and-bind;
+//! * cold: the same with the module compiled from bytes each time (cache miss);
+//! * the artifact server's throughput for a 256 MiB blob against `cat` of the file.
+//!
+//! `bench/plasmd` runs it.
+
+use futures::StreamExt;
+use phase_artifact::{BlobStore, ContentId, server};
+use phase_identity::NodeIdentity;
+use phase_manifest::{SignedManifest, VerifyLimits, unix_time_ms};
+use phase_protocol::{JobResult, JobSpec, Metrics, WasmJob, WasmLimits};
+use phase_receipt::{Commitment, Completion, SignedReceipt, verify_and_bind};
+use plasm::sandbox::{Run, Sandbox};
+use plasm::worker::output_chunks;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use wasmtime::{Config, Engine, Linker, Module, Store};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+
+const RUNS: u32 = 2000;
+const LIMITS: WasmLimits = WasmLimits {
+    fuel: 100_000_000,
+    memory_bytes: 64 << 20,
+    timeout_ms: 10_000,
+    max_output_bytes: 1 << 20,
+};
+
+fn bare(iterations: u32) -> Duration {
+    let mut config = Config::new();
+    config.consume_fuel(true).epoch_interruption(true);
+    let engine = Engine::new(&config).expect("engine");
+    let module = Module::new(&engine, plasm::examples::HELLO).expect("module");
+    let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
+    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s| s).expect("wasi");
+    let start = Instant::now();
+    for _ in 0..iterations {
+        let stdout = MemoryOutputPipe::new(1 << 20);
+        let wasi = WasiCtxBuilder::new()
+            .stdin(MemoryInputPipe::new(&b"Hello, World"[..]))
+            .stdout(stdout.clone())
+            .build_p1();
+        let mut store = Store::new(&engine, wasi);
+        store.set_fuel(LIMITS.fuel).expect("fuel");
+        store.set_epoch_deadline(1000);
+        let instance = linker.instantiate(&mut store, &module).expect("instantiate");
+        instance
+            .get_typed_func::<(), ()>(&mut store, "_start")
+            .expect("entry")
+            .call(&mut store, ())
+            .expect("run");
+        assert_eq!(&stdout.contents()[..], b"dlroW ,olleH\n");
+    }
+    start.elapsed() / iterations
+}
+
+fn plasmd_path(sandbox: &Sandbox, iterations: u32, cold: bool) -> Duration {
+    let requester = NodeIdentity::generate();
+    let node = NodeIdentity::generate();
+    let node_peer = node.peer_id();
+    let cid = ContentId::for_bytes(plasm::examples::HELLO);
+    let job = WasmJob {
+        module: cid,
+        entry: "_start".into(),
+        args: vec![],
+        env: BTreeMap::new(),
+        stdin: b"Hello, World".to_vec().into(),
+        limits: LIMITS,
+    };
+    // Signed by the requester, outside the measured part.
+    let manifests: Vec<_> = (0..iterations)
+        .map(|_| {
+            SignedManifest::sign(
+                &requester,
+                JobSpec::Wasm(job.clone()),
+                Duration::from_secs(600),
+                unix_time_ms(),
+            )
+            .expect("sign")
+        })
+        .collect();
+    let start = Instant::now();
+    for manifest in manifests {
+        let hash = manifest.verify(unix_time_ms(), &VerifyLimits::default()).expect("verify");
+        let sandbox = if cold { &Sandbox::new().expect("sandbox") } else { sandbox };
+        let out = sandbox
+            .run(&Run {
+                module: (&cid, plasm::examples::HELLO),
+                entry: "_start",
+                args: &[],
+                env: &job.env,
+                stdin: &job.stdin,
+                limits: LIMITS,
+                seed: hash.0,
+            })
+            .expect("run");
+        let mut commitment = Commitment::new();
+        for chunk in output_chunks(&out.stdout, &out.stderr) {
+            commitment.push(chunk.kind.as_str(), &chunk.data);
+        }
+        let receipt = SignedReceipt::sign(
+            &node,
+            JobResult::new(hash, &commitment, Completion::Finished, Metrics::default()),
+            unix_time_ms(),
+        )
+        .expect("receipt");
+        verify_and_bind(&receipt, &hash, &node_peer, &commitment).expect("binds");
+    }
+    start.elapsed() / iterations
+}
+
+async fn artifact_throughput() -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = BlobStore::open(dir.path().join("store"), 1 << 30).expect("store");
+    let blob: Vec<u8> =
+        (0..256u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    let cid = store.put(&blob).await.expect("put");
+    let path = store.path(&cid);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, server::router(store)).await.expect("serve") });
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/artifacts/{cid}");
+    let mut best_http = f64::MAX;
+    let mut best_cat = f64::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let status = std::process::Command::new("cat")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("cat");
+        assert!(status.success());
+        best_cat = best_cat.min(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let mut body = client.get(&url).send().await.expect("get").bytes_stream();
+        let mut n = 0usize;
+        while let Some(chunk) = body.next().await {
+            n += chunk.expect("bytes").len();
+        }
+        assert_eq!(n, blob.len());
+        best_http = best_http.min(t.elapsed().as_secs_f64());
+    }
+    let mib = blob.len() as f64 / f64::from(1 << 20);
+    (mib / best_http, mib / best_cat)
+}
+
+fn main() {
+    let sandbox = Sandbox::new().expect("sandbox");
+    // Warm both paths (and the cache).
+    bare(50);
+    plasmd_path(&sandbox, 50, false);
+    let bare_t = bare(RUNS);
+    let plasmd_t = plasmd_path(&sandbox, RUNS, false);
+    let cold_t = plasmd_path(&sandbox, 50, true);
+    let micros = |d: Duration| d.as_secs_f64() * 1e6;
+    println!("{:<56} {:>12}", "hello example, per job (mean)", "value");
+    println!("{:<56} {:>12.1}", "bare wasmtime instantiate + run (µs)", micros(bare_t));
+    println!(
+        "{:<56} {:>12.1}",
+        "plasmd: verify + sandbox (cached module) + receipt (µs)",
+        micros(plasmd_t)
+    );
+    println!("{:<56} {:>12.3}", "plasmd / bare", plasmd_t.as_secs_f64() / bare_t.as_secs_f64());
+    println!(
+        "{:<56} {:>12.1}",
+        "plasmd with a cold module (compile each time) (µs)",
+        micros(cold_t)
+    );
+    println!("{:<56} {:>12.1}", "cold / cached", cold_t.as_secs_f64() / plasmd_t.as_secs_f64());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (http, cat) = runtime.block_on(artifact_throughput());
+    println!("{:<56} {:>12.0}", "artifact server GET of a 256 MiB blob (MiB/s)", http);
+    println!("{:<56} {:>12.0}", "cat of the same file to /dev/null (MiB/s)", cat);
+    println!("{:<56} {:>12.3}", "server / cat", http / cat);
+}

@@ -1,0 +1,261 @@
+//! `plasmd`: run signed WebAssembly jobs in a sandbox and verify their receipts.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use phase_artifact::{BlobStore, ContentId};
+use phase_identity::NodeIdentity;
+use phase_manifest::{SignedManifest, unix_time_ms};
+use phase_protocol::{ChunkKind, JobEvent, JobSpec, WasmJob, WasmLimits, Worker};
+use plasm::record::RunRecord;
+use plasm::sandbox::{NodeLimits, Sandbox};
+use plasm::worker::WasmWorker;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// plasmd — the reference Phase WebAssembly node.
+///
+/// Runs WASI (preview 1) modules as signed jobs in a wasmtime sandbox with fuel, memory,
+/// wall-clock and output limits, and prints their output with a receipt signed by this node's
+/// identity that anyone can check with `plasmd verify`.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a module here and print its output and signed receipt as JSON.
+    Run {
+        /// A .wasm or .wat file, or the CID of a module in the data directory's store.
+        module: String,
+        /// Text for standard input.
+        #[arg(long, conflicts_with = "stdin_file")]
+        stdin: Option<String>,
+        /// A file for standard input.
+        #[arg(long)]
+        stdin_file: Option<PathBuf>,
+        /// An argument for the module (repeat for several).
+        #[arg(long = "arg")]
+        args: Vec<String>,
+        /// An environment variable for the module, KEY=VALUE (repeat for several); the module
+        /// sees no other.
+        #[arg(long = "env", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+        /// Fuel (roughly, WebAssembly instructions).
+        #[arg(long, default_value_t = 1_000_000_000)]
+        fuel: u64,
+        /// Linear memory limit, MiB.
+        #[arg(long, default_value_t = 64)]
+        memory: u64,
+        /// Wall-clock limit, seconds.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+        /// Limit on standard output plus standard error, bytes.
+        #[arg(long, default_value_t = 1 << 20)]
+        max_output: u64,
+        /// The exported function to call.
+        #[arg(long, default_value = "_start")]
+        entry: String,
+        /// Data directory: identity.key and artifacts/ (default: $XDG_DATA_HOME/phase/plasmd).
+        #[arg(long, env = "PLASMD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Check a record printed by `plasmd run`: the receipt's signature, and that it commits to
+    /// exactly the output in the record. Exits non-zero if anything was edited.
+    Verify {
+        /// The record, or - for standard input.
+        file: String,
+    },
+    /// Write an example module's bytes (`hello` reverses its input; `sieve` counts primes).
+    Example {
+        /// `hello` or `sieve`.
+        name: String,
+        /// Where to write it (default: standard output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+}
+
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("phase/plasmd")
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().command {
+        Command::Run {
+            module,
+            stdin,
+            stdin_file,
+            args,
+            env,
+            fuel,
+            memory,
+            timeout,
+            max_output,
+            entry,
+            data_dir,
+        } => {
+            let stdin = match (stdin, stdin_file) {
+                (Some(text), _) => Ok(text.into_bytes()),
+                (None, Some(path)) => {
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+                }
+                (None, None) => Ok(Vec::new()),
+            };
+            let limits = WasmLimits {
+                fuel,
+                memory_bytes: memory.saturating_mul(1 << 20),
+                timeout_ms: (timeout.clamp(0.001, 86_400.0) * 1000.0) as u64,
+                max_output_bytes: max_output,
+            };
+            stdin.and_then(|stdin| {
+                run(
+                    &module,
+                    stdin,
+                    args,
+                    env.into_iter().collect(),
+                    entry,
+                    limits,
+                    data_dir.unwrap_or_else(default_data_dir),
+                )
+            })
+        }
+        Command::Verify { file } => verify(&file),
+        Command::Example { name, output } => example(&name, output),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("plasmd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(
+    module: &str,
+    stdin: Vec<u8>,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    entry: String,
+    limits: WasmLimits,
+    data_dir: PathBuf,
+) -> anyhow::Result<ExitCode> {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        let identity = NodeIdentity::load_or_create(&data_dir.join("identity.key"))
+            .with_context(|| format!("loading the node identity in {}", data_dir.display()))?;
+        let store = BlobStore::open(data_dir.join("artifacts"), 1 << 30)?;
+        let cid = if let Ok(cid) = module.parse::<ContentId>()
+            && !std::path::Path::new(module).exists()
+        {
+            anyhow::ensure!(
+                store.contains(&cid),
+                "module {cid} is not in {}",
+                store.path(&cid).display()
+            );
+            cid
+        } else {
+            let bytes = std::fs::read(module).with_context(|| format!("reading {module}"))?;
+            let bytes = if module.ends_with(".wat") {
+                wat::parse_bytes(&bytes).map_err(|e| anyhow::anyhow!("{module}: {e}"))?.into_owned()
+            } else {
+                bytes
+            };
+            store.put(&bytes).await?
+        };
+        let job = WasmJob { module: cid, entry, args, env, stdin: stdin.into(), limits };
+        let manifest = SignedManifest::sign(
+            &identity,
+            JobSpec::Wasm(job),
+            Duration::from_secs(600),
+            unix_time_ms(),
+        )?;
+        let worker =
+            WasmWorker::new(identity, Arc::new(Sandbox::new()?), store, NodeLimits::default());
+        let mut job = worker.execute(manifest).await?;
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let receipt = loop {
+            match job.events.next().await {
+                Some(JobEvent::Output(chunk)) if chunk.kind == ChunkKind::Stdout => {
+                    stdout.extend_from_slice(&chunk.data)
+                }
+                Some(JobEvent::Output(chunk)) => stderr.extend_from_slice(&chunk.data),
+                Some(JobEvent::Final(receipt)) => break *receipt,
+                Some(_) => {}
+                None => anyhow::bail!("the job ended without a receipt"),
+            }
+        };
+        let outcome = match &receipt.body.completion {
+            phase_receipt::Completion::Failed { reason } => reason.clone(),
+            other => format!("{other:?}").to_lowercase(),
+        };
+        let failed = outcome != "finished";
+        let record = RunRecord::new(&stdout, &stderr, outcome, receipt);
+        println!("{}", serde_json::to_string_pretty(&record)?);
+        Ok(if failed { ExitCode::from(3) } else { ExitCode::SUCCESS })
+    })
+}
+
+fn verify(file: &str) -> anyhow::Result<ExitCode> {
+    let text = if file == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
+    };
+    let record: RunRecord = serde_json::from_str(&text).context("not a plasmd run record")?;
+    match record.verify() {
+        Ok(worker) => {
+            println!(
+                "ok: signed by {worker}, commits to this output ({} chunks), outcome: {}",
+                record.receipt.body.chunk_count, record.outcome
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("plasmd: the record does not verify: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn example(name: &str, output: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let bytes = match name {
+        "hello" => plasm::examples::HELLO,
+        "sieve" => plasm::examples::SIEVE,
+        other => anyhow::bail!("no example {other:?}; try hello or sieve"),
+    };
+    match output {
+        Some(path) => {
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => std::io::Write::write_all(&mut std::io::stdout(), bytes)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
