@@ -5,6 +5,7 @@
 //! JSON `plasmd run` prints and `plasmd verify` checks; [`examples`] are the example modules,
 //! built from their WAT sources at compile time.
 
+pub mod node;
 pub mod record;
 pub mod sandbox;
 pub mod worker;

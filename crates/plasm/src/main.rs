@@ -72,6 +72,73 @@ enum Command {
         /// The record, or - for standard input.
         file: String,
     },
+    /// Serve WebAssembly jobs to other nodes: an artifact server for modules (announced by
+    /// mDNS) and the job relay on libp2p, for the signers you allow.
+    Start {
+        /// Data directory: identity.key and artifacts/.
+        #[arg(long, env = "PLASMD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Address of the artifact server.
+        #[arg(long, default_value = "0.0.0.0:11436")]
+        http_listen: std::net::SocketAddr,
+        /// libp2p listen multiaddr (repeatable; default TCP on port 11437).
+        #[arg(long = "p2p-listen")]
+        p2p_listen: Vec<String>,
+        /// A node to join through, `…/p2p/<PeerId>` (repeatable).
+        #[arg(long = "bootstrap-peer")]
+        bootstrap: Vec<String>,
+        /// No mDNS.
+        #[arg(long)]
+        no_mdns: bool,
+        /// mDNS on loopback only (several nodes on one machine).
+        #[arg(long)]
+        mdns_loopback: bool,
+        /// Run jobs for this signer (PeerId or hex key); repeatable.
+        #[arg(long = "allow-signer")]
+        allow_signers: Vec<String>,
+        /// Run jobs for any signer.
+        #[arg(long)]
+        allow_any_signer: bool,
+        /// Write the node's addresses (JSON) here once it listens.
+        #[arg(long)]
+        addr_file: Option<PathBuf>,
+    },
+    /// Send a module to a node, stream its output back, verify and bind the node's receipt,
+    /// and print the record.
+    Submit {
+        /// A .wasm or .wat file.
+        module: PathBuf,
+        /// The node, `/ip4/…/tcp/…/p2p/<PeerId>`.
+        #[arg(long)]
+        peer: String,
+        /// The node's artifact server (default: found by mDNS).
+        #[arg(long)]
+        artifacts: Option<String>,
+        /// Look for the artifact server by mDNS on loopback only.
+        #[arg(long)]
+        mdns_loopback: bool,
+        /// Text for standard input.
+        #[arg(long)]
+        stdin: Option<String>,
+        /// Fuel.
+        #[arg(long, default_value_t = 1_000_000_000)]
+        fuel: u64,
+        /// Linear memory limit, MiB.
+        #[arg(long, default_value_t = 64)]
+        memory: u64,
+        /// Wall-clock limit, seconds.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+        /// Data directory of the requester (its identity signs the job).
+        #[arg(long, env = "PLASMD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Print this node's PeerId, creating its identity if there is none.
+    Id {
+        /// Data directory.
+        #[arg(long, env = "PLASMD_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
     /// Write an example module's bytes (`hello` reverses its input; `sieve` counts primes).
     Example {
         /// `hello` or `sieve`.
@@ -144,6 +211,60 @@ fn main() -> ExitCode {
             })
         }
         Command::Verify { file } => verify(&file),
+        Command::Start {
+            data_dir,
+            http_listen,
+            p2p_listen,
+            bootstrap,
+            no_mdns,
+            mdns_loopback,
+            allow_signers,
+            allow_any_signer,
+            addr_file,
+        } => start(
+            data_dir.unwrap_or_else(default_data_dir),
+            http_listen,
+            p2p_listen,
+            bootstrap,
+            no_mdns,
+            mdns_loopback,
+            allow_signers,
+            allow_any_signer,
+            addr_file,
+        ),
+        Command::Submit {
+            module,
+            peer,
+            artifacts,
+            mdns_loopback,
+            stdin,
+            fuel,
+            memory,
+            timeout,
+            data_dir,
+        } => {
+            let limits = WasmLimits {
+                fuel,
+                memory_bytes: memory.saturating_mul(1 << 20),
+                timeout_ms: (timeout.clamp(0.001, 86_400.0) * 1000.0) as u64,
+                max_output_bytes: 1 << 20,
+            };
+            submit(
+                data_dir.unwrap_or_else(default_data_dir),
+                &module,
+                &peer,
+                artifacts,
+                mdns_loopback,
+                stdin.unwrap_or_default(),
+                limits,
+            )
+        }
+        Command::Id { data_dir } => {
+            plasm::node::load_identity(&data_dir.unwrap_or_else(default_data_dir)).map(|id| {
+                println!("{}", id.peer_id());
+                ExitCode::SUCCESS
+            })
+        }
         Command::Example { name, output } => example(&name, output),
     };
     match result {
@@ -258,4 +379,97 @@ fn example(name: &str, output: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         None => std::io::Write::write_all(&mut std::io::stdout(), bytes)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn read_module(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "wat") {
+        return Ok(wat::parse_bytes(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            .into_owned());
+    }
+    Ok(bytes)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start(
+    data_dir: PathBuf,
+    http_listen: std::net::SocketAddr,
+    p2p_listen: Vec<String>,
+    bootstrap: Vec<String>,
+    no_mdns: bool,
+    mdns_loopback: bool,
+    allow_signers: Vec<String>,
+    allow_any_signer: bool,
+    addr_file: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let mut admission = if allow_any_signer {
+        phase_net::SignerAllowlist::allow_any()
+    } else {
+        phase_net::SignerAllowlist::deny_all()
+    };
+    for signer in &allow_signers {
+        admission.allow(signer).map_err(|e| anyhow::anyhow!("--allow-signer: {e}"))?;
+    }
+    let p2p_listen =
+        if p2p_listen.is_empty() { vec!["/ip4/0.0.0.0/tcp/11437".to_string()] } else { p2p_listen };
+    let parse = |list: &[String]| -> anyhow::Result<Vec<phase_net::Multiaddr>> {
+        list.iter()
+            .map(|a| a.parse().with_context(|| format!("{a:?} is not a multiaddr")))
+            .collect()
+    };
+    let options = plasm::node::StartOptions {
+        data_dir,
+        http_listen,
+        p2p_listen: parse(&p2p_listen)?,
+        bootstrap: parse(&bootstrap)?,
+        mdns: if no_mdns {
+            None
+        } else if mdns_loopback {
+            Some(phase_artifact::discovery::Interfaces::Loopback)
+        } else {
+            Some(phase_artifact::discovery::Interfaces::All)
+        },
+        admission,
+        addr_file,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(plasm::node::start(options))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn submit(
+    data_dir: PathBuf,
+    module: &std::path::Path,
+    peer: &str,
+    artifacts: Option<String>,
+    mdns_loopback: bool,
+    stdin: String,
+    limits: WasmLimits,
+) -> anyhow::Result<ExitCode> {
+    let bytes = read_module(module)?;
+    let job = WasmJob {
+        module: ContentId::for_bytes(&bytes),
+        entry: "_start".into(),
+        args: Vec::new(),
+        env: BTreeMap::new(),
+        stdin: stdin.into_bytes().into(),
+        limits,
+    };
+    let options = plasm::node::SubmitOptions {
+        data_dir,
+        peer: peer.parse().with_context(|| format!("{peer:?} is not a multiaddr"))?,
+        artifacts,
+        mdns: if mdns_loopback {
+            phase_artifact::discovery::Interfaces::Loopback
+        } else {
+            phase_artifact::discovery::Interfaces::All
+        },
+    };
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let record = runtime.block_on(plasm::node::submit(options, bytes, job))?;
+    let failed = record.outcome != "finished";
+    println!("{}", serde_json::to_string_pretty(&record)?);
+    Ok(if failed { ExitCode::from(3) } else { ExitCode::SUCCESS })
 }

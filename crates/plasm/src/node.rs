@@ -1,0 +1,238 @@
+//! `plasmd start` and `plasmd submit`: serving WebAssembly jobs to other nodes over phase-net,
+//! and sending one to a node.
+//!
+//! A serving node runs an artifact server (announced by mDNS) that requesters upload modules
+//! to, and takes jobs over the job relay from signers it allows. A requester uploads the module,
+//! sends the signed job, streams the output back, and verifies and binds the receipt to the
+//! PeerId it talked to.
+
+use anyhow::Context;
+use futures::future::BoxFuture;
+use phase_artifact::discovery::{Discovery, Interfaces};
+use phase_artifact::{BlobStore, client, server};
+use phase_identity::NodeIdentity;
+use phase_manifest::{SignedManifest, unix_time_ms};
+use phase_net::{
+    Admission, JobService, ModelEntry, Multiaddr, NetConfig, Network, PeerId, SignerAllowlist,
+};
+use phase_protocol::{ChunkKind, Job, JobEvent, JobSpec, WasmJob, Worker, WorkerError};
+use phase_receipt::{Commitment, verify_and_bind};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::record::RunRecord;
+use crate::sandbox::{NodeLimits, Sandbox};
+use crate::worker::WasmWorker;
+
+/// Serves the WebAssembly worker to other nodes.
+struct WasmService(WasmWorker);
+
+impl JobService for WasmService {
+    fn models(&self) -> Vec<ModelEntry> {
+        Vec::new()
+    }
+
+    fn execute(
+        &self,
+        _from: PeerId,
+        manifest: SignedManifest<JobSpec>,
+    ) -> BoxFuture<'_, Result<Job, WorkerError>> {
+        self.0.execute(manifest)
+    }
+}
+
+/// Where a started node can be reached (written to `--addr-file` as JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Addresses {
+    /// The node's PeerId.
+    pub peer_id: String,
+    /// Its artifact server, `http://host:port`.
+    pub artifacts: String,
+    /// Its p2p addresses, each ending in `/p2p/<PeerId>`.
+    pub p2p: Vec<String>,
+}
+
+/// Options of `plasmd start`.
+pub struct StartOptions {
+    /// Data directory.
+    pub data_dir: std::path::PathBuf,
+    /// The artifact server's address.
+    pub http_listen: SocketAddr,
+    /// p2p listen addresses.
+    pub p2p_listen: Vec<Multiaddr>,
+    /// Peers to join through.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Which interfaces mDNS uses (`None`: no mDNS).
+    pub mdns: Option<Interfaces>,
+    /// Who may send jobs.
+    pub admission: SignerAllowlist,
+    /// Write the addresses here once listening.
+    pub addr_file: Option<std::path::PathBuf>,
+}
+
+/// Runs a serving node until Ctrl-C or SIGTERM.
+pub async fn start(options: StartOptions) -> anyhow::Result<()> {
+    let identity = load_identity(&options.data_dir)?;
+    let store = BlobStore::open(options.data_dir.join("artifacts"), 1 << 30)?;
+    let listener = tokio::net::TcpListener::bind(options.http_listen).await.with_context(|| {
+        format!("cannot listen on {} for the artifact server", options.http_listen)
+    })?;
+    let http = listener.local_addr()?;
+    let router = server::router(store.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "artifact server stopped");
+        }
+    });
+    let worker =
+        WasmWorker::new(identity.clone(), Arc::new(Sandbox::new()?), store, NodeLimits::default());
+    let service: Arc<dyn JobService> = Arc::new(WasmService(worker));
+    let admission: Arc<dyn Admission> = Arc::new(options.admission);
+    let config = NetConfig {
+        listen: options.p2p_listen,
+        bootstrap: options.bootstrap,
+        mdns: options.mdns.is_some(),
+        ..NetConfig::default()
+    };
+    let network = Network::start(&identity, config, Some((service, admission))).await?;
+    let p2p: Vec<String> = network
+        .wait_listening(Duration::from_secs(5))
+        .await
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let peer_id = identity.peer_id().to_string();
+    let _discovery = match options.mdns {
+        Some(interfaces) => {
+            let ip = if http.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                http.ip()
+            };
+            Some(Discovery::start(&peer_id, &[ip], http.port(), interfaces)?)
+        }
+        None => None,
+    };
+    let addresses =
+        Addresses { peer_id: peer_id.clone(), artifacts: format!("http://{http}"), p2p };
+    eprintln!(
+        "plasmd {peer_id}: artifacts at {}; jobs at {}",
+        addresses.artifacts,
+        addresses.p2p.join(" ")
+    );
+    if let Some(path) = &options.addr_file {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&addresses)?)?;
+        std::fs::rename(&tmp, path)?;
+    }
+    tokio::signal::ctrl_c().await?;
+    drop(network);
+    Ok(())
+}
+
+/// Loads (or creates) the node identity in `data_dir`.
+pub fn load_identity(data_dir: &std::path::Path) -> anyhow::Result<NodeIdentity> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    NodeIdentity::load_or_create(&data_dir.join("identity.key"))
+        .with_context(|| format!("loading the node identity in {}", data_dir.display()))
+}
+
+/// Options of `plasmd submit`.
+pub struct SubmitOptions {
+    /// The requester's data directory (its identity signs the job).
+    pub data_dir: std::path::PathBuf,
+    /// The serving node, `…/p2p/<PeerId>`.
+    pub peer: Multiaddr,
+    /// Its artifact server; found by mDNS when absent.
+    pub artifacts: Option<String>,
+    /// mDNS interfaces for finding the artifact server.
+    pub mdns: Interfaces,
+}
+
+/// Sends `module` with `job` to a node, streams the output back and verifies the receipt.
+pub async fn submit(
+    options: SubmitOptions,
+    module: Vec<u8>,
+    mut job: WasmJob,
+) -> anyhow::Result<RunRecord> {
+    let identity = load_identity(&options.data_dir)?;
+    let peer = phase_net::bootstrap::peer_of(&options.peer).map_err(anyhow::Error::msg)?;
+    let artifacts = match options.artifacts {
+        Some(url) => url,
+        None => find_artifacts(&identity, &peer, options.mdns).await?,
+    };
+    let http = reqwest::Client::new();
+    job.module = client::upload(&http, &artifacts, module).await?;
+    // The requester only dials out.
+    let config = NetConfig {
+        listen: Vec::new(),
+        bootstrap: vec![options.peer.clone()],
+        mdns: false,
+        ..NetConfig::default()
+    };
+    let network = Network::start(&identity, config, None).await?;
+    let manifest = SignedManifest::sign(
+        &identity,
+        JobSpec::Wasm(job),
+        Duration::from_secs(600),
+        unix_time_ms(),
+    )?;
+    let hash = manifest.hash()?;
+    let mut remote = network.request_job(peer, &manifest.to_cbor()?).await?;
+    let (mut stdout, mut stderr, mut observed) = (Vec::new(), Vec::new(), Commitment::new());
+    let receipt = loop {
+        match remote.next_event().await? {
+            Some(JobEvent::Output(chunk)) => {
+                observed.push(chunk.kind.as_str(), &chunk.data);
+                if chunk.kind == ChunkKind::Stdout {
+                    stdout.extend_from_slice(&chunk.data)
+                } else {
+                    stderr.extend_from_slice(&chunk.data)
+                }
+            }
+            Some(JobEvent::Final(receipt)) => break *receipt,
+            Some(_) => {}
+            None => anyhow::bail!("{peer} ended the job without a receipt"),
+        }
+    };
+    let worker =
+        phase_net::to_phase_peer_id(&peer).context("the peer's identity is not an Ed25519 key")?;
+    verify_and_bind(&receipt, &hash, &worker, &observed)
+        .with_context(|| format!("the receipt from {peer} does not verify"))?;
+    let outcome = match &receipt.body.completion {
+        phase_receipt::Completion::Failed { reason } => reason.clone(),
+        other => format!("{other:?}").to_lowercase(),
+    };
+    Ok(RunRecord::new(&stdout, &stderr, outcome, receipt))
+}
+
+/// The artifact server `peer` announces by mDNS.
+async fn find_artifacts(
+    identity: &NodeIdentity,
+    peer: &PeerId,
+    interfaces: Interfaces,
+) -> anyhow::Result<String> {
+    let me = identity.peer_id().to_string();
+    let discovery = Discovery::start(
+        &format!("{me}-submit"),
+        &[std::net::IpAddr::from([127, 0, 0, 1])],
+        9,
+        interfaces,
+    )?;
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(found) = discovery.found().into_iter().find(|f| f.node == peer.to_string())
+            && let Some(addr) = found.addrs.first()
+        {
+            return Ok(format!("http://{addr}"));
+        }
+        anyhow::ensure!(
+            Instant::now() < until,
+            "no artifact server of {peer} found by mDNS; give --artifacts http://HOST:PORT"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
