@@ -31,7 +31,7 @@ pub mod wire;
 pub use config::{NetConfig, RelayLimits};
 pub use keys::{ModelKey, libp2p_keypair, to_libp2p_peer_id, to_phase_peer_id};
 pub use libp2p::{Multiaddr, PeerId};
-pub use node::{NetError, NetStatus, Network, PeerStatus};
+pub use node::{MAX_STREAMS_PER_CONNECTION, NetError, NetStatus, Network, PeerStatus};
 pub use relay::{
     Admission, AdmissionRequest, AdmissionTicket, JobService, RelayError, RelayStats, RemoteJob,
     SignerAllowlist,

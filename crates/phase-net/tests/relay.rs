@@ -467,3 +467,38 @@ async fn connections_beyond_the_total_limit_are_refused() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_opening_too_many_streams_loses_its_connection_and_others_are_served() {
+    let mut cfg = config();
+    cfg.relay.max_concurrent_jobs = 200;
+    cfg.relay.max_requests_per_peer_per_minute = 1000;
+    let server = server_with(SignerAllowlist::allow_any(), cfg).await;
+    let (flood, identity) = client(vec![server.addr.clone()]).await;
+    // Every job parks on the gate, holding its stream open; past the per-connection stream
+    // limit the multiplexer resets the flooding connection.
+    let attempts = phase_net::MAX_STREAMS_PER_CONNECTION as usize + 16;
+    let results = futures::future::join_all((0..attempts).map(|_| {
+        let bytes = manifest(&identity, "5").to_cbor().expect("cbor");
+        let flood = flood.clone();
+        let peer = server.net.peer_id();
+        async move {
+            let mut job = flood.request_job(peer, &bytes).await.ok()?;
+            tokio::time::timeout(Duration::from_millis(500), job.next_event())
+                .await
+                .err()
+                .map(|_| job)
+        }
+    }))
+    .await;
+    let still_running = results.iter().flatten().count();
+    assert!(
+        still_running < attempts,
+        "not every stream can stay open ({still_running} of {attempts})"
+    );
+    // Another peer is served as usual.
+    let (other, other_id) = client(vec![server.addr.clone()]).await;
+    server.gate.add_permits(1_000);
+    let bytes = manifest(&other_id, "1").to_cbor().expect("cbor");
+    assert!(matches!(first_event(&other, &server, &bytes).await, Ok(Some(JobEvent::Output(_)))));
+}
