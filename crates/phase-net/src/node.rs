@@ -84,6 +84,8 @@ pub struct NetStatus {
     /// Bootstrap problems (an address that answered with another PeerId, a DNS name that
     /// did not resolve), newest last.
     pub bootstrap_errors: Vec<String>,
+    /// Incoming connections refused by the connection limits.
+    pub connections_denied: u64,
     /// Jobs started for others.
     pub jobs_served: u64,
     /// Jobs refused.
@@ -310,6 +312,7 @@ impl Network {
             external_addrs: shared.external_addrs.clone(),
             peers,
             bootstrap_errors: shared.bootstrap_errors.clone(),
+            connections_denied: shared.connections_denied,
             jobs_served: self.inner.stats.served.load(Ordering::Relaxed),
             jobs_refused: self.inner.stats.refused.load(Ordering::Relaxed),
             jobs_requested: self.inner.stats.requested.load(Ordering::Relaxed),

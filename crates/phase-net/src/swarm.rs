@@ -26,6 +26,7 @@ pub(crate) struct Shared {
     pub external_addrs: Vec<Multiaddr>,
     pub peers: HashMap<PeerId, PeerStatus>,
     pub bootstrap_errors: Vec<String>,
+    pub connections_denied: u64,
 }
 
 impl Shared {
@@ -201,6 +202,14 @@ impl SwarmTask {
                 } else {
                     tracing::debug!(?peer_id, error = %error, "outgoing connection failed");
                 }
+            }
+            SwarmEvent::IncomingConnectionError {
+                error: libp2p::swarm::ListenError::Denied { cause },
+                send_back_addr,
+                ..
+            } => {
+                tracing::info!(%send_back_addr, %cause, "incoming connection denied");
+                self.shared.lock().expect("network state lock").connections_denied += 1;
             }
             SwarmEvent::Behaviour(event) => self.behaviour_event(event),
             _ => {}

@@ -502,3 +502,28 @@ async fn a_peer_opening_too_many_streams_loses_its_connection_and_others_are_ser
     let bytes = manifest(&other_id, "1").to_cbor().expect("cbor");
     assert!(matches!(first_event(&other, &server, &bytes).await, Ok(Some(JobEvent::Output(_)))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_from_the_same_peer_is_denied() {
+    let mut cfg = config();
+    cfg.max_connections_per_peer = 1;
+    let server = server_with(SignerAllowlist::allow_any(), cfg).await;
+    let identity = NodeIdentity::generate();
+    let start = |identity: &NodeIdentity| {
+        let cfg = NetConfig { bootstrap: vec![server.addr.clone()], ..config() };
+        let identity = identity.clone();
+        async move { Network::start(&identity, cfg, None).await.expect("start") }
+    };
+    let first = start(&identity).await;
+    wait_for("the first connection", async || {
+        first.is_connected(&server.net.peer_id()).then_some(())
+    })
+    .await;
+    // The same PeerId from a second node: a second connection for that peer.
+    let _second = start(&identity).await;
+    wait_for("the second connection to be denied", async || {
+        (server.net.status().connections_denied >= 1).then_some(())
+    })
+    .await;
+    assert!(first.is_connected(&server.net.peer_id()), "the first connection stays");
+}
