@@ -22,13 +22,18 @@ pub fn to_phase_peer_id(peer: &libp2p::PeerId) -> Option<phase_identity::PeerId>
     phase_identity::PeerId::from_bytes(&peer.to_bytes()).ok()
 }
 
-/// A key under which a node announces a model in the DHT.
+/// A key under which a node announces in the DHT something it provides: a model (by name and
+/// by CID), a blob it holds, or a kind of work it does.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ModelKey {
     /// The model's name with its tag (`gemma3:latest`).
     Name(String),
     /// The CID of the model's bytes.
     Cid(String),
+    /// The CID of a blob in the node's artifact store.
+    Artifact(String),
+    /// A kind of job the node runs for others (`wasm`).
+    Service(String),
 }
 
 impl ModelKey {
@@ -43,6 +48,8 @@ impl std::fmt::Display for ModelKey {
         match self {
             Self::Name(name) => write!(f, "/phase/model/name/{name}"),
             Self::Cid(cid) => write!(f, "/phase/model/cid/{cid}"),
+            Self::Artifact(cid) => write!(f, "/phase/artifact/{cid}"),
+            Self::Service(kind) => write!(f, "/phase/service/{kind}"),
         }
     }
 }

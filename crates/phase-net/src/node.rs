@@ -272,6 +272,7 @@ impl Network {
                         .models()
                         .into_iter()
                         .flat_map(|m| [ModelKey::Name(m.name), ModelKey::Cid(m.cid)])
+                        .chain(service.provides())
                         .collect();
                     if last.as_ref() != Some(&keys) {
                         last = Some(keys.clone());
@@ -420,7 +421,17 @@ impl Network {
             });
         }
         let mut control = self.inner.control.clone();
-        RemoteJob::start(&mut control, peer, manifest_cbor, self.inner.limits).await
+        // A dropped stream never reached the peer's relay, so the same manifest may go again.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match RemoteJob::start(&mut control, peer, manifest_cbor, self.inner.limits).await {
+                Err(RelayError::Dropped { .. }) if attempts < 3 => {
+                    tracing::debug!(%peer, attempts, "job stream dropped before it was read; sending again");
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Makes this node alter every output chunk it relays after committing to it, so its

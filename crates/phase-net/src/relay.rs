@@ -39,6 +39,11 @@ pub trait JobService: Send + Sync + 'static {
     /// The models this node serves now (announced in the DHT and listed in its catalog).
     fn models(&self) -> Vec<ModelEntry>;
 
+    /// Other things to announce in the DHT (blobs held, kinds of work done).
+    fn provides(&self) -> Vec<crate::keys::ModelKey> {
+        Vec::new()
+    }
+
     /// Starts a job whose manifest has passed every check. `from` is the peer that sent it.
     fn execute(
         &self,
@@ -237,6 +242,14 @@ impl RelayServer {
                 return;
             }
         };
+        let mut stream = stream;
+        if frame::write_value(&mut stream, &ServerFrame::Accepted, self.limits.max_frame_bytes)
+            .await
+            .is_err()
+        {
+            job.0.handle.cancel();
+            return;
+        }
         self.stats.served.fetch_add(1, Ordering::Relaxed);
         self.stats.active.fetch_add(1, Ordering::Relaxed);
         self.stream_events(job, stream).await;
@@ -417,6 +430,12 @@ pub enum RelayError {
         /// Its reason.
         refusal: Refusal,
     },
+    /// The stream ended before the peer answered: the job did not start.
+    #[error("peer {peer} dropped the job stream before accepting the job")]
+    Dropped {
+        /// The peer.
+        peer: PeerId,
+    },
     /// The stream broke or carried something invalid.
     #[error("peer {peer} broke the job stream: {reason}")]
     Broken {
@@ -433,6 +452,7 @@ pub struct RemoteJob {
     stream: Stream,
     limits: RelayLimits,
     finished: bool,
+    refused: Option<Refusal>,
 }
 
 impl RemoteJob {
@@ -459,7 +479,31 @@ impl RemoteJob {
         frame::write_frame(&mut stream, manifest_cbor, limits.max_request_bytes)
             .await
             .map_err(|e| unreachable(format!("sending the manifest: {e}")))?;
-        Ok(Self { peer, stream, limits, finished: false })
+        // The first frame says whether the job started. A stream that ends before it was
+        // dropped unread (libp2p-stream drops inbound streams its owner has not taken yet).
+        // The checks are quick; a peer that takes longer than this to accept is not answering.
+        let accept_timeout = limits.request_timeout * 3;
+        let first = tokio::time::timeout(
+            accept_timeout,
+            frame::read_value::<_, ServerFrame>(&mut stream, limits.max_frame_bytes),
+        )
+        .await
+        .map_err(|_| unreachable(format!("no answer within {accept_timeout:?}")))?;
+        let refused = match first {
+            Ok(ServerFrame::Accepted) => None,
+            Ok(ServerFrame::Refused(refusal)) => Some(refusal),
+            Ok(ServerFrame::Event(_)) => {
+                return Err(RelayError::Broken {
+                    peer,
+                    reason: "an event before the job was accepted".into(),
+                });
+            }
+            Err(FrameError::Closed | FrameError::Io(_)) => {
+                return Err(RelayError::Dropped { peer });
+            }
+            Err(e) => return Err(RelayError::Broken { peer, reason: e.to_string() }),
+        };
+        Ok(Self { peer, stream, limits, finished: false, refused })
     }
 
     /// The serving peer.
@@ -471,6 +515,10 @@ impl RemoteJob {
     /// frame, a stream that ends before its receipt, or a peer silent for longer than the idle
     /// timeout is an error.
     pub async fn next_event(&mut self) -> Result<Option<JobEvent>, RelayError> {
+        if let Some(refusal) = self.refused.take() {
+            self.finished = true;
+            return Err(RelayError::Refused { peer: self.peer, refusal });
+        }
         if self.finished {
             return Ok(None);
         }
@@ -489,6 +537,10 @@ impl RemoteJob {
             Ok(ServerFrame::Refused(refusal)) => {
                 self.finished = true;
                 Err(RelayError::Refused { peer: self.peer, refusal })
+            }
+            Ok(ServerFrame::Accepted) => {
+                self.finished = true;
+                Err(broken("accepted twice".into()))
             }
             Err(FrameError::Closed) => {
                 self.finished = true;

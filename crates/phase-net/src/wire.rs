@@ -17,6 +17,9 @@ pub const IDENTIFY_PROTOCOL: &str = "/phase/id/1";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ServerFrame {
+    /// The checks passed and the job started; the first frame of an accepted job. A requester
+    /// that sees its stream end before this frame knows the job never started and may retry.
+    Accepted,
     /// One event of the running job; the `Final` event is the last frame.
     Event(JobEvent),
     /// The job was not started; the only frame.

@@ -45,6 +45,10 @@ impl JobService for Counter {
         }]
     }
 
+    fn provides(&self) -> Vec<ModelKey> {
+        vec![ModelKey::Artifact("bafkreiheld".into()), ModelKey::Service("counting".into())]
+    }
+
     fn execute(
         &self,
         _from: PeerId,
@@ -178,6 +182,14 @@ async fn providers_are_found_and_tokens_stream_before_the_job_ends() {
     })
     .await;
     assert_eq!(providers, vec![server.net.peer_id()]);
+    for key in [ModelKey::Artifact("bafkreiheld".into()), ModelKey::Service("counting".into())] {
+        let found = wait_for("the other provider records", async || {
+            let found = client.find_providers(&key, Duration::from_secs(2)).await;
+            (!found.is_empty()).then_some(found)
+        })
+        .await;
+        assert_eq!(found, vec![server.net.peer_id()], "{key}");
+    }
     let listed = wait_for("the peer's catalog", async || {
         let peers = client.catalog_peers("counter:latest");
         (!peers.is_empty()).then_some(peers)
@@ -422,7 +434,16 @@ async fn jobs_beyond_the_concurrency_cap_are_refused_as_busy() {
     }
     let until = Instant::now() + DEADLINE;
     while server.net.status().jobs_active < 2 {
-        assert!(Instant::now() < until, "the two jobs never started");
+        if Instant::now() >= until {
+            let mut states = Vec::new();
+            for job in &mut running {
+                states.push(format!(
+                    "{:?}",
+                    tokio::time::timeout(Duration::from_millis(100), job.next_event()).await
+                ));
+            }
+            panic!("the two jobs never started: {:?} {states:?}", server.net.status());
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let bytes = manifest(&identity, "1").to_cbor().expect("cbor");

@@ -108,9 +108,13 @@ enum Command {
     Submit {
         /// A .wasm or .wat file.
         module: PathBuf,
-        /// The node, `/ip4/…/tcp/…/p2p/<PeerId>`.
-        #[arg(long)]
-        peer: String,
+        /// The node, `/ip4/…/tcp/…/p2p/<PeerId>` (default: one found in the DHT through
+        /// --bootstrap-peer).
+        #[arg(long, required_unless_present = "bootstrap")]
+        peer: Option<String>,
+        /// A node to join the network through, to find a node that runs WebAssembly jobs.
+        #[arg(long = "bootstrap-peer")]
+        bootstrap: Vec<String>,
         /// The node's artifact server (default: found by mDNS).
         #[arg(long)]
         artifacts: Option<String>,
@@ -235,6 +239,7 @@ fn main() -> ExitCode {
         Command::Submit {
             module,
             peer,
+            bootstrap,
             artifacts,
             mdns_loopback,
             stdin,
@@ -252,7 +257,8 @@ fn main() -> ExitCode {
             submit(
                 data_dir.unwrap_or_else(default_data_dir),
                 &module,
-                &peer,
+                peer.as_deref(),
+                &bootstrap,
                 artifacts,
                 mdns_loopback,
                 stdin.unwrap_or_default(),
@@ -438,10 +444,12 @@ fn start(
     Ok(ExitCode::SUCCESS)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn submit(
     data_dir: PathBuf,
     module: &std::path::Path,
-    peer: &str,
+    peer: Option<&str>,
+    bootstrap: &[String],
     artifacts: Option<String>,
     mdns_loopback: bool,
     stdin: String,
@@ -458,7 +466,13 @@ fn submit(
     };
     let options = plasm::node::SubmitOptions {
         data_dir,
-        peer: peer.parse().with_context(|| format!("{peer:?} is not a multiaddr"))?,
+        peer: peer
+            .map(|p| p.parse().with_context(|| format!("{p:?} is not a multiaddr")))
+            .transpose()?,
+        bootstrap: bootstrap
+            .iter()
+            .map(|b| b.parse().with_context(|| format!("{b:?} is not a multiaddr")))
+            .collect::<anyhow::Result<_>>()?,
         artifacts,
         mdns: if mdns_loopback {
             phase_artifact::discovery::Interfaces::Loopback

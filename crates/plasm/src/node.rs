@@ -13,7 +13,8 @@ use phase_artifact::{BlobStore, client, server};
 use phase_identity::NodeIdentity;
 use phase_manifest::{SignedManifest, unix_time_ms};
 use phase_net::{
-    Admission, JobService, ModelEntry, Multiaddr, NetConfig, Network, PeerId, SignerAllowlist,
+    Admission, JobService, ModelEntry, ModelKey, Multiaddr, NetConfig, Network, PeerId,
+    SignerAllowlist,
 };
 use phase_protocol::{ChunkKind, Job, JobEvent, JobSpec, WasmJob, Worker, WorkerError};
 use phase_receipt::{Commitment, verify_and_bind};
@@ -27,11 +28,25 @@ use crate::sandbox::{NodeLimits, Sandbox};
 use crate::worker::WasmWorker;
 
 /// Serves the WebAssembly worker to other nodes.
-struct WasmService(WasmWorker);
+struct WasmService {
+    worker: WasmWorker,
+    store: BlobStore,
+}
+
+/// The DHT key under which nodes that run WebAssembly jobs announce themselves.
+pub const WASM_SERVICE: &str = "wasm";
 
 impl JobService for WasmService {
     fn models(&self) -> Vec<ModelEntry> {
         Vec::new()
+    }
+
+    /// The service itself, and every blob held (so others can find who has a module).
+    fn provides(&self) -> Vec<ModelKey> {
+        let blobs = self.store.list().unwrap_or_default();
+        std::iter::once(ModelKey::Service(WASM_SERVICE.into()))
+            .chain(blobs.into_iter().map(|(cid, _)| ModelKey::Artifact(cid.to_string())))
+            .collect()
     }
 
     fn execute(
@@ -39,7 +54,7 @@ impl JobService for WasmService {
         _from: PeerId,
         manifest: SignedManifest<JobSpec>,
     ) -> BoxFuture<'_, Result<Job, WorkerError>> {
-        self.0.execute(manifest)
+        self.worker.execute(manifest)
     }
 }
 
@@ -86,9 +101,9 @@ pub async fn start(options: StartOptions) -> anyhow::Result<()> {
             tracing::error!(error = %e, "artifact server stopped");
         }
     });
-    let worker =
-        WasmWorker::new(identity.clone(), Arc::new(Sandbox::new()?), store, NodeLimits::default());
-    let service: Arc<dyn JobService> = Arc::new(WasmService(worker));
+    let sandbox = Arc::new(Sandbox::new()?);
+    let worker = WasmWorker::new(identity.clone(), sandbox, store.clone(), NodeLimits::default());
+    let service: Arc<dyn JobService> = Arc::new(WasmService { worker, store });
     let admission: Arc<dyn Admission> = Arc::new(options.admission);
     let config = NetConfig {
         listen: options.p2p_listen,
@@ -144,8 +159,11 @@ pub fn load_identity(data_dir: &std::path::Path) -> anyhow::Result<NodeIdentity>
 pub struct SubmitOptions {
     /// The requester's data directory (its identity signs the job).
     pub data_dir: std::path::PathBuf,
-    /// The serving node, `…/p2p/<PeerId>`.
-    pub peer: Multiaddr,
+    /// The serving node, `…/p2p/<PeerId>`; when absent, one is found in the DHT through
+    /// `bootstrap`.
+    pub peer: Option<Multiaddr>,
+    /// Nodes to join the network through, to find a serving node.
+    pub bootstrap: Vec<Multiaddr>,
     /// Its artifact server; found by mDNS when absent.
     pub artifacts: Option<String>,
     /// mDNS interfaces for finding the artifact server.
@@ -159,21 +177,21 @@ pub async fn submit(
     mut job: WasmJob,
 ) -> anyhow::Result<RunRecord> {
     let identity = load_identity(&options.data_dir)?;
-    let peer = phase_net::bootstrap::peer_of(&options.peer).map_err(anyhow::Error::msg)?;
+    // The requester only dials out.
+    let mut bootstrap = options.bootstrap.clone();
+    bootstrap.extend(options.peer.clone());
+    let config = NetConfig { listen: Vec::new(), bootstrap, mdns: false, ..NetConfig::default() };
+    let network = Network::start(&identity, config, None).await?;
+    let peer = match &options.peer {
+        Some(addr) => phase_net::bootstrap::peer_of(addr).map_err(anyhow::Error::msg)?,
+        None => find_worker(&network).await?,
+    };
     let artifacts = match options.artifacts {
         Some(url) => url,
         None => find_artifacts(&identity, &peer, options.mdns).await?,
     };
     let http = reqwest::Client::new();
     job.module = client::upload(&http, &artifacts, module).await?;
-    // The requester only dials out.
-    let config = NetConfig {
-        listen: Vec::new(),
-        bootstrap: vec![options.peer.clone()],
-        mdns: false,
-        ..NetConfig::default()
-    };
-    let network = Network::start(&identity, config, None).await?;
     let manifest = SignedManifest::sign(
         &identity,
         JobSpec::Wasm(job),
@@ -207,6 +225,24 @@ pub async fn submit(
         other => format!("{other:?}").to_lowercase(),
     };
     Ok(RunRecord::new(&stdout, &stderr, outcome, receipt))
+}
+
+/// A node that announced the WebAssembly service in the DHT, the closest (lowest RTT) first.
+async fn find_worker(network: &Network) -> anyhow::Result<PeerId> {
+    let key = ModelKey::Service(WASM_SERVICE.into());
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut found = network.find_providers(&key, Duration::from_secs(3)).await;
+        found.sort_by_key(|p| network.rtt(p).unwrap_or(Duration::MAX));
+        if let Some(peer) = found.first() {
+            return Ok(*peer);
+        }
+        anyhow::ensure!(
+            Instant::now() < until,
+            "no node running WebAssembly jobs was found in the DHT; give --peer or another --bootstrap-peer"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The artifact server `peer` announces by mDNS.

@@ -89,6 +89,16 @@ fn submit_runs_on_another_node_with_a_verified_receipt() {
         "signed by the serving node"
     );
 
+    // Without --peer: the node is found in the DHT (it announces the wasm service).
+    let out = Command::new(PLASMD)
+        .args(["submit", &hello(), "--bootstrap-peer", &peer, "--mdns-loopback", "--stdin", "abc"])
+        .env("PLASMD_DATA_DIR", client_dir.path())
+        .output()
+        .expect("submit");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).expect("record");
+    assert_eq!(record["stdout"], "cba\n");
+
     // A signer the node does not allow is refused, and says how to fix it.
     let out = Command::new(PLASMD)
         .args([
