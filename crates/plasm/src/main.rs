@@ -47,18 +47,8 @@ enum Command {
         /// sees no other.
         #[arg(long = "env", value_parser = parse_env)]
         env: Vec<(String, String)>,
-        /// Fuel (roughly, WebAssembly instructions).
-        #[arg(long, default_value_t = 1_000_000_000)]
-        fuel: u64,
-        /// Linear memory limit, MiB.
-        #[arg(long, default_value_t = 64)]
-        memory: u64,
-        /// Wall-clock limit, seconds.
-        #[arg(long, default_value_t = 10.0)]
-        timeout: f64,
-        /// Limit on standard output plus standard error, bytes.
-        #[arg(long, default_value_t = 1 << 20)]
-        max_output: u64,
+        #[command(flatten)]
+        limits: LimitArgs,
         /// The exported function to call.
         #[arg(long, default_value = "_start")]
         entry: String,
@@ -124,15 +114,8 @@ enum Command {
         /// Text for standard input.
         #[arg(long)]
         stdin: Option<String>,
-        /// Fuel.
-        #[arg(long, default_value_t = 1_000_000_000)]
-        fuel: u64,
-        /// Linear memory limit, MiB.
-        #[arg(long, default_value_t = 64)]
-        memory: u64,
-        /// Wall-clock limit, seconds.
-        #[arg(long, default_value_t = 10.0)]
-        timeout: f64,
+        #[command(flatten)]
+        limits: LimitArgs,
         /// Data directory of the requester (its identity signs the job).
         #[arg(long, env = "PLASMD_DATA_DIR")]
         data_dir: Option<PathBuf>,
@@ -151,6 +134,34 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+}
+
+/// The limits a job asks for (the node may lower them).
+#[derive(Debug, clap::Args)]
+struct LimitArgs {
+    /// Fuel (roughly, WebAssembly instructions).
+    #[arg(long, default_value_t = 1_000_000_000)]
+    fuel: u64,
+    /// Linear memory limit, MiB.
+    #[arg(long, default_value_t = 64)]
+    memory: u64,
+    /// Wall-clock limit, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// Limit on standard output plus standard error, bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_output: u64,
+}
+
+impl LimitArgs {
+    fn to_limits(&self) -> WasmLimits {
+        WasmLimits {
+            fuel: self.fuel,
+            memory_bytes: self.memory.saturating_mul(1 << 20),
+            timeout_ms: (self.timeout.clamp(0.001, 86_400.0) * 1000.0) as u64,
+            max_output_bytes: self.max_output,
+        }
+    }
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -176,19 +187,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
-        Command::Run {
-            module,
-            stdin,
-            stdin_file,
-            args,
-            env,
-            fuel,
-            memory,
-            timeout,
-            max_output,
-            entry,
-            data_dir,
-        } => {
+        Command::Run { module, stdin, stdin_file, args, env, limits, entry, data_dir } => {
             let stdin = match (stdin, stdin_file) {
                 (Some(text), _) => Ok(text.into_bytes()),
                 (None, Some(path)) => {
@@ -196,12 +195,7 @@ fn main() -> ExitCode {
                 }
                 (None, None) => Ok(Vec::new()),
             };
-            let limits = WasmLimits {
-                fuel,
-                memory_bytes: memory.saturating_mul(1 << 20),
-                timeout_ms: (timeout.clamp(0.001, 86_400.0) * 1000.0) as u64,
-                max_output_bytes: max_output,
-            };
+            let limits = limits.to_limits();
             stdin.and_then(|stdin| {
                 run(
                     &module,
@@ -243,17 +237,10 @@ fn main() -> ExitCode {
             artifacts,
             mdns_loopback,
             stdin,
-            fuel,
-            memory,
-            timeout,
+            limits,
             data_dir,
         } => {
-            let limits = WasmLimits {
-                fuel,
-                memory_bytes: memory.saturating_mul(1 << 20),
-                timeout_ms: (timeout.clamp(0.001, 86_400.0) * 1000.0) as u64,
-                max_output_bytes: 1 << 20,
-            };
+            let limits = limits.to_limits();
             submit(
                 data_dir.unwrap_or_else(default_data_dir),
                 &module,

@@ -77,6 +77,12 @@ impl Node {
         node
     }
 
+    /// A node serving the echo model to the signer `allowed`.
+    pub async fn serving_echo_for(allowed: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start(dir, &["--worker", "echo", "--allow-signer", allowed]).await
+    }
+
     pub async fn get_json(&self, path: &str) -> Value {
         let response = self.client.get(format!("{}{path}", self.http)).send().await;
         response.expect("GET").json().await.expect("JSON")

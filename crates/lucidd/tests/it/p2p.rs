@@ -9,16 +9,8 @@ use serde_json::{Value, json};
 async fn network_of_three() -> (Node, Node, Node) {
     let a_dir = tempfile::tempdir().expect("tempdir");
     let a_id = peer_id(&a_dir);
-    let b = Node::start(
-        tempfile::tempdir().expect("tempdir"),
-        &["--worker", "echo", "--allow-signer", &a_id],
-    )
-    .await;
-    let c = Node::start(
-        tempfile::tempdir().expect("tempdir"),
-        &["--worker", "echo", "--allow-signer", &a_id],
-    )
-    .await;
+    let b = Node::serving_echo_for(&a_id).await;
+    let c = Node::serving_echo_for(&a_id).await;
     let (b_addr, c_addr) = (b.tcp_addr().await, c.tcp_addr().await);
     let a = Node::start(
         a_dir,
@@ -183,11 +175,7 @@ async fn a_tampering_peer_is_not_trusted_and_an_unauthorized_signer_is_refused()
 async fn local_only_never_relays() {
     let a_dir = tempfile::tempdir().expect("tempdir");
     let a_id = peer_id(&a_dir);
-    let b = Node::start(
-        tempfile::tempdir().expect("tempdir"),
-        &["--worker", "echo", "--allow-signer", &a_id],
-    )
-    .await;
+    let b = Node::serving_echo_for(&a_id).await;
     let a = Node::start(
         a_dir,
         &["--no-workers", "--local-only", "--bootstrap-peer", &b.tcp_addr().await],
@@ -209,11 +197,7 @@ async fn local_only_never_relays() {
 async fn bootstrap_by_dns_txt_and_a_pinned_peer_id_mismatch_is_refused() {
     let a_dir = tempfile::tempdir().expect("tempdir");
     let a_id = peer_id(&a_dir);
-    let b = Node::start(
-        tempfile::tempdir().expect("tempdir"),
-        &["--worker", "echo", "--allow-signer", &a_id],
-    )
-    .await;
+    let b = Node::serving_echo_for(&a_id).await;
     let dns = phase_net::testing::txt_server(
         "_phase.lucidd.test",
         vec![format!("dnsaddr={}", b.tcp_addr().await)],
