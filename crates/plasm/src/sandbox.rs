@@ -158,6 +158,48 @@ impl ResourceLimiter for State {
     }
 }
 
+/// A capped output pipe that stops the module once it is full: the module traps at its next
+/// write instead of looping on write errors until its fuel or time runs out.
+#[derive(Clone)]
+struct CappedOutput(MemoryOutputPipe);
+
+impl wasmtime_wasi::cli::IsTerminal for CappedOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for CappedOutput {
+    fn p2_stream(&self) -> Box<dyn wasmtime_wasi::p2::OutputStream> {
+        Box::new(self.clone())
+    }
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.0.clone())
+    }
+}
+
+impl wasmtime_wasi::p2::OutputStream for CappedOutput {
+    fn write(&mut self, bytes: bytes::Bytes) -> Result<(), wasmtime_wasi::p2::StreamError> {
+        self.0.write(bytes)
+    }
+    fn flush(&mut self) -> Result<(), wasmtime_wasi::p2::StreamError> {
+        self.0.flush()
+    }
+    fn check_write(&mut self) -> Result<usize, wasmtime_wasi::p2::StreamError> {
+        match self.0.check_write() {
+            Err(wasmtime_wasi::p2::StreamError::Closed) => Err(
+                wasmtime_wasi::p2::StreamError::Trap(wasmtime::Error::msg("output limit reached")),
+            ),
+            other => other,
+        }
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl wasmtime_wasi::p2::Pollable for CappedOutput {
+    async fn ready(&mut self) {}
+}
+
 struct FrozenWall;
 impl HostWallClock for FrozenWall {
     fn resolution(&self) -> Duration {
@@ -248,8 +290,8 @@ impl Sandbox {
         argv.extend(run.args.iter().cloned());
         let wasi = WasiCtxBuilder::new()
             .stdin(MemoryInputPipe::new(run.stdin.to_vec()))
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
+            .stdout(CappedOutput(stdout.clone()))
+            .stderr(CappedOutput(stderr.clone()))
             .args(&argv)
             .envs(&env)
             .wall_clock(FrozenWall)

@@ -110,7 +110,7 @@ fn each_limit_and_failure_has_its_own_error() {
         (func (export "_start")
           (i32.store (i32.const 0) (i32.const 100)) (i32.store (i32.const 4) (i32.const 32))
           (loop (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))) (br 0))))"#);
-    let capped = WasmLimits { max_output_bytes: 1000, fuel: 2_000_000, ..GENEROUS };
+    let capped = WasmLimits { max_output_bytes: 1000, ..GENEROUS };
     let (error, partial) = run(&sandbox, &chatty, b"", capped).expect_err("too much output");
     assert!(matches!(error, RunError::OutputTooLarge(1000)), "{error}");
     assert!(partial.stdout.len() <= 1000, "what is kept stays under the cap");
