@@ -192,6 +192,11 @@ pub async fn start(
     if explicit_listen {
         config.listen = parse("--p2p-listen", &args.p2p_listen)?;
     }
+    let policy = serving.policy.current();
+    let open_to_others = admission.allows_any()
+        || !args.allow_signers.is_empty()
+        || !policy.allowed_signers.is_empty()
+        || !policy.grants.is_empty();
     let admission = PolicyAdmission::new(serving.policy.clone(), admission, serving.sensors);
     let service: Arc<dyn JobService> = Arc::new(LocalService {
         workers: serving.workers,
@@ -235,16 +240,12 @@ pub async fn start(
     for addr in network.wait_listening(Duration::from_secs(5)).await {
         tracing::info!("p2p: reach this node at {addr}");
     }
-    if admission_is_open(args) {
-        tracing::info!("p2p: serving jobs for other signers");
+    if open_to_others {
+        tracing::info!("p2p: serving jobs for the signers policy.toml and --allow-signer allow");
     } else {
         tracing::info!(
-            "p2p: not serving jobs for others (add --allow-signer PEER or --allow-any-signer)"
+            "p2p: not serving jobs for others (allow signers in policy.toml, or --allow-signer PEER)"
         );
     }
     Ok(Some(network))
-}
-
-fn admission_is_open(args: &P2pArgs) -> bool {
-    args.allow_any_signer || !args.allow_signers.is_empty()
 }

@@ -64,35 +64,7 @@ enum Command {
     },
     /// Serve WebAssembly jobs to other nodes: an artifact server for modules (announced by
     /// mDNS) and the job relay on libp2p, for the signers you allow.
-    Start {
-        /// Data directory: identity.key and artifacts/.
-        #[arg(long, env = "PLASMD_DATA_DIR")]
-        data_dir: Option<PathBuf>,
-        /// Address of the artifact server.
-        #[arg(long, default_value = "0.0.0.0:11436")]
-        http_listen: std::net::SocketAddr,
-        /// libp2p listen multiaddr (repeatable; default TCP on port 11437).
-        #[arg(long = "p2p-listen")]
-        p2p_listen: Vec<String>,
-        /// A node to join through, `…/p2p/<PeerId>` (repeatable).
-        #[arg(long = "bootstrap-peer")]
-        bootstrap: Vec<String>,
-        /// No mDNS.
-        #[arg(long)]
-        no_mdns: bool,
-        /// mDNS on loopback only (several nodes on one machine).
-        #[arg(long)]
-        mdns_loopback: bool,
-        /// Run jobs for this signer (PeerId or hex key); repeatable.
-        #[arg(long = "allow-signer")]
-        allow_signers: Vec<String>,
-        /// Run jobs for any signer.
-        #[arg(long)]
-        allow_any_signer: bool,
-        /// Write the node's addresses (JSON) here once it listens.
-        #[arg(long)]
-        addr_file: Option<PathBuf>,
-    },
+    Start(StartArgs),
     /// Send a module to a node, stream its output back, verify and bind the node's receipt,
     /// and print the record.
     Submit {
@@ -134,6 +106,38 @@ enum Command {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+}
+
+/// Options of `plasmd start`.
+#[derive(Debug, clap::Args)]
+struct StartArgs {
+    /// Data directory: identity.key and artifacts/.
+    #[arg(long, env = "PLASMD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address of the artifact server.
+    #[arg(long, default_value = "0.0.0.0:11436")]
+    http_listen: std::net::SocketAddr,
+    /// libp2p listen multiaddr (repeatable; default TCP on port 11437).
+    #[arg(long = "p2p-listen")]
+    p2p_listen: Vec<String>,
+    /// A node to join through, `…/p2p/<PeerId>` (repeatable).
+    #[arg(long = "bootstrap-peer")]
+    bootstrap: Vec<String>,
+    /// No mDNS.
+    #[arg(long)]
+    no_mdns: bool,
+    /// mDNS on loopback only (several nodes on one machine).
+    #[arg(long)]
+    mdns_loopback: bool,
+    /// Run jobs for this signer (PeerId or hex key); repeatable.
+    #[arg(long = "allow-signer")]
+    allow_signers: Vec<String>,
+    /// Run jobs for any signer.
+    #[arg(long)]
+    allow_any_signer: bool,
+    /// Write the node's addresses (JSON) here once it listens.
+    #[arg(long)]
+    addr_file: Option<PathBuf>,
 }
 
 /// The limits a job asks for (the node may lower them).
@@ -209,27 +213,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Verify { file } => verify(&file),
-        Command::Start {
-            data_dir,
-            http_listen,
-            p2p_listen,
-            bootstrap,
-            no_mdns,
-            mdns_loopback,
-            allow_signers,
-            allow_any_signer,
-            addr_file,
-        } => start(
-            data_dir.unwrap_or_else(default_data_dir),
-            http_listen,
-            p2p_listen,
-            bootstrap,
-            no_mdns,
-            mdns_loopback,
-            allow_signers,
-            allow_any_signer,
-            addr_file,
-        ),
+        Command::Start(args) => start(args),
         Command::Submit {
             module,
             peer,
@@ -384,18 +368,19 @@ fn read_module(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn start(
-    data_dir: PathBuf,
-    http_listen: std::net::SocketAddr,
-    p2p_listen: Vec<String>,
-    bootstrap: Vec<String>,
-    no_mdns: bool,
-    mdns_loopback: bool,
-    allow_signers: Vec<String>,
-    allow_any_signer: bool,
-    addr_file: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
+fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
+    let StartArgs {
+        data_dir,
+        http_listen,
+        p2p_listen,
+        bootstrap,
+        no_mdns,
+        mdns_loopback,
+        allow_signers,
+        allow_any_signer,
+        addr_file,
+    } = args;
+    let data_dir = data_dir.unwrap_or_else(default_data_dir);
     let mut admission = if allow_any_signer {
         phase_net::SignerAllowlist::allow_any()
     } else {
