@@ -5,7 +5,7 @@ use futures::StreamExt;
 use phase_identity::PeerId;
 use phase_manifest::Sha256Hash;
 use phase_net::RemoteJob;
-use phase_protocol::{ChunkKind, Completion, Job, JobEvent, JobResult};
+use phase_protocol::{ChunkKind, Completion, Job, JobEvent, JobResult, Structured};
 use phase_receipt::{Commitment, SignedReceipt, verify_and_bind};
 use std::collections::VecDeque;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +27,10 @@ pub enum Piece {
         /// The ids of the tokens, when the worker committed to them (a `token` chunk).
         token_ids: Option<Vec<u32>>,
     },
+    /// A piece of the model's reasoning.
+    Thinking(String),
+    /// Complete tool calls the model made (Ollama's shape).
+    ToolCalls(Vec<serde_json::Value>),
     /// One embedding vector.
     Embedding(Vec<f32>),
     /// The job is over.
@@ -197,6 +201,22 @@ impl JobRun {
                     return Some(match chunk.kind {
                         ChunkKind::Embedding => {
                             Piece::Embedding(chunk.embedding_vector().unwrap_or_default())
+                        }
+                        ChunkKind::Json if let Some(structured) = chunk.structured() => {
+                            // Chunk boundaries for `lucidd receipt verify`: a byte length of
+                            // `thinking`, or a number of `tool_calls`.
+                            match structured {
+                                Structured::Thinking(text) => {
+                                    self.receipt_chunks
+                                        .push(serde_json::json!({"thinking": text.len()}));
+                                    Piece::Thinking(text)
+                                }
+                                Structured::ToolCalls(calls) => {
+                                    self.receipt_chunks
+                                        .push(serde_json::json!({"tool_calls": calls.len()}));
+                                    Piece::ToolCalls(calls)
+                                }
+                            }
                         }
                         ChunkKind::Text | ChunkKind::Token | ChunkKind::Json => {
                             let text = chunk.text_content().unwrap_or_default().to_string();

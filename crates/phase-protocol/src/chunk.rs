@@ -7,10 +7,15 @@
 //!   the exact token ids that produced it, so the output can later be re-scored token by token.
 //! * `stdout`, `stderr`: raw bytes a program wrote.
 //! * `embedding`: `n × f32_be`: one vector.
-//! * `json`: UTF-8 JSON, for structured output such as tool calls.
+//! * `json`: UTF-8 JSON, for structured output. An inference job's `json` chunk is an object
+//!   with one key: `{"thinking": "..."}`, a piece of the model's reasoning, or
+//!   `{"tool_calls": [...]}`, complete tool calls in Ollama's shape
+//!   (`{"id", "function": {"index", "name", "arguments": {...}}}`). Its bytes are the compact
+//!   serialization of that object, so a verifier rebuilds them from the answer.
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
+use serde_json::{Value, json};
 
 /// What an output chunk carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -65,6 +70,15 @@ pub enum ChunkError {
     },
 }
 
+/// Structured output of an inference job (a `json` chunk).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Structured {
+    /// A piece of the model's reasoning.
+    Thinking(String),
+    /// Complete tool calls.
+    ToolCalls(Vec<Value>),
+}
+
 /// One piece of a job's output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputChunk {
@@ -95,6 +109,43 @@ impl OutputChunk {
         }
         data.extend_from_slice(text.as_bytes());
         Self::new(ChunkKind::Token, data)
+    }
+
+    /// A `json` chunk holding `value`, compactly serialized.
+    pub fn json(value: &Value) -> Self {
+        Self::new(ChunkKind::Json, value.to_string())
+    }
+
+    /// A piece of a model's reasoning.
+    pub fn thinking(text: &str) -> Self {
+        Self::json(&json!({ "thinking": text }))
+    }
+
+    /// Complete tool calls a model made.
+    pub fn tool_calls(calls: &[Value]) -> Self {
+        Self::json(&json!({ "tool_calls": calls }))
+    }
+
+    /// What a `json` chunk of an inference job carries, if it is reasoning or tool calls.
+    pub fn structured(&self) -> Option<Structured> {
+        if self.kind != ChunkKind::Json {
+            return None;
+        }
+        let Value::Object(mut map) = serde_json::from_slice(&self.data).ok()? else {
+            return None;
+        };
+        if map.len() != 1 {
+            return None;
+        }
+        match map.remove("thinking") {
+            Some(Value::String(text)) => return Some(Structured::Thinking(text)),
+            Some(_) => return None,
+            None => {}
+        }
+        match map.remove("tool_calls") {
+            Some(Value::Array(calls)) => Some(Structured::ToolCalls(calls)),
+            _ => None,
+        }
     }
 
     /// An embedding chunk.

@@ -19,7 +19,7 @@ mod event;
 mod spec;
 mod worker;
 
-pub use chunk::{ChunkError, ChunkKind, OutputChunk};
+pub use chunk::{ChunkError, ChunkKind, OutputChunk, Structured};
 pub use content_id::{ContentId, ContentIdError};
 pub use emitter::{Cancelled, JobEmitter, JobEvents, JobHandle, job_channel};
 pub use event::{JobEvent, Progress};

@@ -21,13 +21,32 @@ pub const ROUTED_VIA_HEADER: &str = "x-lucid-routed-via";
 /// Header saying whether the answer's receipt passed verify-and-bind.
 pub const RECEIPT_VERIFIED_HEADER: &str = "x-lucid-receipt-verified";
 
+/// A whole answer, gathered for a non-streamed response.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// The text, concatenated.
+    pub text: String,
+    /// The reasoning, concatenated.
+    pub thinking: String,
+    /// Every tool call, in order.
+    pub tool_calls: Vec<Value>,
+}
+
 /// How one endpoint shapes its answer.
 pub trait AnswerShape: Send + 'static {
     /// A streamed piece of text.
     fn chunk(&mut self, text: &str) -> Value;
-    /// The final object. `text` is the whole answer for a non-streamed response, `None` when
-    /// streaming (the text went out in chunks).
-    fn done(&mut self, finish: &Finish, text: Option<&str>, stats: &Stats) -> Value;
+    /// A streamed piece of reasoning, or `None` where the endpoint has no place for it.
+    fn thinking(&mut self, _text: &str) -> Option<Value> {
+        None
+    }
+    /// Streamed tool calls, or `None` where the endpoint has no place for them.
+    fn tool_calls(&mut self, _calls: &[Value]) -> Option<Value> {
+        None
+    }
+    /// The final object. `answer` is the whole answer for a non-streamed response, `None` when
+    /// streaming (it went out in chunks).
+    fn done(&mut self, finish: &Finish, answer: Option<&Collected>, stats: &Stats) -> Value;
     /// The last lines of a stream: the final object, and anything after it.
     fn done_lines(&mut self, finish: &Finish, stats: &Stats) -> Vec<Value> {
         vec![self.done(finish, None, stats)]
@@ -172,6 +191,14 @@ pub async fn respond<S: AnswerShape>(
                 }
                 frame(st.framing, &line)
             }
+            Some(Piece::Thinking(text)) => match st.shape.thinking(&text) {
+                Some(line) => frame(st.framing, &line),
+                None => Bytes::new(),
+            },
+            Some(Piece::ToolCalls(calls)) => match st.shape.tool_calls(&calls) {
+                Some(line) => frame(st.framing, &line),
+                None => Bytes::new(),
+            },
             Some(Piece::Embedding(_)) => return Some((Ok::<_, Infallible>(Bytes::new()), st)),
             Some(Piece::Done(finish)) => {
                 st.finished = true;
@@ -221,17 +248,19 @@ async fn collect<S: AnswerShape>(
     stats: Stats,
     framing: Framing,
 ) -> Response {
-    let mut text = String::new();
+    let mut answer = Collected::default();
     let mut logprobs: Vec<Value> = Vec::new();
     let mut piece = first;
     loop {
         match piece {
             Some(Piece::Text { text: t, logprobs: lp, .. }) => {
-                text.push_str(&t);
+                answer.text.push_str(&t);
                 if let Some(Value::Array(entries)) = lp {
                     logprobs.extend(entries);
                 }
             }
+            Some(Piece::Thinking(t)) => answer.thinking.push_str(&t),
+            Some(Piece::ToolCalls(calls)) => answer.tool_calls.extend(calls),
             Some(Piece::Embedding(_)) => {}
             Some(Piece::Done(finish)) => {
                 let response = match finish.failure() {
@@ -240,7 +269,7 @@ async fn collect<S: AnswerShape>(
                             .into_response()
                     }
                     None => {
-                        let mut body = shape.done(&finish, Some(&text), &stats);
+                        let mut body = shape.done(&finish, Some(&answer), &stats);
                         if let Value::Object(map) = &mut body {
                             map.insert("receipt_chunks".into(), json!(finish.receipt_chunks));
                         }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
-use super::answer::{self, AnswerShape, Framing, Stats, receipt_fields};
+use super::answer::{self, AnswerShape, Collected, Framing, Stats, receipt_fields};
 use super::body::JsonBody;
 use super::error::{ApiError, OpenAiError};
 use super::ollama::{embed, validate};
@@ -156,7 +156,40 @@ fn message(value: &Value) -> Result<ChatMessage, ApiError> {
         msg.tool_calls = calls.clone();
     }
     msg.tool_name = value.get("name").and_then(Value::as_str).map(str::to_string);
+    msg.thinking = value.get("reasoning").and_then(Value::as_str).map(str::to_string);
     Ok(msg)
+}
+
+/// Names the tool of each `tool` message that gives only a `tool_call_id`, from the earlier
+/// assistant call with that id, as Ollama does.
+fn name_tool_results(values: &[Value], messages: &mut [ChatMessage]) {
+    for i in 0..messages.len() {
+        if messages[i].role != "tool" || messages[i].tool_name.is_some() {
+            continue;
+        }
+        let Some(id) = values[i].get("tool_call_id").and_then(Value::as_str) else { continue };
+        let name = messages[..i].iter().rev().flat_map(|m| m.tool_calls.iter()).find_map(|call| {
+            (call.get("id").and_then(Value::as_str) == Some(id))
+                .then(|| call.pointer("/function/name").and_then(Value::as_str))
+                .flatten()
+        });
+        messages[i].tool_name = name.map(str::to_string);
+    }
+}
+
+/// An Ollama tool call in OpenAI's shape: `type`, `index`, and `arguments` as a JSON string.
+fn openai_tool_call(call: &Value, index: usize) -> Value {
+    let arguments = match call.pointer("/function/arguments") {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => "{}".to_string(),
+    };
+    json!({
+        "id": call.get("id").cloned().unwrap_or(Value::Null),
+        "index": index,
+        "type": "function",
+        "function": {"name": call.pointer("/function/name").cloned().unwrap_or(Value::Null), "arguments": arguments},
+    })
 }
 
 fn data_uri(url: &str) -> Result<serde_bytes::ByteBuf, ApiError> {
@@ -232,7 +265,9 @@ pub async fn chat_completions(
     if messages.is_empty() {
         return Err(ApiError::bad_request("[] is too short - 'messages'").into());
     }
-    let messages = messages.iter().map(message).collect::<Result<Vec<_>, _>>()?;
+    let values = messages;
+    let mut messages = values.iter().map(message).collect::<Result<Vec<_>, _>>()?;
+    name_tool_results(values, &mut messages);
     let opts = validate::options(&model, Some(&options(&req)?))?;
     let spec = JobSpec::Inference(InferenceJob {
         model: model.base.name.to_string(),
@@ -249,6 +284,7 @@ pub async fn chat_completions(
         created: created(),
         first: true,
         include_usage: include_usage(&req),
+        calls_sent: 0,
     };
     run_and_answer(&state, &model, spec, route, req.stream, shape, stats).await
 }
@@ -321,9 +357,27 @@ struct ChatCompletionShape {
     created: u64,
     first: bool,
     include_usage: bool,
+    /// Tool calls streamed so far: numbers the next, and makes the finish reason `tool_calls`.
+    calls_sent: usize,
 }
 
 impl ChatCompletionShape {
+    /// A delta, with `role` on the first one.
+    fn delta(&mut self, mut delta: Value) -> Value {
+        if std::mem::take(&mut self.first) {
+            delta["role"] = json!("assistant");
+        }
+        self.chunk_object(delta, Value::Null)
+    }
+
+    /// OpenAI's finish reason: `tool_calls` when the model stopped after calling tools.
+    fn finish_reason(&self, finish: &Finish) -> &'static str {
+        match finish_reason(finish) {
+            "stop" if self.calls_sent > 0 => "tool_calls",
+            other => other,
+        }
+    }
+
     fn chunk_object(&self, delta: Value, finish_reason: Value) -> Value {
         json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                "system_fingerprint": "fp_ollama", "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]})
@@ -332,19 +386,42 @@ impl ChatCompletionShape {
 
 impl AnswerShape for ChatCompletionShape {
     fn chunk(&mut self, text: &str) -> Value {
-        let delta = if std::mem::take(&mut self.first) {
-            json!({"role": "assistant", "content": text})
-        } else {
-            json!({"content": text})
-        };
-        self.chunk_object(delta, Value::Null)
+        self.delta(json!({"content": text}))
     }
 
-    fn done(&mut self, finish: &Finish, text: Option<&str>, _stats: &Stats) -> Value {
+    fn thinking(&mut self, text: &str) -> Option<Value> {
+        Some(self.delta(json!({"reasoning": text})))
+    }
+
+    fn tool_calls(&mut self, calls: &[Value]) -> Option<Value> {
+        let first = self.calls_sent;
+        self.calls_sent += calls.len();
+        let calls: Vec<Value> =
+            calls.iter().enumerate().map(|(i, call)| openai_tool_call(call, first + i)).collect();
+        Some(self.delta(json!({"tool_calls": calls})))
+    }
+
+    fn done(&mut self, finish: &Finish, answer: Option<&Collected>, _stats: &Stats) -> Value {
+        let mut message =
+            json!({"role": "assistant", "content": answer.map_or("", |a| a.text.as_str())});
+        if let Some(answer) = answer {
+            if !answer.thinking.is_empty() {
+                message["reasoning"] = json!(answer.thinking);
+            }
+            if !answer.tool_calls.is_empty() {
+                self.calls_sent = answer.tool_calls.len();
+                message["tool_calls"] = answer
+                    .tool_calls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, call)| openai_tool_call(call, i))
+                    .collect();
+            }
+        }
         let mut body = json!({
             "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
             "system_fingerprint": "fp_ollama",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text.unwrap_or_default()}, "finish_reason": finish_reason(finish)}],
+            "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason(finish)}],
             "usage": usage(finish),
         });
         if let Value::Object(map) = &mut body {
@@ -359,7 +436,7 @@ impl AnswerShape for ChatCompletionShape {
         } else {
             json!({})
         };
-        let mut last = self.chunk_object(delta, json!(finish_reason(finish)));
+        let mut last = self.chunk_object(delta, json!(self.finish_reason(finish)));
         if let Value::Object(map) = &mut last {
             map.extend(receipt_fields(finish));
         }
@@ -395,8 +472,9 @@ impl AnswerShape for TextCompletionShape {
         self.object(text, Value::Null)
     }
 
-    fn done(&mut self, finish: &Finish, text: Option<&str>, _stats: &Stats) -> Value {
-        let mut body = self.object(text.unwrap_or_default(), json!(finish_reason(finish)));
+    fn done(&mut self, finish: &Finish, answer: Option<&Collected>, _stats: &Stats) -> Value {
+        let text = answer.map_or("", |a| a.text.as_str());
+        let mut body = self.object(text, json!(finish_reason(finish)));
         body["usage"] = usage(finish);
         if let Value::Object(map) = &mut body {
             map.extend(receipt_fields(finish));

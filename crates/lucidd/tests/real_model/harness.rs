@@ -35,7 +35,9 @@ pub fn llama_server() -> PathBuf {
     path
 }
 
-/// The shared daemon: `gemma3` (the real model), `broken` (a file that is not GGUF), and echo.
+/// The shared daemon: `gemma3` (the real model; also as `scratch` and `exact`, and as `agent`
+/// and `thinker` with templates for tools and reasoning), `broken` (a file that is not GGUF),
+/// and echo.
 pub fn shared() -> &'static Shared {
     SHARED.get_or_init(|| {
         let root = tempfile::tempdir().expect("tempdir").keep();
@@ -49,6 +51,13 @@ pub fn shared() -> &'static Shared {
         // And once more for the comparison with llama-server, whose server must see exactly the
         // same requests as the direct one (its prompt cache changes how a prompt is batched).
         std::os::unix::fs::symlink(&model_file, model_dir.join("exact.gguf")).expect("link model");
+        // The same model with chat templates beside it that let it call tools and reason.
+        for (name, template) in [("agent", "tools.jinja"), ("thinker", "think.jinja")] {
+            std::os::unix::fs::symlink(&model_file, model_dir.join(format!("{name}.gguf")))
+                .expect("link model");
+            std::fs::copy(templates().join(template), model_dir.join(format!("{name}.jinja")))
+                .expect("copy template");
+        }
         std::fs::write(model_dir.join("broken.gguf"), b"this is not a GGUF file").expect("write");
         let data = root.join("data");
         let binary = llama_server();
@@ -69,7 +78,7 @@ pub fn shared() -> &'static Shared {
             "--parallel",
             "2",
             "--max-loaded-models",
-            "5",
+            "8",
         ])
         .expect("arguments");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -90,6 +99,11 @@ pub fn shared() -> &'static Shared {
         let addr = rx.recv().expect("daemon address");
         Shared { addr, data, model_file, binary }
     })
+}
+
+/// The chat templates of the test models.
+pub fn templates() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/real_model/templates")
 }
 
 pub fn url(path: &str) -> String {

@@ -7,4 +7,5 @@
 mod harness;
 
 mod answers;
+mod capabilities;
 mod lifecycle;

@@ -309,6 +309,30 @@ fn malformed_token_chunks_are_reported_not_misread() {
     assert!(OutputChunk::text("a").embedding_vector().is_err());
 }
 
+#[test]
+fn structured_chunks_are_reasoning_or_tool_calls_and_nothing_else() {
+    use phase_protocol::Structured;
+    let thinking = OutputChunk::thinking("two plus three");
+    assert_eq!(thinking.kind, ChunkKind::Json);
+    assert_eq!(&thinking.data[..], br#"{"thinking":"two plus three"}"#);
+    assert_eq!(thinking.structured(), Some(Structured::Thinking("two plus three".into())));
+    let call = json!({"function": {"arguments": {"city": "Paris"}, "index": 0, "name": "get_weather"}, "id": "call_1"});
+    let calls = OutputChunk::tool_calls(std::slice::from_ref(&call));
+    assert_eq!(calls.structured(), Some(Structured::ToolCalls(vec![call])));
+    // Any other JSON, or either key with the wrong type or beside another, is not structured.
+    for other in [
+        json!({"x": 1}),
+        json!({"thinking": 3}),
+        json!({"tool_calls": {}}),
+        json!({"thinking": "a", "tool_calls": []}),
+        json!([1]),
+    ] {
+        assert_eq!(OutputChunk::json(&other).structured(), None, "{other}");
+    }
+    assert_eq!(OutputChunk::new(ChunkKind::Json, b"{not json".to_vec()).structured(), None);
+    assert_eq!(OutputChunk::text(r#"{"thinking":"a"}"#).structured(), None);
+}
+
 proptest! {
     #[test]
     fn token_chunks_round_trip(text in ".{0,20}", ids in proptest::collection::vec(any::<u32>(), 0..10)) {

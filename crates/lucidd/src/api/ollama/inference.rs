@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use super::requests::{ChatRequest, GenerateRequest, MessageIn};
 use super::validate;
-use crate::api::answer::{self, AnswerShape, Framing, Stats, now_rfc3339, receipt_fields};
+use crate::api::answer::{
+    self, AnswerShape, Collected, Framing, Stats, now_rfc3339, receipt_fields,
+};
 use crate::api::body::JsonBody;
 use crate::api::error::ApiError;
 use crate::durations::KeepAlive;
@@ -185,17 +187,44 @@ struct ChatShape {
     model: String,
 }
 
+impl ChatShape {
+    fn line(&self, message: Value) -> Value {
+        json!({"model": self.model, "created_at": now_rfc3339(), "message": message, "done": false})
+    }
+}
+
+/// The assistant message of a whole answer: content, plus reasoning and tool calls when there
+/// are any (Ollama leaves the fields out otherwise).
+fn assistant_message(answer: Option<&Collected>) -> Value {
+    let mut message =
+        json!({"role": "assistant", "content": answer.map_or("", |a| a.text.as_str())});
+    if let Some(answer) = answer {
+        if !answer.thinking.is_empty() {
+            message["thinking"] = json!(answer.thinking);
+        }
+        if !answer.tool_calls.is_empty() {
+            message["tool_calls"] = json!(answer.tool_calls);
+        }
+    }
+    message
+}
+
 impl AnswerShape for ChatShape {
     fn chunk(&mut self, text: &str) -> Value {
-        json!({"model": self.model, "created_at": now_rfc3339(), "message": {"role": "assistant", "content": text}, "done": false})
+        self.line(json!({"role": "assistant", "content": text}))
     }
 
-    fn done(&mut self, finish: &Finish, text: Option<&str>, stats: &Stats) -> Value {
+    fn thinking(&mut self, text: &str) -> Option<Value> {
+        Some(self.line(json!({"role": "assistant", "content": "", "thinking": text})))
+    }
+
+    fn tool_calls(&mut self, calls: &[Value]) -> Option<Value> {
+        Some(self.line(json!({"role": "assistant", "content": "", "tool_calls": calls})))
+    }
+
+    fn done(&mut self, finish: &Finish, answer: Option<&Collected>, stats: &Stats) -> Value {
         let mut out = final_object(&self.model, finish, stats);
-        out.insert(
-            "message".into(),
-            json!({"role": "assistant", "content": text.unwrap_or_default()}),
-        );
+        out.insert("message".into(), assistant_message(answer));
         Value::Object(out)
     }
 }
@@ -210,9 +239,29 @@ impl AnswerShape for GenerateShape {
         json!({"model": self.model, "created_at": now_rfc3339(), "response": text, "done": false})
     }
 
-    fn done(&mut self, finish: &Finish, text: Option<&str>, stats: &Stats) -> Value {
+    fn thinking(&mut self, text: &str) -> Option<Value> {
+        let mut line = self.chunk("");
+        line["thinking"] = json!(text);
+        Some(line)
+    }
+
+    fn tool_calls(&mut self, calls: &[Value]) -> Option<Value> {
+        let mut line = self.chunk("");
+        line["tool_calls"] = json!(calls);
+        Some(line)
+    }
+
+    fn done(&mut self, finish: &Finish, answer: Option<&Collected>, stats: &Stats) -> Value {
         let mut out = final_object(&self.model, finish, stats);
-        out.insert("response".into(), json!(text.unwrap_or_default()));
+        out.insert("response".into(), json!(answer.map_or("", |a| a.text.as_str())));
+        if let Some(answer) = answer {
+            if !answer.thinking.is_empty() {
+                out.insert("thinking".into(), json!(answer.thinking));
+            }
+            if !answer.tool_calls.is_empty() {
+                out.insert("tool_calls".into(), json!(answer.tool_calls));
+            }
+        }
         if !self.raw {
             // Ollama's deprecated conversational memory. Workers without token ids (the echo
             // model) have none to give, so the array is empty.

@@ -128,6 +128,13 @@ pub struct CompletionEvent {
     /// `logprobs.content` on the chat endpoint.
     #[serde(default, rename = "completion_probabilities")]
     pub logprobs: Vec<Value>,
+    /// A piece of the model's reasoning (chat endpoint only).
+    #[serde(skip)]
+    pub thinking: String,
+    /// Streamed tool-call deltas (chat endpoint only), for a
+    /// [`ToolCallAssembler`](super::chat::ToolCallAssembler).
+    #[serde(skip)]
+    pub tool_calls: Vec<Value>,
 }
 
 /// The `data:` payloads of a server-sent-event stream, up to `[DONE]` or the end. A server that
@@ -211,11 +218,14 @@ pub async fn chat_completion(
         let event = event?;
         let mut out = CompletionEvent::default();
         if let Some(choice) = event.pointer("/choices/0") {
-            out.content = choice
-                .pointer("/delta/content")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
+            let text = |field: &str| {
+                choice.pointer(field).and_then(Value::as_str).unwrap_or_default().to_string()
+            };
+            out.content = text("/delta/content");
+            out.thinking = text("/delta/reasoning_content");
+            if let Some(calls) = choice.pointer("/delta/tool_calls").and_then(Value::as_array) {
+                out.tool_calls = calls.clone();
+            }
             let entries = choice.pointer("/logprobs/content").and_then(Value::as_array);
             out.tokens = entries
                 .map(|items| {
@@ -282,35 +292,51 @@ pub fn completion_body(
     Value::Object(body)
 }
 
-/// The `/v1/chat/completions` body for `messages` with Ollama `options` and `format`: the same
-/// sampling fields as [`completion_body`], plus what makes the stream carry token ids
-/// (`logprobs`) and timings (`include_usage`). `logprobs` asks for the model's own
-/// log-probabilities with that many alternatives.
+/// What a chat request asks of the model besides its messages and sampling options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChatExtras<'a> {
+    /// `"json"` or a JSON schema.
+    pub format: Option<&'a Value>,
+    /// Log-probabilities with this many alternatives.
+    pub logprobs: Option<u32>,
+    /// Tool definitions.
+    pub tools: &'a [Value],
+    /// Ollama's `think`.
+    pub think: Option<&'a Value>,
+}
+
+/// The `/v1/chat/completions` body for `messages` with Ollama `options`: the same sampling
+/// fields as [`completion_body`], plus what makes the stream carry token ids (`logprobs`) and
+/// timings (`include_usage`), and the `extras`. llama-server cannot stream log-probabilities
+/// together with tools, so a request with tools streams text without token ids.
 pub fn chat_body(
     messages: &[ChatMessage],
     options: &BTreeMap<String, Value>,
-    format: Option<&Value>,
-    logprobs: Option<u32>,
+    extras: ChatExtras<'_>,
 ) -> Value {
+    let ChatExtras { format, logprobs, tools, think } = extras;
     let mut body = completion_body(Value::Null, options, None, None);
     let map = body.as_object_mut().expect("completion_body is an object");
     map.remove("prompt");
     map.remove("return_tokens");
-    let messages: Vec<Value> =
-        messages.iter().map(|m| json!({"role": m.role, "content": m.content})).collect();
-    map.insert("messages".into(), Value::Array(messages));
-    // Token ids ride on the per-token probabilities. Taken after sampling, they cost almost
-    // nothing; taken over the whole vocabulary (262k entries for Gemma 3) they slow decoding by
-    // about a tenth.
-    map.insert("logprobs".into(), json!(true));
-    match logprobs {
-        // Asked for: the model's own log-probabilities, before sampling.
-        Some(top) => map.insert("top_logprobs".into(), json!(top.max(1))),
-        None => {
-            map.insert("post_sampling_probs".into(), json!(true));
-            map.insert("top_logprobs".into(), json!(1))
-        }
-    };
+    map.insert("messages".into(), Value::Array(super::chat::server_messages(messages)));
+    super::chat::add_thinking(map, think);
+    if tools.is_empty() {
+        // Token ids ride on the per-token probabilities. Taken after sampling, they cost
+        // almost nothing; taken over the whole vocabulary (262k entries for Gemma 3) they slow
+        // decoding by about a tenth.
+        map.insert("logprobs".into(), json!(true));
+        match logprobs {
+            // Asked for: the model's own log-probabilities, before sampling.
+            Some(top) => map.insert("top_logprobs".into(), json!(top.max(1))),
+            None => {
+                map.insert("post_sampling_probs".into(), json!(true));
+                map.insert("top_logprobs".into(), json!(1))
+            }
+        };
+    } else {
+        map.insert("tools".into(), Value::Array(tools.to_vec()));
+    }
     map.insert("stream_options".into(), json!({"include_usage": true}));
     if let Some(n) = map.remove("n_predict") {
         map.insert("max_tokens".into(), n);
@@ -417,5 +443,21 @@ mod tests {
             completion_body(json!("x"), &BTreeMap::new(), Some(&schema), None)["json_schema"],
             schema
         );
+    }
+
+    #[test]
+    fn chat_bodies_carry_token_ids_except_with_tools() {
+        let messages = [ChatMessage::new("user", "hi")];
+        let plain = chat_body(&messages, &BTreeMap::new(), ChatExtras::default());
+        assert_eq!(plain["logprobs"], json!(true));
+        assert_eq!(plain["reasoning_format"], "deepseek");
+        assert!(plain.get("tools").is_none());
+        let tools = [json!({"type": "function", "function": {"name": "f"}})];
+        let think = json!(false);
+        let extras = ChatExtras { tools: &tools, think: Some(&think), ..ChatExtras::default() };
+        let with_tools = chat_body(&messages, &BTreeMap::new(), extras);
+        assert_eq!(with_tools["tools"], json!(tools));
+        assert!(with_tools.get("logprobs").is_none(), "llama-server refuses logprobs with tools");
+        assert_eq!(with_tools["chat_template_kwargs"], json!({"enable_thinking": false}));
     }
 }

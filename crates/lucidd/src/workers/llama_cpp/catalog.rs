@@ -1,6 +1,7 @@
 //! The model directory: every `*.gguf` in it is a model named by its file stem (`name:latest`),
 //! identified by the SHA-256 of its bytes. Hashing a few hundred MB takes a while, so digests
-//! are cached by path, size and modification time in `hash-cache.json`.
+//! are cached by path, size and modification time in `hash-cache.json`. A `NAME.jinja` beside
+//! `NAME.gguf` replaces the model's chat template (see [`super::template`]).
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use super::gguf::GgufMetadata;
+use super::template::{self, TemplateOverride};
 use crate::names::ModelName;
 
 /// One model file.
@@ -27,6 +29,20 @@ pub struct ModelFile {
     pub sha256: String,
     /// Its metadata, or why it is not a usable model.
     pub metadata: Result<GgufMetadata, String>,
+    /// A chat template that replaces the one in the file.
+    pub template: Option<TemplateOverride>,
+}
+
+impl ModelFile {
+    /// The chat template in use: the override, else the file's own (empty when it has none,
+    /// and llama-server falls back to ChatML).
+    pub fn chat_template(&self) -> &str {
+        match (&self.template, &self.metadata) {
+            (Some(t), _) => &t.text,
+            (None, Ok(meta)) => meta.chat_template().unwrap_or_default(),
+            (None, Err(_)) => "",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,12 +89,15 @@ pub fn scan(dir: &Path, cache: &Path) -> std::io::Result<Vec<ModelFile>> {
                 digest
             }
         };
+        let template = template::override_for(&path);
         let metadata = GgufMetadata::read(&path)
-            .map_err(|e| format!("{} is not a usable model: {e}", path.display()));
+            .map_err(|e| format!("{} is not a usable model: {e}", path.display()))
+            .and_then(|meta| template.as_ref().map(|_| meta).map_err(Clone::clone));
+        let template = template.ok().flatten();
         if let Err(problem) = &metadata {
             tracing::warn!(%problem, "model file refused");
         }
-        models.push(ModelFile { name, path, size, modified_ns, sha256, metadata });
+        models.push(ModelFile { name, path, size, modified_ns, sha256, metadata, template });
     }
     digests.retain(|path, _| path.exists());
     let tmp = cache.with_extension("json.tmp");

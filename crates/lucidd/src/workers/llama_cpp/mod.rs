@@ -3,8 +3,10 @@
 
 pub mod backend;
 pub mod catalog;
+pub mod chat;
 pub mod gguf;
 pub mod supervisor;
+pub mod template;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -121,6 +123,7 @@ impl LlamaCppWorker {
             parallel: self.config.parallel,
             threads: self.config.threads,
             embedding,
+            chat_template: model.template.as_ref().map(|t| t.path.clone()),
         }
     }
 
@@ -274,8 +277,14 @@ fn model_info(file: &ModelFile) -> ModelInfo {
         info.quantization_level = meta.quantization();
         info.context_length = meta.arch_uint("context_length").unwrap_or(0);
         info.embedding_length = meta.arch_uint("embedding_length").unwrap_or(0);
+        info.template = file.chat_template().to_string();
         info.capabilities = vec!["completion", "embedding"];
-        info.template = meta.chat_template().unwrap_or_default().to_string();
+        if template::supports_tools(&info.template) {
+            info.capabilities.push("tools");
+        }
+        if template::supports_thinking(&info.template) {
+            info.capabilities.push("thinking");
+        }
         info.model_info = meta.entries.clone();
         info.model_info.remove("tokenizer.chat_template");
     }
@@ -305,6 +314,11 @@ impl Worker for LlamaCppWorker {
                             reason: format!("\"{}\" does not support images", file.name),
                         });
                     }
+                    if !job.tools.is_empty() && job.logprobs.is_some() {
+                        return Err(WorkerError::InvalidJob {
+                            reason: "logprobs cannot be combined with tools: llama-server does not stream log-probabilities of tool calls".into(),
+                        });
+                    }
                     let ctx = num_ctx(&job.options)?;
                     let loaded = self.loaded(&file.name, false);
                     loaded.in_use.fetch_add(1, Ordering::SeqCst);
@@ -312,6 +326,7 @@ impl Worker for LlamaCppWorker {
                     let loading = Instant::now();
                     let base = self.server_for(&file, &loaded, ctx, false).await;
                     let run = InferenceRun {
+                        manifest_hash: hash.0,
                         idle_timeout: self.config.idle_timeout,
                         client: self.client.clone(),
                         job: job.clone(),
@@ -450,6 +465,8 @@ pub fn normalise(mut vector: Vec<f32>, dimensions: Option<usize>) -> Vec<f32> {
 
 /// One inference job against a llama-server.
 struct InferenceRun {
+    /// Names the job's tool calls reproducibly.
+    manifest_hash: [u8; 32],
     idle_timeout: Duration,
     client: reqwest::Client,
     job: InferenceJob,
@@ -536,12 +553,13 @@ impl InferenceRun {
                 messages
             }
         };
-        let body = backend::chat_body(
-            &messages,
-            &self.job.options,
-            self.job.format.as_ref(),
-            self.job.logprobs,
-        );
+        let extras = backend::ChatExtras {
+            format: self.job.format.as_ref(),
+            logprobs: self.job.logprobs,
+            tools: &self.job.tools,
+            think: self.job.think.as_ref(),
+        };
+        let body = backend::chat_body(&messages, &self.job.options, extras);
         Ok(Box::pin(backend::chat_completion(&self.client, base, &body, self.idle_timeout).await?))
     }
 
@@ -567,6 +585,7 @@ impl InferenceRun {
             Err(e) => return failed(e, sent_before),
         };
         let mut metrics = Metrics::default();
+        let mut tool_calls = chat::ToolCallAssembler::default();
         loop {
             let event = tokio::select! {
                 // Dropping the event stream closes the connection; llama-server stops generating.
@@ -592,12 +611,32 @@ impl InferenceRun {
             {
                 return done(Completion::Cancelled, metrics);
             }
-            if (!event.content.is_empty() || !event.tokens.is_empty())
+            if !event.thinking.is_empty()
+                && emitter.output(OutputChunk::thinking(&event.thinking)).await.is_err()
+            {
+                return done(Completion::Cancelled, metrics);
+            }
+            if (!event.content.is_empty()
+                || (!event.tokens.is_empty() && event.thinking.is_empty()))
                 && emitter.output(OutputChunk::token(&event.content, &event.tokens)).await.is_err()
             {
                 return done(Completion::Cancelled, metrics);
             }
+            if let Err(reason) = tool_calls.push(&event.tool_calls) {
+                return done(Completion::Failed { reason }, metrics);
+            }
             if event.stop {
+                // Tool calls go out whole, as Ollama sends them, once the model is done.
+                if !tool_calls.is_empty() {
+                    match std::mem::take(&mut tool_calls).finish(&self.manifest_hash) {
+                        Ok(calls) => {
+                            if emitter.output(OutputChunk::tool_calls(&calls)).await.is_err() {
+                                return done(Completion::Cancelled, metrics);
+                            }
+                        }
+                        Err(reason) => return done(Completion::Failed { reason }, metrics),
+                    }
+                }
                 let timings = event.timings.unwrap_or_default();
                 metrics.prompt_tokens = timings.prompt_n + timings.cache_n;
                 metrics.output_tokens = timings.predicted_n;

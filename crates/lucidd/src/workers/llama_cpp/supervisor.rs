@@ -41,6 +41,8 @@ pub struct ServerSpec {
     pub threads: u32,
     /// Started for embeddings (`--embeddings --pooling mean`).
     pub embedding: bool,
+    /// A chat template file that replaces the model's (`--chat-template-file`).
+    pub chat_template: Option<PathBuf>,
 }
 
 /// Why a server is not available.
@@ -243,6 +245,9 @@ impl ModelSupervisor {
             .stdout(log)
             .stderr(log_err)
             .kill_on_drop(true);
+        if let Some(template) = &spec.chat_template {
+            command.arg("--chat-template-file").arg(template);
+        }
         if spec.threads > 0 {
             command.args(["-t", &spec.threads.to_string()]);
         }
