@@ -318,6 +318,11 @@ fn structured_chunks_are_reasoning_or_tool_calls_and_nothing_else() {
     assert_eq!(thinking.structured(), Some(Structured::Thinking("two plus three".into())));
     let call = json!({"function": {"arguments": {"city": "Paris"}, "index": 0, "name": "get_weather"}, "id": "call_1"});
     let calls = OutputChunk::tool_calls(std::slice::from_ref(&call));
+    // The layout SPEC §5 gives: compact, keys sorted, whatever order they were built in.
+    assert_eq!(
+        std::str::from_utf8(&calls.data).expect("utf-8"),
+        r#"{"tool_calls":[{"function":{"arguments":{"city":"Paris"},"index":0,"name":"get_weather"},"id":"call_1"}]}"#
+    );
     assert_eq!(calls.structured(), Some(Structured::ToolCalls(vec![call])));
     // Any other JSON, or either key with the wrong type or beside another, is not structured.
     for other in [
