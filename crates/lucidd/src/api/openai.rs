@@ -160,23 +160,6 @@ fn message(value: &Value) -> Result<ChatMessage, ApiError> {
     Ok(msg)
 }
 
-/// Names the tool of each `tool` message that gives only a `tool_call_id`, from the earlier
-/// assistant call with that id, as Ollama does.
-fn name_tool_results(values: &[Value], messages: &mut [ChatMessage]) {
-    for i in 0..messages.len() {
-        if messages[i].role != "tool" || messages[i].tool_name.is_some() {
-            continue;
-        }
-        let Some(id) = values[i].get("tool_call_id").and_then(Value::as_str) else { continue };
-        let name = messages[..i].iter().rev().flat_map(|m| m.tool_calls.iter()).find_map(|call| {
-            (call.get("id").and_then(Value::as_str) == Some(id))
-                .then(|| call.pointer("/function/name").and_then(Value::as_str))
-                .flatten()
-        });
-        messages[i].tool_name = name.map(str::to_string);
-    }
-}
-
 /// An Ollama tool call in OpenAI's shape: `type`, `index`, and `arguments` as a JSON string.
 fn openai_tool_call(call: &Value, index: usize) -> Value {
     let arguments = match call.pointer("/function/arguments") {
@@ -267,7 +250,9 @@ pub async fn chat_completions(
     }
     let values = messages;
     let mut messages = values.iter().map(message).collect::<Result<Vec<_>, _>>()?;
-    name_tool_results(values, &mut messages);
+    let call_ids: Vec<Option<&str>> =
+        values.iter().map(|v| v.get("tool_call_id").and_then(Value::as_str)).collect();
+    validate::name_tool_results(&mut messages, &call_ids);
     let opts = validate::options(&model, Some(&options(&req)?))?;
     let spec = JobSpec::Inference(InferenceJob {
         model: model.base.name.to_string(),

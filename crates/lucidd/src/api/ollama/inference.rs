@@ -39,9 +39,13 @@ pub async fn chat(
         return Ok(load_only(&state, &model, keep_alive, &req.model, true));
     }
     let mut messages = model_messages(&model)?;
+    let mut call_ids = vec![None; messages.len()];
     for m in req.messages {
+        call_ids.push(m.tool_call_id.clone());
         messages.push(chat_message(m)?);
     }
+    let call_ids: Vec<Option<&str>> = call_ids.iter().map(Option::as_deref).collect();
+    validate::name_tool_results(&mut messages, &call_ids);
     if let Some(system) = model.derived.as_ref().and_then(|d| d.system.clone())
         && messages.first().is_none_or(|m| m.role != "system")
     {

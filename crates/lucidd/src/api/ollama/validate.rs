@@ -1,6 +1,7 @@
 //! Checks shared by the native handlers, with Ollama's messages.
 
 use base64::Engine;
+use phase_protocol::ChatMessage;
 use serde_bytes::ByteBuf;
 use serde_json::{Map, Value};
 
@@ -125,6 +126,23 @@ pub fn think(model: &ResolvedModel, value: Option<&Value>) -> Result<Option<Valu
     Ok(Some(value.clone()))
 }
 
+/// Names the tool of each `tool` message that gives only a `tool_call_id` (`call_ids[i]` for
+/// message `i`), from the earlier assistant call with that id, as Ollama does.
+pub fn name_tool_results(messages: &mut [ChatMessage], call_ids: &[Option<&str>]) {
+    for (i, id) in call_ids.iter().enumerate().take(messages.len()) {
+        let Some(id) = id else { continue };
+        if messages[i].role != "tool" || messages[i].tool_name.is_some() {
+            continue;
+        }
+        let name = messages[..i].iter().rev().flat_map(|m| m.tool_calls.iter()).find_map(|call| {
+            (call.get("id").and_then(Value::as_str) == Some(*id))
+                .then(|| call.pointer("/function/name").and_then(Value::as_str))
+                .flatten()
+        });
+        messages[i].tool_name = name.map(str::to_string);
+    }
+}
+
 /// Checks `tools` against the model.
 pub fn tools(model: &ResolvedModel, tools: Option<&Vec<Value>>) -> Result<Vec<Value>, ApiError> {
     let tools = tools.cloned().unwrap_or_default();
@@ -174,4 +192,35 @@ pub fn images(images: Option<&Vec<String>>) -> Result<Vec<ByteBuf>, ApiError> {
                 })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tool_results_are_named_by_the_call_they_answer() {
+        let mut call = ChatMessage::new("assistant", "");
+        call.tool_calls = vec![
+            json!({"id": "a", "function": {"name": "get_weather"}}),
+            json!({"id": "b", "function": {"name": "get_time"}}),
+        ];
+        let mut named = ChatMessage::new("tool", "12:00");
+        named.tool_name = Some("clock".into());
+        let mut messages = vec![
+            ChatMessage::new("user", "hi"),
+            call,
+            ChatMessage::new("tool", "sunny"),
+            ChatMessage::new("tool", "noon"),
+            named,
+            ChatMessage::new("tool", "?"),
+        ];
+        name_tool_results(
+            &mut messages,
+            &[None, None, Some("a"), Some("b"), Some("a"), Some("zz")],
+        );
+        let names: Vec<Option<&str>> = messages.iter().map(|m| m.tool_name.as_deref()).collect();
+        assert_eq!(names, [None, None, Some("get_weather"), Some("get_time"), Some("clock"), None]);
+    }
 }
