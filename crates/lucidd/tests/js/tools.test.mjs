@@ -1,0 +1,72 @@
+// ollama-js reads the tool calls and reasoning of the real model: Gemma 3 270M through
+// llama-server, with the test chat templates (PHASE_TEMPLATES) beside it as `agent` and
+// `thinker`. Run by scripts/test, which sets PHASE_TEST_MODEL, LLAMA_SERVER_BINARY and LUCIDD_BIN.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, mkdirSync, readFileSync, existsSync, rmSync, symlinkSync, copyFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Ollama } from 'ollama';
+
+let daemon;
+let data;
+let client;
+
+before(async () => {
+  data = mkdtempSync(join(tmpdir(), 'lucidd-js-tools-'));
+  const models = join(data, 'models');
+  mkdirSync(models);
+  for (const [name, template] of [['agent', 'tools.jinja'], ['thinker', 'think.jinja']]) {
+    symlinkSync(process.env.PHASE_TEST_MODEL, join(models, `${name}.gguf`));
+    copyFileSync(join(process.env.PHASE_TEMPLATES, template), join(models, `${name}.jinja`));
+  }
+  const addrFile = join(data, 'addr');
+  daemon = spawn(process.env.LUCIDD_BIN, ['--worker', 'llama-cpp', '--model-dir', models, '--llama-server-binary', process.env.LLAMA_SERVER_BINARY,
+    '--no-p2p', '--listen', '127.0.0.1:0', '--data-dir', join(data, 'data'), '--addr-file', addrFile], { stdio: 'ignore' });
+  const deadline = Date.now() + 30000;
+  while (!existsSync(addrFile)) {
+    if (Date.now() > deadline) throw new Error('lucidd did not start');
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  client = new Ollama({ host: `http://${readFileSync(addrFile, 'utf8').trim()}` });
+});
+
+after(() => {
+  daemon.kill('SIGTERM');
+  rmSync(data, { recursive: true, force: true });
+});
+
+const tools = [{ type: 'function', function: { name: 'get_weather', description: 'Get the current weather for a city',
+  parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } }];
+const history = [
+  { role: 'user', content: 'What is the weather in Rome?' },
+  { role: 'assistant', content: '', tool_calls: [{ function: { name: 'get_weather', arguments: { city: 'Rome' } } }] },
+  { role: 'tool', content: 'sunny, 24 C', tool_name: 'get_weather' },
+  { role: 'assistant', content: 'It is sunny in Rome, 24 C.' },
+  { role: 'user', content: 'What is the weather in Paris?' },
+];
+const options = { temperature: 0, seed: 42, num_predict: 80 };
+
+test('a streamed tool call from the model', async () => {
+  const calls = [];
+  let last;
+  for await (const part of await client.chat({ model: 'agent', messages: history, tools, options, stream: true })) {
+    calls.push(...(part.message.tool_calls ?? []));
+    last = part;
+  }
+  assert.equal(calls.length, 1);
+  assert.equal(calls[0].function.name, 'get_weather');
+  assert.deepEqual(calls[0].function.arguments, { city: 'Paris' });
+  assert.equal(last.done_reason, 'stop');
+});
+
+test('reasoning in message.thinking', async () => {
+  const reply = await client.chat({ model: 'thinker', think: true, options: { ...options, num_predict: 24 }, messages: [
+    { role: 'user', content: 'What is 1 + 1?' },
+    { role: 'assistant', thinking: 'One plus one makes two.', content: '1 + 1 = 2.' },
+    { role: 'user', content: 'What is 2 + 3?' },
+  ] });
+  assert.ok(reply.message.thinking.length > 0);
+  assert.ok(!reply.message.content.includes('<think>'));
+});
