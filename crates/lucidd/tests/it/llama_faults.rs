@@ -6,17 +6,29 @@ use crate::harness::Daemon;
 use serde_json::json;
 
 /// The smallest GGUF file: header, no tensors, one key.
-fn tiny_gguf() -> Vec<u8> {
+pub fn tiny_gguf() -> Vec<u8> {
+    gguf_with(&[])
+}
+
+/// A GGUF file with no tensors: `general.architecture` and the given `u32` keys.
+pub fn gguf_with(uint_keys: &[(&str, u32)]) -> Vec<u8> {
     let mut out = b"GGUF".to_vec();
     out.extend(3u32.to_le_bytes());
     out.extend(0u64.to_le_bytes());
-    out.extend(1u64.to_le_bytes());
-    let key = b"general.architecture";
-    out.extend((key.len() as u64).to_le_bytes());
-    out.extend(key);
+    out.extend((1 + uint_keys.len() as u64).to_le_bytes());
+    let key = |out: &mut Vec<u8>, key: &str| {
+        out.extend((key.len() as u64).to_le_bytes());
+        out.extend(key.as_bytes());
+    };
+    key(&mut out, "general.architecture");
     out.extend(8u32.to_le_bytes());
     out.extend(5u64.to_le_bytes());
     out.extend(b"llama");
+    for (name, value) in uint_keys {
+        key(&mut out, name);
+        out.extend(4u32.to_le_bytes());
+        out.extend(value.to_le_bytes());
+    }
     out
 }
 
@@ -54,10 +66,21 @@ async fn daemon_with_llama_server(
     binary: impl FnOnce(&std::path::Path) -> std::path::PathBuf,
     timeout_s: f64,
 ) -> (Daemon, tempfile::TempDir) {
+    daemon_with_model_files(&[("tiny.gguf", tiny_gguf())], binary, timeout_s).await
+}
+
+/// A daemon serving a model directory holding `files` through `binary` as its llama-server.
+pub async fn daemon_with_model_files(
+    files: &[(&str, Vec<u8>)],
+    binary: impl FnOnce(&std::path::Path) -> std::path::PathBuf,
+    timeout_s: f64,
+) -> (Daemon, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let models = dir.path().join("models");
     std::fs::create_dir_all(&models).expect("mkdir");
-    std::fs::write(models.join("tiny.gguf"), tiny_gguf()).expect("write");
+    for (name, bytes) in files {
+        std::fs::write(models.join(name), bytes).expect("write");
+    }
     let binary = binary(dir.path());
     let d = Daemon::start_with(move |args| {
         args.workers.push(lucidd::config::WorkerKind::LlamaCpp);
@@ -71,17 +94,15 @@ async fn daemon_with_llama_server(
 
 /// The fake llama-server, linked under a name that picks its fault.
 async fn daemon_with_fake(mode: &str, timeout_s: f64) -> (Daemon, tempfile::TempDir) {
-    daemon_with_llama_server(
-        |dir| {
-            let fake = dir.join(format!("fake-llama-server-{mode}"));
-            let script =
-                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake_llama_server.py");
-            std::os::unix::fs::symlink(script, &fake).expect("link");
-            fake
-        },
-        timeout_s,
-    )
-    .await
+    daemon_with_llama_server(|dir| link_fake(dir, mode), timeout_s).await
+}
+
+/// Links the fake llama-server into `dir` under the name that picks its `mode`.
+pub fn link_fake(dir: &std::path::Path, mode: &str) -> std::path::PathBuf {
+    let fake = dir.join(format!("fake-llama-server-{mode}"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake_llama_server.py");
+    std::os::unix::fs::symlink(script, &fake).expect("link");
+    fake
 }
 
 #[tokio::test]

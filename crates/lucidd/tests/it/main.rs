@@ -10,6 +10,7 @@ mod fuzz_corpus;
 mod hostile;
 mod limits;
 mod llama_faults;
+mod llama_requests;
 mod models;
 mod netns;
 mod nodes;

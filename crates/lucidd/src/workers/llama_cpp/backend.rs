@@ -194,7 +194,42 @@ pub async fn completion(
     body: &Value,
     idle: Duration,
 ) -> Result<impl Stream<Item = Result<CompletionEvent, BackendError>> + use<>, BackendError> {
-    let response = post(client, format!("{base}/completion"), body).await?;
+    completion_events(client, format!("{base}/completion"), body, idle).await
+}
+
+/// Streams `/infill` (fill in the middle) for `body` from [`infill_body`]: the same events as
+/// `/completion`.
+pub async fn infill(
+    client: &reqwest::Client,
+    base: &str,
+    body: &Value,
+    idle: Duration,
+) -> Result<impl Stream<Item = Result<CompletionEvent, BackendError>> + use<>, BackendError> {
+    completion_events(client, format!("{base}/infill"), body, idle).await
+}
+
+/// The `/infill` body: the text before the gap (`prompt`) and after it (`suffix`), with the
+/// same sampling fields as [`completion_body`].
+pub fn infill_body(
+    prompt: &str,
+    suffix: &str,
+    options: &BTreeMap<String, Value>,
+    format: Option<&Value>,
+    logprobs: Option<u32>,
+) -> Value {
+    let mut body = completion_body(json!(""), options, format, logprobs);
+    body["input_prefix"] = json!(prompt);
+    body["input_suffix"] = json!(suffix);
+    body
+}
+
+async fn completion_events(
+    client: &reqwest::Client,
+    url: String,
+    body: &Value,
+    idle: Duration,
+) -> Result<impl Stream<Item = Result<CompletionEvent, BackendError>> + use<>, BackendError> {
+    let response = post(client, url, body).await?;
     Ok(sse_events(response, idle).map(|event| {
         event.and_then(|v| {
             serde_json::from_value::<CompletionEvent>(v)

@@ -1,7 +1,9 @@
 //! The model directory: every `*.gguf` in it is a model named by its file stem (`name:latest`),
 //! identified by the SHA-256 of its bytes. Hashing a few hundred MB takes a while, so digests
 //! are cached by path, size and modification time in `hash-cache.json`. A `NAME.jinja` beside
-//! `NAME.gguf` replaces the model's chat template (see [`super::template`]).
+//! `NAME.gguf` replaces the model's chat template (see [`super::template`]); a
+//! `NAME.mmproj.gguf` beside it is the model's multimodal projector (image encoder), which lets it
+//! see images, and is not a model of its own.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -31,6 +33,8 @@ pub struct ModelFile {
     pub metadata: Result<GgufMetadata, String>,
     /// A chat template that replaces the one in the file.
     pub template: Option<TemplateOverride>,
+    /// The multimodal projector (`NAME.mmproj.gguf`), for images.
+    pub projector: Option<PathBuf>,
 }
 
 impl ModelFile {
@@ -44,6 +48,9 @@ impl ModelFile {
         }
     }
 }
+
+/// What ends the stem of a projector file: `NAME.mmproj.gguf`.
+const PROJECTOR_SUFFIX: &str = ".mmproj";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct CachedDigest {
@@ -62,6 +69,10 @@ pub fn scan(dir: &Path, cache: &Path) -> std::io::Result<Vec<ModelFile>> {
     entries.sort();
     for path in entries {
         if path.extension().and_then(|e| e.to_str()) != Some("gguf") || !path.is_file() {
+            continue;
+        }
+        if path.file_stem().and_then(|s| s.to_str()).is_some_and(|s| s.ends_with(PROJECTOR_SUFFIX))
+        {
             continue;
         }
         let Some(name) =
@@ -94,10 +105,21 @@ pub fn scan(dir: &Path, cache: &Path) -> std::io::Result<Vec<ModelFile>> {
             .map_err(|e| format!("{} is not a usable model: {e}", path.display()))
             .and_then(|meta| template.as_ref().map(|_| meta).map_err(Clone::clone));
         let template = template.ok().flatten();
+        let projector = path.with_extension(format!("{}.gguf", &PROJECTOR_SUFFIX[1..]));
+        let projector = projector.is_file().then_some(projector);
         if let Err(problem) = &metadata {
             tracing::warn!(%problem, "model file refused");
         }
-        models.push(ModelFile { name, path, size, modified_ns, sha256, metadata, template });
+        models.push(ModelFile {
+            name,
+            path,
+            size,
+            modified_ns,
+            sha256,
+            metadata,
+            template,
+            projector,
+        });
     }
     digests.retain(|path, _| path.exists());
     let tmp = cache.with_extension("json.tmp");

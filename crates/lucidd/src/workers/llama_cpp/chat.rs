@@ -2,6 +2,7 @@
 //! and earlier reasoning included), the `think` switch, and turning its streamed tool-call
 //! deltas back into Ollama's whole tool calls.
 
+use base64::Engine;
 use phase_protocol::ChatMessage;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -14,12 +15,19 @@ const MAX_TOOL_ARGUMENT_BYTES: usize = 1 << 20;
 /// `messages` as llama-server's chat endpoint takes them. Ollama gives tool-call arguments as
 /// objects and names a tool result by `tool_name`; llama-server wants OpenAI's shape (a typed
 /// call whose arguments are a JSON string, `name` on the result) and earlier reasoning as
-/// `reasoning_content`.
+/// `reasoning_content`; images become `image_url` parts holding data URIs.
 pub fn server_messages(messages: &[ChatMessage]) -> Vec<Value> {
     messages
         .iter()
         .map(|m| {
             let mut out = json!({"role": m.role, "content": m.content});
+            if !m.images.is_empty() {
+                let mut parts = vec![json!({"type": "text", "text": m.content})];
+                parts.extend(m.images.iter().map(
+                    |image| json!({"type": "image_url", "image_url": {"url": data_uri(image)}}),
+                ));
+                out["content"] = Value::Array(parts);
+            }
             if !m.tool_calls.is_empty() {
                 out["tool_calls"] = m.tool_calls.iter().map(server_tool_call).collect();
             }
@@ -32,6 +40,20 @@ pub fn server_messages(messages: &[ChatMessage]) -> Vec<Value> {
             out
         })
         .collect()
+}
+
+/// An image as a data URI, its media type told by its first bytes (llama-server decodes the
+/// bytes whatever the type says, but clients of the URI may not).
+fn data_uri(image: &[u8]) -> String {
+    let media_type = match image {
+        [0x89, b'P', b'N', b'G', ..] => "image/png",
+        [0xff, 0xd8, 0xff, ..] => "image/jpeg",
+        [b'G', b'I', b'F', b'8', ..] => "image/gif",
+        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => "image/webp",
+        [b'B', b'M', ..] => "image/bmp",
+        _ => "application/octet-stream",
+    };
+    format!("data:{media_type};base64,{}", base64::engine::general_purpose::STANDARD.encode(image))
 }
 
 fn server_tool_call(call: &Value) -> Value {
@@ -181,6 +203,24 @@ mod tests {
         );
         assert_eq!(out[1]["reasoning_content"], "it asks for the weather");
         assert_eq!(out[2], json!({"role": "tool", "content": "sunny", "name": "get_weather"}));
+    }
+
+    #[test]
+    fn images_become_data_uri_parts_after_the_text() {
+        let mut look = ChatMessage::new("user", "what is this?");
+        look.images = vec![
+            serde_bytes::ByteBuf::from(b"\x89PNG\r\n".to_vec()),
+            serde_bytes::ByteBuf::from(vec![1, 2, 3]),
+        ];
+        let out = server_messages(&[look]);
+        assert_eq!(
+            out[0]["content"],
+            json!([
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0K"}},
+                {"type": "image_url", "image_url": {"url": "data:application/octet-stream;base64,AQID"}},
+            ])
+        );
     }
 
     #[test]

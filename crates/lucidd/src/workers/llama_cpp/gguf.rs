@@ -105,6 +105,15 @@ impl GgufMetadata {
         self.string("tokenizer.chat_template")
     }
 
+    /// Whether the vocabulary names fill-in-the-middle tokens (prefix, suffix, middle), which
+    /// llama-server's `/infill` needs: Ollama's `insert` capability.
+    pub fn has_fill_in_the_middle(&self) -> bool {
+        let all = |names: [&str; 3]| {
+            names.iter().all(|n| self.uint(&format!("tokenizer.ggml.{n}_token_id")).is_some())
+        };
+        all(["fim_pre", "fim_suf", "fim_mid"]) || all(["prefix", "suffix", "middle"])
+    }
+
     /// The quantization of the file, from `general.file_type`.
     pub fn quantization(&self) -> String {
         self.uint("general.file_type").map(file_type_name).unwrap_or("unknown").to_string()

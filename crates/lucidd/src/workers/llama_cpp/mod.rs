@@ -5,18 +5,18 @@ pub mod backend;
 pub mod catalog;
 pub mod chat;
 pub mod gguf;
+mod run;
 pub mod supervisor;
 pub mod template;
 
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use phase_identity::NodeIdentity;
 use phase_manifest::SignedManifest;
 use phase_protocol::{
-    ChatMessage, Completion, EmbeddingJob, InferenceInput, InferenceJob, Job, JobEmitter, JobSpec,
-    Metrics, OutputChunk, Worker, WorkerError, job_channel,
+    Completion, EmbeddingJob, InferenceInput, Job, JobSpec, Metrics, OutputChunk, Worker,
+    WorkerError, job_channel,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,6 +28,7 @@ use super::{ModelInfo, ModelWorker};
 use crate::durations::{DEFAULT_KEEP_ALIVE, KeepAlive};
 use crate::names::ModelName;
 use catalog::ModelFile;
+use run::InferenceRun;
 use supervisor::{ModelSupervisor, ServerSpec};
 
 /// Context per request when the request does not set `num_ctx` (Ollama's default).
@@ -124,6 +125,7 @@ impl LlamaCppWorker {
             threads: self.config.threads,
             embedding,
             chat_template: model.template.as_ref().map(|t| t.path.clone()),
+            projector: model.projector.clone(),
         }
     }
 
@@ -285,6 +287,12 @@ fn model_info(file: &ModelFile) -> ModelInfo {
         if template::supports_thinking(&info.template) {
             info.capabilities.push("thinking");
         }
+        if meta.has_fill_in_the_middle() {
+            info.capabilities.push("insert");
+        }
+        if file.projector.is_some() {
+            info.capabilities.push("vision");
+        }
         info.model_info = meta.entries.clone();
         info.model_info.remove("tokenizer.chat_template");
     }
@@ -309,9 +317,19 @@ impl Worker for LlamaCppWorker {
                         }
                         InferenceInput::Generate { images, .. } => !images.is_empty(),
                     };
-                    if images {
+                    if images && file.projector.is_none() {
                         return Err(WorkerError::InvalidJob {
-                            reason: format!("\"{}\" does not support images", file.name),
+                            reason: format!(
+                                "\"{}\" does not support images (it has no {}.mmproj.gguf projector)",
+                                file.name,
+                                file.name.model()
+                            ),
+                        });
+                    }
+                    if images && matches!(job.input, InferenceInput::Generate { raw: true, .. }) {
+                        return Err(WorkerError::InvalidJob {
+                            reason: "images need the model's chat template: send them without raw"
+                                .into(),
                         });
                     }
                     if !job.tools.is_empty() && job.logprobs.is_some() {
@@ -426,29 +444,6 @@ impl LlamaCppWorker {
     }
 }
 
-/// llama-server's per-token entries in Ollama's `logprobs` shape, with at most `top`
-/// alternatives each.
-fn ollama_logprobs(entries: &[Value], top: u32) -> Value {
-    let entry =
-        |e: &Value| json!({"token": e["token"], "logprob": e["logprob"], "bytes": e["bytes"]});
-    Value::Array(
-        entries
-            .iter()
-            .map(|e| {
-                let mut out = entry(e);
-                if top > 0 {
-                    let alternatives: Vec<Value> = e["top_logprobs"]
-                        .as_array()
-                        .map(|alts| alts.iter().take(top as usize).map(entry).collect())
-                        .unwrap_or_default();
-                    out["top_logprobs"] = Value::Array(alternatives);
-                }
-                out
-            })
-            .collect(),
-    )
-}
-
 /// Cuts a vector to `dimensions` and scales it to unit length, as `/api/embed` promises.
 pub fn normalise(mut vector: Vec<f32>, dimensions: Option<usize>) -> Vec<f32> {
     if let Some(d) = dimensions {
@@ -461,194 +456,4 @@ pub fn normalise(mut vector: Vec<f32>, dimensions: Option<usize>) -> Vec<f32> {
         }
     }
     vector
-}
-
-/// One inference job against a llama-server.
-struct InferenceRun {
-    /// Names the job's tool calls reproducibly.
-    manifest_hash: [u8; 32],
-    idle_timeout: Duration,
-    client: reqwest::Client,
-    job: InferenceJob,
-    loaded: Arc<Loaded>,
-    spec: ServerSpec,
-    /// Time spent starting (or finding) the server: Ollama's `load_duration`.
-    load_duration: Duration,
-}
-
-/// How an attempt at generating ended.
-struct Attempt {
-    completion: Completion,
-    metrics: Metrics,
-    /// The server could not be reached before any output was sent: worth one retry.
-    unreachable_before_output: bool,
-    /// The server stopped answering (refused, cut or hung): it is restarted for the next job.
-    backend_gone: bool,
-}
-
-impl InferenceRun {
-    async fn run(self, base: Result<String, String>, mut emitter: JobEmitter) {
-        let (completion, metrics) = match base {
-            Err(reason) => (Completion::Failed { reason }, Metrics::default()),
-            Ok(mut base) => {
-                let mut attempt = self.generate(&base, &mut emitter).await;
-                if attempt.unreachable_before_output {
-                    // The server died since its last use (a crash, or `kill -9`): restart it
-                    // and try once more, before the client has seen anything.
-                    self.loaded.supervisor.report_failure(&base).await;
-                    match self.loaded.supervisor.ensure(&self.spec).await {
-                        Ok(restarted) => {
-                            base = restarted;
-                            attempt = self.generate(&base, &mut emitter).await;
-                        }
-                        Err(e) => attempt.completion = Completion::Failed { reason: e.to_string() },
-                    }
-                }
-                if attempt.backend_gone {
-                    self.loaded.supervisor.report_failure(&base).await;
-                }
-                let mut metrics = attempt.metrics;
-                metrics.load_duration_ns = self.load_duration.as_nanos() as u64;
-                (attempt.completion, metrics)
-            }
-        };
-        self.loaded.in_use.fetch_sub(1, Ordering::SeqCst);
-        *self.loaded.last_used.lock().expect("lock") = Instant::now();
-        emitter.finish(completion, metrics);
-    }
-
-    /// Templated input goes through llama-server's own chat endpoint, so the answer is exactly
-    /// the one llama-server gives for these messages; a raw prompt goes to `/completion` as is.
-    async fn request(
-        &self,
-        base: &str,
-    ) -> Result<
-        std::pin::Pin<
-            Box<
-                dyn futures::Stream<Item = Result<backend::CompletionEvent, backend::BackendError>>
-                    + Send,
-            >,
-        >,
-        backend::BackendError,
-    > {
-        let messages = match &self.job.input {
-            InferenceInput::Chat { messages } => messages.clone(),
-            InferenceInput::Generate { prompt, raw: true, .. } => {
-                let body = backend::completion_body(
-                    Value::String(prompt.clone()),
-                    &self.job.options,
-                    self.job.format.as_ref(),
-                    self.job.logprobs,
-                );
-                return Ok(Box::pin(
-                    backend::completion(&self.client, base, &body, self.idle_timeout).await?,
-                ));
-            }
-            InferenceInput::Generate { prompt, system, .. } => {
-                let mut messages = Vec::new();
-                if let Some(system) = system {
-                    messages.push(ChatMessage::new("system", system.clone()));
-                }
-                messages.push(ChatMessage::new("user", prompt.clone()));
-                messages
-            }
-        };
-        let extras = backend::ChatExtras {
-            format: self.job.format.as_ref(),
-            logprobs: self.job.logprobs,
-            tools: &self.job.tools,
-            think: self.job.think.as_ref(),
-        };
-        let body = backend::chat_body(&messages, &self.job.options, extras);
-        Ok(Box::pin(backend::chat_completion(&self.client, base, &body, self.idle_timeout).await?))
-    }
-
-    async fn generate(&self, base: &str, emitter: &mut JobEmitter) -> Attempt {
-        let sent_before = emitter.commitment().count();
-        let done = |completion, metrics| Attempt {
-            completion,
-            metrics,
-            unreachable_before_output: false,
-            backend_gone: false,
-        };
-        let failed = |e: backend::BackendError, sent: u64| {
-            let gone = matches!(e, backend::BackendError::Unreachable(_));
-            Attempt {
-                unreachable_before_output: gone && sent == sent_before,
-                backend_gone: gone,
-                completion: Completion::Failed { reason: e.to_string() },
-                metrics: Metrics::default(),
-            }
-        };
-        let mut events = match self.request(base).await {
-            Ok(events) => events,
-            Err(e) => return failed(e, sent_before),
-        };
-        let mut metrics = Metrics::default();
-        let mut tool_calls = chat::ToolCallAssembler::default();
-        loop {
-            let event = tokio::select! {
-                // Dropping the event stream closes the connection; llama-server stops generating.
-                () = emitter.cancelled() => return done(Completion::Cancelled, metrics),
-                event = events.next() => event,
-            };
-            let event = match event {
-                Some(Ok(event)) => event,
-                Some(Err(e)) => return failed(e, emitter.commitment().count()),
-                None => {
-                    return done(
-                        Completion::Failed { reason: "llama-server ended the stream early".into() },
-                        metrics,
-                    );
-                }
-            };
-            if let Some(top) = self.job.logprobs
-                && !event.logprobs.is_empty()
-                && emitter
-                    .annotate(json!({ "logprobs": ollama_logprobs(&event.logprobs, top) }))
-                    .await
-                    .is_err()
-            {
-                return done(Completion::Cancelled, metrics);
-            }
-            if !event.thinking.is_empty()
-                && emitter.output(OutputChunk::thinking(&event.thinking)).await.is_err()
-            {
-                return done(Completion::Cancelled, metrics);
-            }
-            if (!event.content.is_empty()
-                || (!event.tokens.is_empty() && event.thinking.is_empty()))
-                && emitter.output(OutputChunk::token(&event.content, &event.tokens)).await.is_err()
-            {
-                return done(Completion::Cancelled, metrics);
-            }
-            if let Err(reason) = tool_calls.push(&event.tool_calls) {
-                return done(Completion::Failed { reason }, metrics);
-            }
-            if event.stop {
-                // Tool calls go out whole, as Ollama sends them, once the model is done.
-                if !tool_calls.is_empty() {
-                    match std::mem::take(&mut tool_calls).finish(&self.manifest_hash) {
-                        Ok(calls) => {
-                            if emitter.output(OutputChunk::tool_calls(&calls)).await.is_err() {
-                                return done(Completion::Cancelled, metrics);
-                            }
-                        }
-                        Err(reason) => return done(Completion::Failed { reason }, metrics),
-                    }
-                }
-                let timings = event.timings.unwrap_or_default();
-                metrics.prompt_tokens = timings.prompt_n + timings.cache_n;
-                metrics.output_tokens = timings.predicted_n;
-                metrics.prompt_eval_duration_ns = (timings.prompt_ms * 1e6) as u64;
-                metrics.eval_duration_ns = (timings.predicted_ms * 1e6) as u64;
-                let completion = if event.stop_type.as_deref() == Some("limit") {
-                    Completion::Length
-                } else {
-                    Completion::Finished
-                };
-                return done(completion, metrics);
-            }
-        }
-    }
 }

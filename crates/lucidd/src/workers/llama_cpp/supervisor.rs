@@ -43,6 +43,8 @@ pub struct ServerSpec {
     pub embedding: bool,
     /// A chat template file that replaces the model's (`--chat-template-file`).
     pub chat_template: Option<PathBuf>,
+    /// The multimodal projector, for images (`--mmproj`).
+    pub projector: Option<PathBuf>,
 }
 
 /// Why a server is not available.
@@ -247,6 +249,9 @@ impl ModelSupervisor {
             .kill_on_drop(true);
         if let Some(template) = &spec.chat_template {
             command.arg("--chat-template-file").arg(template);
+        }
+        if let Some(projector) = spec.projector.as_ref().filter(|_| !spec.embedding) {
+            command.arg("--mmproj").arg(projector);
         }
         if spec.threads > 0 {
             command.args(["-t", &spec.threads.to_string()]);

@@ -1,0 +1,131 @@
+//! What lucidd asks llama-server for when a model can see images (a `NAME.mmproj.gguf`
+//! projector beside it) or fill in the middle (its vocabulary names FIM tokens). No model
+//! reachable from this machine can do either, so the fake llama-server records the requests
+//! and answers with a short well-formed stream; the request shapes are llama-server's
+//! (`image_url` data URIs on `/v1/chat/completions`, `input_prefix`/`input_suffix` on
+//! `/infill`).
+
+use crate::llama_faults::{daemon_with_model_files, gguf_with, link_fake, tiny_gguf};
+use base64::Engine;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\nnot really an image";
+
+fn recorded(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("requests.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("recorded request"))
+        .collect()
+}
+
+fn capabilities(show: &Value) -> Vec<&str> {
+    show["capabilities"]
+        .as_array()
+        .expect("capabilities")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_model_with_a_projector_sees_the_images_it_is_sent() {
+    let files = [
+        ("seer.gguf", tiny_gguf()),
+        ("seer.mmproj.gguf", b"projector weights".to_vec()),
+        ("blind.gguf", tiny_gguf()),
+    ];
+    let (d, dir) = daemon_with_model_files(&files, |dir| link_fake(dir, "record"), 30.0).await;
+    let tags: Value = d.get("/api/tags").await.json().await.expect("json");
+    let names: Vec<&str> = tags["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"seer:latest") && !names.iter().any(|n| n.contains("mmproj")),
+        "{names:?}"
+    );
+    let (_, seer) = d.post_json("/api/show", json!({"model": "seer"})).await;
+    assert!(capabilities(&seer).contains(&"vision"), "{seer}");
+    let (_, blind) = d.post_json("/api/show", json!({"model": "blind"})).await;
+    assert!(!capabilities(&blind).contains(&"vision"));
+
+    let image = base64::engine::general_purpose::STANDARD.encode(PNG);
+    let (status, answer) = d
+        .post_json("/api/chat", json!({"model": "seer", "stream": false, "messages": [{"role": "user", "content": "what is this?", "images": [image]}]}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["message"]["content"], "seen");
+    assert_eq!(answer["receipt_verified"], true);
+    let requests = recorded(dir.path());
+    let chat =
+        requests.iter().find(|r| r["path"] == "/v1/chat/completions").expect("a chat request");
+    assert_eq!(
+        chat["body"]["messages"][0]["content"],
+        json!([{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{image}")}}])
+    );
+    let argv: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("argv.json")).expect("argv"))
+            .expect("json");
+    let at = argv.iter().position(|a| a == "--mmproj").expect("started with --mmproj");
+    assert!(PathBuf::from(&argv[at + 1]).ends_with("seer.mmproj.gguf"), "{argv:?}");
+
+    // Generate sends its images the same way; raw prompts cannot carry them.
+    let (status, _) = d
+        .post_json(
+            "/api/generate",
+            json!({"model": "seer", "stream": false, "prompt": "and this?", "images": [image]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let last = recorded(dir.path()).pop().expect("request");
+    assert_eq!(last["body"]["messages"][0]["content"][1]["type"], "image_url");
+    let (status, raw) = d
+        .post_json(
+            "/api/generate",
+            json!({"model": "seer", "raw": true, "prompt": "x", "images": [image]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{raw}");
+    // A model without a projector refuses images, naming the file it would need.
+    let (status, refused) = d
+        .post_json("/api/chat", json!({"model": "blind", "messages": [{"role": "user", "content": "?", "images": [image]}]}))
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused["error"].as_str().expect("error").contains("blind.mmproj.gguf"), "{refused}");
+}
+
+#[tokio::test]
+async fn a_model_with_fim_tokens_fills_in_the_middle() {
+    let coder = gguf_with(&[
+        ("tokenizer.ggml.fim_pre_token_id", 1),
+        ("tokenizer.ggml.fim_suf_token_id", 2),
+        ("tokenizer.ggml.fim_mid_token_id", 3),
+    ]);
+    let files = [("coder.gguf", coder), ("prose.gguf", tiny_gguf())];
+    let (d, dir) = daemon_with_model_files(&files, |dir| link_fake(dir, "record"), 30.0).await;
+    let (_, show) = d.post_json("/api/show", json!({"model": "coder"})).await;
+    assert!(capabilities(&show).contains(&"insert"), "{show}");
+    let body = json!({"model": "coder", "stream": false, "prompt": "def add(a, b):\n    ", "suffix": "\n\nprint(add(1, 2))", "options": {"temperature": 0, "num_predict": 16}});
+    let (status, answer) = d.post_json("/api/generate", body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["response"], "filled");
+    assert_eq!(answer["receipt_verified"], true);
+    let infill = recorded(dir.path()).pop().expect("request");
+    assert_eq!(infill["path"], "/infill");
+    assert_eq!(infill["body"]["input_prefix"], "def add(a, b):\n    ");
+    assert_eq!(infill["body"]["input_suffix"], "\n\nprint(add(1, 2))");
+    assert_eq!(infill["body"]["n_predict"], 16);
+    assert_eq!(infill["body"]["stream"], true);
+    // Without FIM tokens the suffix is refused up front, as Ollama does.
+    let (status, refused) =
+        d.post_json("/api/generate", json!({"model": "prose", "prompt": "a", "suffix": "b"})).await;
+    assert_eq!(status, 400);
+    assert!(
+        refused["error"].as_str().expect("error").ends_with("does not support insert"),
+        "{refused}"
+    );
+}
