@@ -2,32 +2,17 @@
 // Run by scripts/test: LUCIDD_BIN names the binary, NODE_PATH the installed packages.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, existsSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { Ollama } from 'ollama';
+import { startLucidd } from './daemon.mjs';
 
 let daemon;
-let data;
 let client;
 
 before(async () => {
-  data = mkdtempSync(join(tmpdir(), 'lucidd-js-'));
-  const addrFile = join(data, 'addr');
-  daemon = spawn(process.env.LUCIDD_BIN, ['--worker', 'echo', '--no-p2p', '--listen', '127.0.0.1:0', '--data-dir', data, '--addr-file', addrFile], { stdio: 'ignore' });
-  const deadline = Date.now() + 30000;
-  while (!existsSync(addrFile)) {
-    if (Date.now() > deadline) throw new Error('lucidd did not start');
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-  client = new Ollama({ host: `http://${readFileSync(addrFile, 'utf8').trim()}` });
+  daemon = await startLucidd(() => ['--worker', 'echo']);
+  client = daemon.client;
 });
 
-after(() => {
-  daemon.kill('SIGTERM');
-  rmSync(data, { recursive: true, force: true });
-});
+after(() => daemon.stop());
 
 test('chat streams to completion', async () => {
   let text = '';

@@ -3,39 +3,27 @@
 // `thinker`. Run by scripts/test, which sets PHASE_TEST_MODEL, LLAMA_SERVER_BINARY and LUCIDD_BIN.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, readFileSync, existsSync, rmSync, symlinkSync, copyFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, symlinkSync, copyFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Ollama } from 'ollama';
+import { startLucidd } from './daemon.mjs';
 
 let daemon;
-let data;
 let client;
 
 before(async () => {
-  data = mkdtempSync(join(tmpdir(), 'lucidd-js-tools-'));
-  const models = join(data, 'models');
-  mkdirSync(models);
-  for (const [name, template] of [['agent', 'tools.jinja'], ['thinker', 'think.jinja']]) {
-    symlinkSync(process.env.PHASE_TEST_MODEL, join(models, `${name}.gguf`));
-    copyFileSync(join(process.env.PHASE_TEMPLATES, template), join(models, `${name}.jinja`));
-  }
-  const addrFile = join(data, 'addr');
-  daemon = spawn(process.env.LUCIDD_BIN, ['--worker', 'llama-cpp', '--model-dir', models, '--llama-server-binary', process.env.LLAMA_SERVER_BINARY,
-    '--no-p2p', '--listen', '127.0.0.1:0', '--data-dir', join(data, 'data'), '--addr-file', addrFile], { stdio: 'ignore' });
-  const deadline = Date.now() + 30000;
-  while (!existsSync(addrFile)) {
-    if (Date.now() > deadline) throw new Error('lucidd did not start');
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-  client = new Ollama({ host: `http://${readFileSync(addrFile, 'utf8').trim()}` });
+  daemon = await startLucidd((dir) => {
+    const models = join(dir, 'models');
+    mkdirSync(models);
+    for (const [name, template] of [['agent', 'tools.jinja'], ['thinker', 'think.jinja']]) {
+      symlinkSync(process.env.PHASE_TEST_MODEL, join(models, `${name}.gguf`));
+      copyFileSync(join(process.env.PHASE_TEMPLATES, template), join(models, `${name}.jinja`));
+    }
+    return ['--worker', 'llama-cpp', '--model-dir', models, '--llama-server-binary', process.env.LLAMA_SERVER_BINARY];
+  });
+  client = daemon.client;
 });
 
-after(() => {
-  daemon.kill('SIGTERM');
-  rmSync(data, { recursive: true, force: true });
-});
+after(() => daemon.stop());
 
 const tools = [{ type: 'function', function: { name: 'get_weather', description: 'Get the current weather for a city',
   parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } }];
