@@ -129,3 +129,50 @@ async fn a_model_with_fim_tokens_fills_in_the_middle() {
         "{refused}"
     );
 }
+
+#[tokio::test]
+async fn tools_and_think_reach_llama_server_in_its_own_terms() {
+    let files = [
+        ("agent.gguf", tiny_gguf()),
+        (
+            "agent.jinja",
+            b"{% if tools %}{{ tools }}{% endif %}{% if enable_thinking %}<think>{% endif %}"
+                .to_vec(),
+        ),
+    ];
+    let (d, dir) = daemon_with_model_files(&files, |dir| link_fake(dir, "record"), 30.0).await;
+    let tool = json!({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}});
+    let messages = json!([
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "call_9", "function": {"name": "get_weather", "arguments": {"city": "Rome"}}}]},
+        {"role": "tool", "content": "sunny", "tool_call_id": "call_9"},
+    ]);
+    let (status, answer) = d
+        .post_json("/api/chat", json!({"model": "agent", "stream": false, "messages": messages, "tools": [tool], "think": false}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let sent = recorded(dir.path()).pop().expect("request")["body"].clone();
+    assert_eq!(sent["tools"], json!([tool]));
+    assert!(sent.get("logprobs").is_none(), "llama-server refuses logprobs with tools");
+    assert_eq!(sent["chat_template_kwargs"], json!({"enable_thinking": false}));
+    assert_eq!(
+        sent["messages"][1]["tool_calls"],
+        json!([{"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Rome\"}"}}])
+    );
+    assert_eq!(sent["messages"][2]["name"], "get_weather", "named by its tool_call_id");
+
+    // llama-server cannot stream log-probabilities with tools: refused up front, clearly.
+    let (status, refused) = d
+        .post_json(
+            "/api/chat",
+            json!({"model": "agent", "messages": messages, "tools": [tool], "logprobs": true}),
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .expect("error")
+            .contains("logprobs cannot be combined with tools")
+    );
+}
