@@ -88,3 +88,27 @@ fn request_inputs() {
         let _ = parse_json::<CompletionRequest>(&data);
     }
 }
+
+#[test]
+fn saved_answer_inputs() {
+    let all = inputs("saved_answer");
+    assert!(!all.is_empty(), "the seed corpus is in the repository");
+    let mut verified = 0;
+    for (_, data) in all {
+        let _ = phase_protocol::OutputChunk::new(phase_protocol::ChunkKind::Json, data.clone())
+            .structured();
+        if let Ok(serde_json::Value::Array(deltas)) = serde_json::from_slice(&data) {
+            let mut calls = lucidd::workers::llama_cpp::chat::ToolCallAssembler::default();
+            if calls.push(&deltas).is_ok() {
+                let _ = calls.finish(b"manifest hash");
+            }
+        }
+        if let Ok(text) = std::str::from_utf8(&data)
+            && lucidd::receipt_check::check(text).is_ok()
+        {
+            verified += 1;
+        }
+    }
+    // The seeds are real answers (tool calls, reasoning, SSE, single objects) that verify.
+    assert!(verified >= 5, "only {verified} seeds verified");
+}
