@@ -126,6 +126,13 @@ pub async fn post_stream(path: &str, body: Value) -> Vec<Value> {
         .collect()
 }
 
+/// The lines of an NDJSON answer.
+pub fn ndjson(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+        .collect()
+}
+
 /// Polls `check` until it holds, with a deadline.
 pub async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -8,4 +8,9 @@ mod harness;
 
 mod answers;
 mod capabilities;
+// The multi-process node helpers of the `it` binary, shared as source.
 mod lifecycle;
+#[allow(dead_code)]
+#[path = "../it/nodes.rs"]
+mod nodes;
+mod relayed;
