@@ -145,7 +145,7 @@ async fn tools_and_think_reach_llama_server_in_its_own_terms() {
     let messages = json!([
         {"role": "user", "content": "weather?"},
         {"role": "assistant", "content": "", "tool_calls": [{"id": "call_9", "function": {"name": "get_weather", "arguments": {"city": "Rome"}}}]},
-        {"role": "tool", "content": "sunny", "tool_call_id": "call_9"},
+        {"role": "tool", "content": "{\"sky\": \"sunny\"}", "tool_call_id": "call_9"},
     ]);
     let (status, answer) = d
         .post_json("/api/chat", json!({"model": "agent", "stream": false, "messages": messages, "tools": [tool], "think": false}))
@@ -175,4 +175,42 @@ async fn tools_and_think_reach_llama_server_in_its_own_terms() {
             .expect("error")
             .contains("logprobs cannot be combined with tools")
     );
+}
+
+#[tokio::test]
+async fn tool_calls_are_assembled_whole_and_broken_ones_are_a_clear_error() {
+    let files = [("agent.gguf", tiny_gguf()), ("agent.jinja", b"{{ tools }}".to_vec())];
+    let (d, _dir) = daemon_with_model_files(&files, |dir| link_fake(dir, "record"), 30.0).await;
+    let tool = json!({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}});
+    // The fake calls the first tool with the last message as arguments, in two pieces.
+    let ask = |arguments: &str| json!({"model": "agent", "stream": false, "tools": [tool], "messages": [{"role": "user", "content": arguments}]});
+    let (status, answer) = d.post_json("/api/chat", ask(r#"{"city": "Rome", "days": 2}"#)).await;
+    assert_eq!(status, 200, "{answer}");
+    let call = &answer["message"]["tool_calls"][0];
+    assert_eq!(
+        call["function"],
+        json!({"index": 0, "name": "get_weather", "arguments": {"city": "Rome", "days": 2}})
+    );
+    assert_eq!(answer["done_reason"], "stop");
+    assert_eq!(answer["receipt_verified"], true);
+    let (status, openai) = d
+        .post_json("/v1/chat/completions", json!({"model": "agent", "tools": [tool], "messages": [{"role": "user", "content": "{}"}]}))
+        .await;
+    assert_eq!(status, 200, "{openai}");
+    assert_eq!(openai["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(openai["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{}");
+
+    for broken in [r#"{"city": "Ro"#, r#"["Rome"]"#] {
+        let (status, refused) = d.post_json("/api/chat", ask(broken)).await;
+        assert_eq!(status, 500, "{refused}");
+        let error = refused["error"].as_str().expect("error");
+        assert!(error.contains("get_weather") && error.contains("arguments"), "{error}");
+    }
+    let (status, echo) = d
+        .post_json(
+            "/api/generate",
+            json!({"model": "echo", "prompt": "still serving", "stream": false}),
+        )
+        .await;
+    assert_eq!((status, echo["response"].as_str()), (200, Some("still serving")));
 }
