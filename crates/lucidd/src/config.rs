@@ -137,7 +137,9 @@ pub struct ServeArgs {
     #[arg(long, env = "OLLAMA_ORIGINS")]
     pub origins: Option<String>,
     /// Directory of GGUF models for the llama-cpp worker; each `NAME.gguf` is model `NAME`
-    /// (default: gguf/ in the data directory).
+    /// (default: gguf/ in the data directory). Beside a model, `NAME.jinja` replaces its chat
+    /// template (tools and thinking follow from the template) and `NAME.mmproj.gguf` is its
+    /// image projector (vision).
     #[arg(long, env = "LUCIDD_MODEL_DIR")]
     pub model_dir: Option<PathBuf>,
     /// The llama-server binary (default: the one scripts/setup installed, then PATH).
