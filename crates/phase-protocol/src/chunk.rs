@@ -70,6 +70,12 @@ pub enum ChunkError {
     },
 }
 
+fn is_tool_call(call: &Value) -> bool {
+    let function = call.get("function");
+    function.and_then(|f| f.get("name")).is_some_and(Value::is_string)
+        && function.and_then(|f| f.get("arguments")).is_some_and(Value::is_object)
+}
+
 /// Structured output of an inference job (a `json` chunk).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Structured {
@@ -126,7 +132,9 @@ impl OutputChunk {
         Self::json(&json!({ "tool_calls": calls }))
     }
 
-    /// What a `json` chunk of an inference job carries, if it is reasoning or tool calls.
+    /// What a `json` chunk of an inference job carries, if it is reasoning or tool calls in the
+    /// layout above (every call an object whose `function` has a string `name` and object
+    /// `arguments`), so a peer cannot hand clients calls their parsers reject.
     pub fn structured(&self) -> Option<Structured> {
         if self.kind != ChunkKind::Json {
             return None;
@@ -143,7 +151,9 @@ impl OutputChunk {
             None => {}
         }
         match map.remove("tool_calls") {
-            Some(Value::Array(calls)) => Some(Structured::ToolCalls(calls)),
+            Some(Value::Array(calls)) if calls.iter().all(is_tool_call) => {
+                Some(Structured::ToolCalls(calls))
+            }
             _ => None,
         }
     }

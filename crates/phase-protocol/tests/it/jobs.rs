@@ -329,6 +329,9 @@ fn structured_chunks_are_reasoning_or_tool_calls_and_nothing_else() {
         json!({"x": 1}),
         json!({"thinking": 3}),
         json!({"tool_calls": {}}),
+        json!({"tool_calls": [1]}),
+        json!({"tool_calls": [{"function": {"arguments": {}}}]}),
+        json!({"tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}),
         json!({"thinking": "a", "tool_calls": []}),
         json!([1]),
     ] {
