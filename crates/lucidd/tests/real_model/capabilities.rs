@@ -66,6 +66,15 @@ async fn capabilities_come_from_the_chat_template() {
             .await;
     assert_eq!(status, 400);
     assert_eq!(refused["error"], "\"gemma3:latest\" does not support thinking");
+    // `think: false`, which some clients send to every model, changes nothing on one that
+    // cannot think.
+    let plain = json!({"model": "gemma3", "stream": false, "options": greedy(12), "messages": [{"role": "user", "content": "Name a colour."}]});
+    let mut off = plain.clone();
+    off["think"] = json!(false);
+    let ((s1, a1), (s2, a2)) = (post("/api/chat", plain).await, post("/api/chat", off).await);
+    assert_eq!((s1, s2), (200, 200), "{a2}");
+    assert_eq!(a1["message"]["content"], a2["message"]["content"]);
+    assert!(a2["message"].get("thinking").is_none());
 }
 
 #[tokio::test]
