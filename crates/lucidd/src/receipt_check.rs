@@ -61,6 +61,7 @@ fn thinking_of(line: &Value) -> Option<&str> {
         .or_else(|| line.get("thinking"))
         .or_else(|| line.pointer("/choices/0/delta/reasoning"))
         .or_else(|| line.pointer("/choices/0/message/reasoning"))
+        .or_else(|| line.pointer("/choices/0/reasoning"))
         .and_then(Value::as_str)
 }
 

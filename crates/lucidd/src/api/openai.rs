@@ -457,9 +457,20 @@ impl AnswerShape for TextCompletionShape {
         self.object(text, Value::Null)
     }
 
+    /// Completions have no field for reasoning; a thinking model's reasoning goes in the
+    /// choice's `reasoning`, which clients ignore, so a saved answer still verifies.
+    fn thinking(&mut self, text: &str) -> Option<Value> {
+        let mut line = self.object("", Value::Null);
+        line["choices"][0]["reasoning"] = json!(text);
+        Some(line)
+    }
+
     fn done(&mut self, finish: &Finish, answer: Option<&Collected>, _stats: &Stats) -> Value {
         let text = answer.map_or("", |a| a.text.as_str());
         let mut body = self.object(text, json!(finish_reason(finish)));
+        if let Some(thinking) = answer.map(|a| a.thinking.as_str()).filter(|t| !t.is_empty()) {
+            body["choices"][0]["reasoning"] = json!(thinking);
+        }
         body["usage"] = usage(finish);
         if let Value::Object(map) = &mut body {
             map.extend(receipt_fields(finish));

@@ -220,6 +220,14 @@ async fn reasoning_reaches_openai_clients_and_verifies_offline() {
     assert_eq!(status, 200, "{answer}");
     assert!(answer["choices"][0]["message"].get("reasoning").is_none(), "{answer}");
 
+    // Completions have no place for reasoning; it rides along in `reasoning` and verifies.
+    for stream in [true, false] {
+        let body = json!({"model": "thinker", "prompt": "What is 2 + 3?", "temperature": 0, "seed": 42, "max_tokens": 16, "stream": stream});
+        let saved = raw_text("/v1/completions", &body).await;
+        assert!(saved.contains("\"reasoning\":"), "{saved}");
+        lucidd::receipt_check::check(&saved).expect("a completion with reasoning verifies");
+    }
+
     let ndjson = raw_text("/api/chat", &json!({"model": "thinker", "messages": arithmetic_chat(), "think": true, "options": greedy(16)})).await;
     lucidd::receipt_check::check(&ndjson).expect("a stream with reasoning verifies");
     let edited = ndjson.replacen("\"thinking\":\"", "\"thinking\":\"X", 1);
