@@ -28,7 +28,12 @@ pub enum Piece {
         token_ids: Option<Vec<u32>>,
     },
     /// A piece of the model's reasoning.
-    Thinking(String),
+    Thinking {
+        /// The text.
+        text: String,
+        /// The ids of its tokens, when the worker committed to them.
+        token_ids: Option<Vec<u32>>,
+    },
     /// Complete tool calls the model made (Ollama's shape).
     ToolCalls(Vec<serde_json::Value>),
     /// One embedding vector.
@@ -206,10 +211,13 @@ impl JobRun {
                             // Chunk boundaries for `lucidd receipt verify`: a byte length of
                             // `thinking`, or a number of `tool_calls`.
                             match structured {
-                                Structured::Thinking(text) => {
-                                    self.receipt_chunks
-                                        .push(serde_json::json!({"thinking": text.len()}));
-                                    Piece::Thinking(text)
+                                Structured::Thinking { text, token_ids } => {
+                                    let token_ids = (!token_ids.is_empty()).then_some(token_ids);
+                                    self.receipt_chunks.push(match &token_ids {
+                                        Some(ids) => serde_json::json!({"thinking": text.len(), "token_ids": ids}),
+                                        None => serde_json::json!({"thinking": text.len()}),
+                                    });
+                                    Piece::Thinking { text, token_ids }
                                 }
                                 Structured::ToolCalls(calls) => {
                                     self.receipt_chunks

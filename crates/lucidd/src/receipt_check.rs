@@ -155,7 +155,8 @@ pub fn check(saved: &str) -> anyhow::Result<Checked> {
 /// One streamed line is one chunk: reasoning, tool calls, or text.
 fn replay_stream_line(observed: &mut Commitment, line: &Value) -> anyhow::Result<()> {
     if let Some(thinking) = thinking_of(line).filter(|t| !t.is_empty()) {
-        push_structured(observed, &phase_protocol::OutputChunk::thinking(thinking));
+        let ids = token_ids(line.get("token_ids"))?.unwrap_or_default();
+        push_structured(observed, &phase_protocol::OutputChunk::thinking(thinking, &ids));
     } else if let Some(calls) = tool_calls_of(line)?.filter(|c| !c.is_empty()) {
         push_structured(observed, &phase_protocol::OutputChunk::tool_calls(&calls));
     } else {
@@ -189,7 +190,8 @@ fn replay_single_answer(
     for entry in entries {
         if let Some(len) = entry.get("thinking") {
             let piece = take(thinking, &mut thinking_at, len.as_u64())?;
-            push_structured(observed, &phase_protocol::OutputChunk::thinking(&piece));
+            let ids = token_ids(entry.get("token_ids"))?.unwrap_or_default();
+            push_structured(observed, &phase_protocol::OutputChunk::thinking(&piece, &ids));
         } else if let Some(count) = entry.get("tool_calls") {
             let count = count.as_u64().ok_or_else(|| anyhow!("tool_calls counts are numbers"))?;
             let end = calls_at.saturating_add(count as usize);

@@ -7,9 +7,10 @@
 //!   the exact token ids that produced it, so the output can later be re-scored token by token.
 //! * `stdout`, `stderr`: raw bytes a program wrote.
 //! * `embedding`: `n × f32_be`: one vector.
-//! * `json`: UTF-8 JSON, for structured output. An inference job's `json` chunk is an object
-//!   with one key: `{"thinking": "..."}`, a piece of the model's reasoning, or
-//!   `{"tool_calls": [...]}`, complete tool calls in Ollama's shape
+//! * `json`: UTF-8 JSON, for structured output. An inference job's `json` chunk is either
+//!   `{"thinking": "..."}`, a piece of the model's reasoning (with `"token_ids": [...]`, the
+//!   ids of its tokens, when known), or `{"tool_calls": [...]}`, complete tool calls in
+//!   Ollama's shape
 //!   (`{"id", "function": {"index", "name", "arguments": {...}}}`). Its bytes are the compact
 //!   serialization of that object, so a verifier rebuilds them from the answer.
 
@@ -80,7 +81,12 @@ fn is_tool_call(call: &Value) -> bool {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Structured {
     /// A piece of the model's reasoning.
-    Thinking(String),
+    Thinking {
+        /// The text.
+        text: String,
+        /// The ids of its tokens (empty when the worker did not commit to them).
+        token_ids: Vec<u32>,
+    },
     /// Complete tool calls.
     ToolCalls(Vec<Value>),
 }
@@ -122,9 +128,13 @@ impl OutputChunk {
         Self::new(ChunkKind::Json, value.to_string())
     }
 
-    /// A piece of a model's reasoning.
-    pub fn thinking(text: &str) -> Self {
-        Self::json(&json!({ "thinking": text }))
+    /// A piece of a model's reasoning, with the ids of its tokens when they are known.
+    pub fn thinking(text: &str, token_ids: &[u32]) -> Self {
+        if token_ids.is_empty() {
+            Self::json(&json!({ "thinking": text }))
+        } else {
+            Self::json(&json!({ "thinking": text, "token_ids": token_ids }))
+        }
     }
 
     /// Complete tool calls a model made.
@@ -142,13 +152,23 @@ impl OutputChunk {
         let Value::Object(mut map) = serde_json::from_slice(&self.data).ok()? else {
             return None;
         };
-        if map.len() != 1 {
-            return None;
-        }
         match map.remove("thinking") {
-            Some(Value::String(text)) => return Some(Structured::Thinking(text)),
+            Some(Value::String(text)) => {
+                let token_ids = match map.remove("token_ids") {
+                    None => Vec::new(),
+                    Some(Value::Array(ids)) => ids
+                        .iter()
+                        .map(|id| id.as_u64().and_then(|id| u32::try_from(id).ok()))
+                        .collect::<Option<Vec<u32>>>()?,
+                    Some(_) => return None,
+                };
+                return map.is_empty().then_some(Structured::Thinking { text, token_ids });
+            }
             Some(_) => return None,
             None => {}
+        }
+        if map.len() != 1 {
+            return None;
         }
         match map.remove("tool_calls") {
             Some(Value::Array(calls)) if calls.iter().all(is_tool_call) => {

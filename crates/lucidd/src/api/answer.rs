@@ -191,8 +191,13 @@ pub async fn respond<S: AnswerShape>(
                 }
                 frame(st.framing, &line)
             }
-            Some(Piece::Thinking(text)) => match st.shape.thinking(&text) {
-                Some(line) => frame(st.framing, &line),
+            Some(Piece::Thinking { text, token_ids }) => match st.shape.thinking(&text) {
+                Some(mut line) => {
+                    if let (Some(ids), Value::Object(map)) = (token_ids, &mut line) {
+                        map.insert("token_ids".into(), json!(ids));
+                    }
+                    frame(st.framing, &line)
+                }
                 None => Bytes::new(),
             },
             Some(Piece::ToolCalls(calls)) => match st.shape.tool_calls(&calls) {
@@ -259,7 +264,7 @@ async fn collect<S: AnswerShape>(
                     logprobs.extend(entries);
                 }
             }
-            Some(Piece::Thinking(t)) => answer.thinking.push_str(&t),
+            Some(Piece::Thinking { text: t, .. }) => answer.thinking.push_str(&t),
             Some(Piece::ToolCalls(calls)) => answer.tool_calls.extend(calls),
             Some(Piece::Embedding(_)) => {}
             Some(Piece::Done(finish)) => {

@@ -181,6 +181,13 @@ async fn a_thinking_model_reasons_apart_from_its_answer() {
         let thinking = joined(&lines, "thinking");
         let content = joined(&lines, "content");
         assert!(!thinking.trim().is_empty(), "think {think}: reasoning in `thinking`: {lines:?}");
+        assert!(
+            lines
+                .iter()
+                .filter(|l| l["message"].get("thinking").is_some())
+                .all(|l| l["token_ids"].as_array().is_some_and(|ids| !ids.is_empty())),
+            "the receipt commits to the reasoning's token ids: {lines:?}"
+        );
         assert!(!content.contains("<think>") && !content.contains("</think>"), "{content:?}");
         assert!(!thinking.contains("<think>"), "{thinking:?}");
         assert_eq!(lines.last().expect("final")["receipt_verified"], true);

@@ -312,10 +312,15 @@ fn malformed_token_chunks_are_reported_not_misread() {
 #[test]
 fn structured_chunks_are_reasoning_or_tool_calls_and_nothing_else() {
     use phase_protocol::Structured;
-    let thinking = OutputChunk::thinking("two plus three");
+    let thinking = OutputChunk::thinking("two plus three", &[]);
     assert_eq!(thinking.kind, ChunkKind::Json);
     assert_eq!(&thinking.data[..], br#"{"thinking":"two plus three"}"#);
-    assert_eq!(thinking.structured(), Some(Structured::Thinking("two plus three".into())));
+    let text = "two plus three".to_string();
+    assert_eq!(thinking.structured(), Some(Structured::Thinking { text, token_ids: vec![] }));
+    let with_ids = OutputChunk::thinking("two", &[1, 70000]);
+    assert_eq!(&with_ids.data[..], br#"{"thinking":"two","token_ids":[1,70000]}"#);
+    let (text, token_ids) = ("two".to_string(), vec![1, 70000]);
+    assert_eq!(with_ids.structured(), Some(Structured::Thinking { text, token_ids }));
     let call = json!({"function": {"arguments": {"city": "Paris"}, "index": 0, "name": "get_weather"}, "id": "call_1"});
     let calls = OutputChunk::tool_calls(std::slice::from_ref(&call));
     // The layout SPEC §5 gives: compact, keys sorted, whatever order they were built in.
@@ -333,6 +338,9 @@ fn structured_chunks_are_reasoning_or_tool_calls_and_nothing_else() {
         json!({"tool_calls": [{"function": {"arguments": {}}}]}),
         json!({"tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}),
         json!({"thinking": "a", "tool_calls": []}),
+        json!({"thinking": "a", "token_ids": [-1]}),
+        json!({"thinking": "a", "token_ids": "1"}),
+        json!({"thinking": "a", "other": 1}),
         json!([1]),
     ] {
         assert_eq!(OutputChunk::json(&other).structured(), None, "{other}");

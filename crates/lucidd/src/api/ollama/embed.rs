@@ -55,7 +55,7 @@ pub async fn embed_texts(
     while let Some(piece) = run.next().await {
         match piece {
             Piece::Embedding(v) => vectors.push(v),
-            Piece::Text { .. } | Piece::Thinking(_) | Piece::ToolCalls(_) => {}
+            Piece::Text { .. } | Piece::Thinking { .. } | Piece::ToolCalls(_) => {}
             Piece::Done(finish) => {
                 if let Some(reason) = finish.failure() {
                     return Err(ApiError {

@@ -180,13 +180,17 @@ impl InferenceRun {
                 return done(Completion::Cancelled, metrics);
             }
             if !event.thinking.is_empty()
-                && emitter.output(OutputChunk::thinking(&event.thinking)).await.is_err()
+                && emitter
+                    .output(OutputChunk::thinking(&event.thinking, &event.tokens))
+                    .await
+                    .is_err()
             {
                 return done(Completion::Cancelled, metrics);
             }
-            if (!event.content.is_empty()
-                || (!event.tokens.is_empty() && event.thinking.is_empty()))
-                && emitter.output(OutputChunk::token(&event.content, &event.tokens)).await.is_err()
+            // An event's token ids go with its reasoning if it has any, else with its text.
+            let text_ids: &[u32] = if event.thinking.is_empty() { &event.tokens } else { &[] };
+            if (!event.content.is_empty() || !text_ids.is_empty())
+                && emitter.output(OutputChunk::token(&event.content, text_ids)).await.is_err()
             {
                 return done(Completion::Cancelled, metrics);
             }
