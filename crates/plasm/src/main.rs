@@ -5,8 +5,7 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use phase_artifact::{BlobStore, ContentId};
 use phase_identity::NodeIdentity;
-use phase_manifest::{SignedManifest, unix_time_ms};
-use phase_protocol::{ChunkKind, JobEvent, JobSpec, WasmJob, WasmLimits, Worker};
+use phase_protocol::{ChunkKind, JobEvent, WasmJob, WasmLimits, Worker};
 use plasm::record::RunRecord;
 use plasm::sandbox::{NodeLimits, Sandbox};
 use plasm::worker::WasmWorker;
@@ -14,7 +13,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// plasmd — the reference Phase WebAssembly node.
 ///
@@ -289,12 +287,7 @@ fn run(
             store.put(&bytes).await?
         };
         let job = WasmJob { module: cid, entry, args, env, stdin: stdin.into(), limits };
-        let manifest = SignedManifest::sign(
-            &identity,
-            JobSpec::Wasm(job),
-            Duration::from_secs(600),
-            unix_time_ms(),
-        )?;
+        let manifest = plasm::worker::sign_job(&identity, job)?;
         let worker =
             WasmWorker::new(identity, Arc::new(Sandbox::new()?), store, NodeLimits::default());
         let mut job = worker.execute(manifest).await?;

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use phase_artifact::discovery::{Discovery, Interfaces};
 use phase_artifact::{BlobStore, client, server};
 use phase_identity::NodeIdentity;
-use phase_manifest::{SignedManifest, unix_time_ms};
+use phase_manifest::SignedManifest;
 use phase_net::{
     Admission, JobService, ModelEntry, ModelKey, Multiaddr, NetConfig, Network, PeerId,
     SignerAllowlist,
@@ -192,12 +192,7 @@ pub async fn submit(
     };
     let http = reqwest::Client::new();
     job.module = client::upload(&http, &artifacts, module).await?;
-    let manifest = SignedManifest::sign(
-        &identity,
-        JobSpec::Wasm(job),
-        Duration::from_secs(600),
-        unix_time_ms(),
-    )?;
+    let manifest = crate::worker::sign_job(&identity, job)?;
     let hash = manifest.hash()?;
     let mut remote = network.request_job(peer, &manifest.to_cbor()?).await?;
     let (mut stdout, mut stderr, mut observed) = (Vec::new(), Vec::new(), Commitment::new());

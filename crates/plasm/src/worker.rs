@@ -3,14 +3,26 @@
 use futures::future::BoxFuture;
 use phase_artifact::BlobStore;
 use phase_identity::NodeIdentity;
-use phase_manifest::SignedManifest;
+use phase_manifest::{ManifestError, SignedManifest, unix_time_ms};
 use phase_protocol::{
-    ChunkKind, Completion, Job, JobSpec, Metrics, OutputChunk, Worker, WorkerError, job_channel,
+    ChunkKind, Completion, Job, JobSpec, Metrics, OutputChunk, WasmJob, Worker, WorkerError,
+    job_channel,
 };
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::sandbox::{NodeLimits, Output, Run, Sandbox};
+
+/// How long a job request made by `plasmd run` or `plasmd submit` stays valid.
+pub const JOB_VALIDITY: Duration = Duration::from_secs(600);
+
+/// `job` signed by `identity` as a manifest valid from now for [`JOB_VALIDITY`].
+pub fn sign_job(
+    identity: &NodeIdentity,
+    job: WasmJob,
+) -> Result<SignedManifest<JobSpec>, ManifestError> {
+    SignedManifest::sign(identity, JobSpec::Wasm(job), JOB_VALIDITY, unix_time_ms())
+}
 
 /// Largest output chunk; longer output is split, standard output first.
 pub const CHUNK_BYTES: usize = 64 * 1024;
