@@ -4,7 +4,7 @@ use lucidd::config::ServeArgs;
 use lucidd::server::{Running, start};
 use phase_protocol::JobResult;
 use phase_receipt::SignedReceipt;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,13 @@ impl Daemon {
         let status = response.status().as_u16();
         let text = response.text().await.expect("body");
         (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
+    }
+
+    /// Asserts that the daemon still answers (with the echo model) after a fault.
+    pub async fn assert_still_serving(&self) {
+        let body = json!({"model": "echo", "prompt": "still serving", "stream": false});
+        let (status, echo) = self.post_json("/api/generate", body).await;
+        assert_eq!((status, echo["response"].as_str()), (200, Some("still serving")));
     }
 
     /// Stops the daemon like SIGTERM and waits for it (receipts flushed).

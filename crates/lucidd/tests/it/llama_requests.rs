@@ -206,11 +206,5 @@ async fn tool_calls_are_assembled_whole_and_broken_ones_are_a_clear_error() {
         let error = refused["error"].as_str().expect("error");
         assert!(error.contains("get_weather") && error.contains("arguments"), "{error}");
     }
-    let (status, echo) = d
-        .post_json(
-            "/api/generate",
-            json!({"model": "echo", "prompt": "still serving", "stream": false}),
-        )
-        .await;
-    assert_eq!((status, echo["response"].as_str()), (200, Some("still serving")));
+    d.assert_still_serving().await;
 }

@@ -1,6 +1,6 @@
 //! What the real model answers through lucidd, compared with llama-server itself.
 
-use crate::harness::{llama_server, model_file, post, post_stream};
+use crate::harness::{llama_server, model_file, post, post_stream, post_text};
 use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -266,15 +266,7 @@ async fn logprobs_come_from_the_model_and_do_not_change_the_answer() {
 #[tokio::test]
 async fn a_saved_gemma_answer_verifies_offline_with_its_token_ids() {
     let body = json!({"model": "gemma3", "messages": [{"role": "user", "content": PROMPT}], "options": greedy(10)});
-    let stream = reqwest::Client::new()
-        .post(crate::harness::url("/api/chat"))
-        .json(&body)
-        .send()
-        .await
-        .expect("POST")
-        .text()
-        .await
-        .expect("body");
+    let stream = post_text("/api/chat", &body).await;
     assert!(stream.contains("\"token_ids\""), "each line carries the ids the receipt commits to");
     let checked = lucidd::receipt_check::check(&stream).expect("the saved stream verifies");
     assert!(checked.replayed_chunks.expect("replayed") > 0);
@@ -285,14 +277,6 @@ async fn a_saved_gemma_answer_verifies_offline_with_its_token_ids() {
     assert!(lucidd::receipt_check::check(&edited).is_err(), "an edited token id is refused");
     let mut single = body;
     single["stream"] = json!(false);
-    let one = reqwest::Client::new()
-        .post(crate::harness::url("/api/chat"))
-        .json(&single)
-        .send()
-        .await
-        .expect("POST")
-        .text()
-        .await
-        .expect("body");
+    let one = post_text("/api/chat", &single).await;
     lucidd::receipt_check::check(&one).expect("the single answer verifies too");
 }

@@ -3,7 +3,7 @@
 //! the reasoning are the model's own output, parsed by llama-server and streamed by lucidd with
 //! a receipt that covers them.
 
-use crate::harness::{post, post_stream, templates, url};
+use crate::harness::{post, post_stream, post_text, templates};
 use serde_json::{Value, json};
 
 fn greedy(n: u32) -> Value {
@@ -25,12 +25,6 @@ fn weather_chat() -> Value {
         {"role": "assistant", "content": "It is sunny in Rome, 24 C."},
         {"role": "user", "content": "What is the weather in Paris?"},
     ])
-}
-
-async fn raw_text(path: &str, body: &Value) -> String {
-    let r = reqwest::Client::new().post(url(path)).json(body).send().await.expect("POST");
-    assert_eq!(r.status(), 200);
-    r.text().await.expect("body")
 }
 
 #[tokio::test]
@@ -80,7 +74,7 @@ async fn capabilities_come_from_the_chat_template() {
 #[tokio::test]
 async fn the_model_calls_a_tool_in_a_stream_that_verifies_offline() {
     let body = json!({"model": "agent", "messages": weather_chat(), "tools": [weather_tool()], "options": greedy(80)});
-    let stream = raw_text("/api/chat", &body).await;
+    let stream = post_text("/api/chat", &body).await;
     let lines: Vec<Value> =
         stream.lines().map(|l| serde_json::from_str(l).expect("NDJSON line")).collect();
     let with_calls: Vec<&Value> =
@@ -108,7 +102,7 @@ async fn the_model_calls_a_tool_in_a_stream_that_verifies_offline() {
     // Not streamed: the same call (its id names this job, so it differs).
     let mut single = body.clone();
     single["stream"] = json!(false);
-    let one = raw_text("/api/chat", &single).await;
+    let one = post_text("/api/chat", &single).await;
     let answer: Value = serde_json::from_str(&one).expect("JSON");
     assert_eq!(answer["message"]["tool_calls"][0]["function"], calls[0]["function"]);
     assert_eq!(answer["receipt_verified"], true);
@@ -138,7 +132,7 @@ async fn openai_clients_get_tool_calls_with_string_arguments() {
 
     let mut streaming = body;
     streaming["stream"] = json!(true);
-    let stream = raw_text("/v1/chat/completions", &streaming).await;
+    let stream = post_text("/v1/chat/completions", &streaming).await;
     let events: Vec<Value> = stream
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
@@ -217,7 +211,7 @@ async fn reasoning_reaches_openai_clients_and_verifies_offline() {
         {"role": "user", "content": "What is 2 + 3?"},
     ]);
     let body = json!({"model": "thinker", "messages": messages, "temperature": 0, "seed": 42, "max_tokens": 24, "stream": true});
-    let stream = raw_text("/v1/chat/completions", &body).await;
+    let stream = post_text("/v1/chat/completions", &body).await;
     assert!(stream.contains("\"reasoning\":"), "reasoning in its own deltas: {stream}");
     lucidd::receipt_check::check(&stream).expect("verifies");
     let mut off = body;
@@ -230,12 +224,12 @@ async fn reasoning_reaches_openai_clients_and_verifies_offline() {
     // Completions have no place for reasoning; it rides along in `reasoning` and verifies.
     for stream in [true, false] {
         let body = json!({"model": "thinker", "prompt": "What is 2 + 3?", "temperature": 0, "seed": 42, "max_tokens": 16, "stream": stream});
-        let saved = raw_text("/v1/completions", &body).await;
+        let saved = post_text("/v1/completions", &body).await;
         assert!(saved.contains("\"reasoning\":"), "{saved}");
         lucidd::receipt_check::check(&saved).expect("a completion with reasoning verifies");
     }
 
-    let ndjson = raw_text("/api/chat", &json!({"model": "thinker", "messages": arithmetic_chat(), "think": true, "options": greedy(16)})).await;
+    let ndjson = post_text("/api/chat", &json!({"model": "thinker", "messages": arithmetic_chat(), "think": true, "options": greedy(16)})).await;
     lucidd::receipt_check::check(&ndjson).expect("a stream with reasoning verifies");
     let edited = ndjson.replacen("\"thinking\":\"", "\"thinking\":\"X", 1);
     assert!(lucidd::receipt_check::check(&edited).is_err(), "edited reasoning is refused");

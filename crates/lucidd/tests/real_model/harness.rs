@@ -117,13 +117,15 @@ pub async fn post(path: &str, body: Value) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
 }
 
-pub async fn post_stream(path: &str, body: Value) -> Vec<Value> {
-    let r = reqwest::Client::new().post(url(path)).json(&body).send().await.expect("POST");
+/// The answer's text, as a client would save it; the status must be 200.
+pub async fn post_text(path: &str, body: &Value) -> String {
+    let r = reqwest::Client::new().post(url(path)).json(body).send().await.expect("POST");
     assert_eq!(r.status(), 200);
-    let text = r.text().await.expect("body");
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
-        .collect()
+    r.text().await.expect("body")
+}
+
+pub async fn post_stream(path: &str, body: Value) -> Vec<Value> {
+    ndjson(&post_text(path, &body).await)
 }
 
 /// The lines of an NDJSON answer.
