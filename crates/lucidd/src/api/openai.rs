@@ -153,6 +153,7 @@ fn message(value: &Value) -> Result<ChatMessage, ApiError> {
         }
     }
     if let Some(calls) = value.get("tool_calls").and_then(Value::as_array) {
+        validate::tool_calls(calls)?;
         msg.tool_calls = calls.clone();
     }
     msg.tool_name = value.get("name").and_then(Value::as_str).map(str::to_string);

@@ -296,6 +296,36 @@ async fn chat_tools_on_a_model_without_tools_is_400() {
 }
 
 #[tokio::test]
+async fn malformed_tools_and_tool_calls_are_400_naming_the_bad_one() {
+    let d = Daemon::start().await;
+    for tools in [json!([1]), json!([{"type": "function"}]), json!([{"function": {"name": ""}}])] {
+        let mut body = chat_body("x");
+        body["tools"] = tools.clone();
+        let (status, answer) = d.post_json("/api/chat", body).await;
+        assert_eq!(status, 400, "{tools}");
+        assert!(answer["error"].as_str().expect("e").starts_with("invalid tool 0"), "{answer}");
+    }
+    for call in [
+        json!("f"),
+        json!({"function": {"arguments": {}}}),
+        json!({"function": {"name": "f", "arguments": 3}}),
+    ] {
+        let history = json!([{"role": "assistant", "content": "", "tool_calls": [call]}, {"role": "user", "content": "x"}]);
+        let (status, answer) =
+            d.post_json("/api/chat", json!({"model": "echo", "messages": history})).await;
+        assert_eq!(status, 400, "{call}");
+        assert!(
+            answer["error"].as_str().expect("e").starts_with("invalid tool call 0"),
+            "{answer}"
+        );
+        let (status, _) = d
+            .post_json("/v1/chat/completions", json!({"model": "echo", "messages": history}))
+            .await;
+        assert_eq!(status, 400, "/v1 {call}");
+    }
+}
+
+#[tokio::test]
 async fn chat_with_no_messages_loads_and_unloads() {
     let d = Daemon::start().await;
     let (_, body) = d.post_json("/api/chat", json!({"model": "echo", "messages": []})).await;

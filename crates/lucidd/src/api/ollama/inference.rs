@@ -149,7 +149,11 @@ fn chat_message(m: MessageIn) -> Result<ChatMessage, ApiError> {
         role,
         content: m.content.unwrap_or_default(),
         images: validate::images(m.images.as_ref())?,
-        tool_calls: m.tool_calls.unwrap_or_default(),
+        tool_calls: {
+            let calls = m.tool_calls.unwrap_or_default();
+            validate::tool_calls(&calls)?;
+            calls
+        },
         tool_name: m.tool_name,
         thinking: m.thinking,
     })

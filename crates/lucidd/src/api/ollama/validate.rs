@@ -143,9 +143,38 @@ pub fn name_tool_results(messages: &mut [ChatMessage], call_ids: &[Option<&str>]
     }
 }
 
+/// The non-empty `function.name` of a tool or tool call.
+fn function_name(value: &Value) -> Option<&str> {
+    value.pointer("/function/name").and_then(Value::as_str).filter(|n| !n.is_empty())
+}
+
+/// Checks an assistant message's earlier `tool_calls`: each names its function, and its
+/// arguments, if given, are an object (Ollama) or a JSON string (OpenAI).
+pub fn tool_calls(calls: &[Value]) -> Result<(), ApiError> {
+    for (i, call) in calls.iter().enumerate() {
+        let arguments_ok = match call.pointer("/function/arguments") {
+            None | Some(Value::Object(_)) | Some(Value::String(_)) => true,
+            Some(_) => false,
+        };
+        if function_name(call).is_none() || !arguments_ok {
+            return Err(ApiError::bad_request(format!(
+                "invalid tool call {i}: {call} (expected {{\"function\": {{\"name\": ..., \"arguments\": {{...}}}}}})"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Checks `tools` against the model.
 pub fn tools(model: &ResolvedModel, tools: Option<&Vec<Value>>) -> Result<Vec<Value>, ApiError> {
     let tools = tools.cloned().unwrap_or_default();
+    for (i, tool) in tools.iter().enumerate() {
+        if function_name(tool).is_none() {
+            return Err(ApiError::bad_request(format!(
+                "invalid tool {i}: {tool} (expected {{\"type\": \"function\", \"function\": {{\"name\": ..., \"parameters\": {{...}}}}}})"
+            )));
+        }
+    }
     if !tools.is_empty() && !model.base.can("tools") {
         return Err(ApiError::bad_request(format!(
             "registry.ollama.ai/library/{} does not support tools",
