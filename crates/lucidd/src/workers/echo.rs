@@ -66,6 +66,7 @@ impl EchoWorker {
             // Built into the binary: it is as new as this daemon.
             modified_at: OffsetDateTime::now_utc(),
             problem: None,
+            notes: Vec::new(),
         };
         Self { identity, info }
     }

@@ -43,6 +43,9 @@ pub struct ModelInfo {
     /// Why the model cannot be used (e.g. the file is not valid GGUF); such a model is not
     /// listed, and a request for it gets this reason.
     pub problem: Option<String>,
+    /// What a person should know before using the model (e.g. that it has no chat template),
+    /// shown by `/api/show` and logged at start.
+    pub notes: Vec<String>,
 }
 
 impl ModelInfo {

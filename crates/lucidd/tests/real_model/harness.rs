@@ -27,6 +27,19 @@ pub fn model_file() -> PathBuf {
     path
 }
 
+/// The chat model (SmolLM2-135M-Instruct), from `PHASE_CHAT_MODEL`.
+pub fn chat_model_file() -> PathBuf {
+    let path = std::env::var_os("PHASE_CHAT_MODEL").map(PathBuf::from).expect(
+        "PHASE_CHAT_MODEL must name the chat model's GGUF file: run scripts/setup, or use scripts/test",
+    );
+    assert!(
+        path.is_file(),
+        "PHASE_CHAT_MODEL {} does not exist: run scripts/setup",
+        path.display()
+    );
+    path
+}
+
 pub fn llama_server() -> PathBuf {
     let path = std::env::var_os("LLAMA_SERVER_BINARY").map(PathBuf::from).expect(
         "LLAMA_SERVER_BINARY must name llama-server: run scripts/setup, or use scripts/test",
@@ -35,7 +48,7 @@ pub fn llama_server() -> PathBuf {
     path
 }
 
-/// The shared daemon: `gemma3` (the real model; also as `scratch` and `exact`, and as `agent`
+/// The shared daemon: `smollm2` (the instruction-tuned chat model), `gemma3` (the pre-trained model; also as `scratch` and `exact`, and as `agent`
 /// and `thinker` with templates for tools and reasoning), `broken` (a file that is not GGUF),
 /// and echo.
 pub fn shared() -> &'static Shared {
@@ -45,6 +58,8 @@ pub fn shared() -> &'static Shared {
         std::fs::create_dir_all(&model_dir).expect("mkdir");
         let model_file = model_file();
         std::os::unix::fs::symlink(&model_file, model_dir.join("gemma3.gguf")).expect("link model");
+        std::os::unix::fs::symlink(chat_model_file(), model_dir.join("smollm2.gguf"))
+            .expect("link chat model");
         // The same bytes under another name, for tests that kill or unload its server.
         std::os::unix::fs::symlink(&model_file, model_dir.join("scratch.gguf"))
             .expect("link model");

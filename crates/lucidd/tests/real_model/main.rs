@@ -2,12 +2,14 @@
 //! scripts/setup). One test binary, run with `cargo test` (not one process per test), so the
 //! model loads once: every test shares one daemon.
 //!
-//! Needs `PHASE_TEST_MODEL` (a .gguf file) and `LLAMA_SERVER_BINARY`; scripts/test sets both.
+//! Needs `PHASE_TEST_MODEL` (Gemma 3 270M), `PHASE_CHAT_MODEL` (SmolLM2-135M-Instruct) and
+//! `LLAMA_SERVER_BINARY`; scripts/test sets them.
 
 mod harness;
 
 mod answers;
 mod capabilities;
+mod first_run;
 // The multi-process node helpers of the `it` binary, shared as source.
 mod lifecycle;
 #[allow(dead_code)]

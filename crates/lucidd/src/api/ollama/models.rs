@@ -215,7 +215,7 @@ pub async fn show(
             modelfile.push_str(&format!("PARAMETER {key} {v}\n"));
         }
     }
-    Ok(Json(json!({
+    let mut shown = json!({
         "modelfile": modelfile,
         "parameters": parameters.trim_end(),
         "template": template,
@@ -226,7 +226,12 @@ pub async fn show(
         "model_info": model.base.model_info,
         "capabilities": model.base.capabilities,
         "modified_at": rfc3339(model.modified_at()),
-    })))
+    });
+    // Not in Ollama's answer: what a person should know first (e.g. no chat template).
+    if !model.base.notes.is_empty() {
+        shown["notes"] = json!(model.base.notes);
+    }
+    Ok(Json(shown))
 }
 
 /// `POST /api/copy`.

@@ -10,6 +10,7 @@ pub mod supervisor;
 pub mod template;
 
 use futures::future::BoxFuture;
+use parking_lot::Mutex;
 use phase_identity::NodeIdentity;
 use phase_manifest::SignedManifest;
 use phase_protocol::{
@@ -20,7 +21,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
@@ -85,6 +86,9 @@ impl LlamaCppWorker {
                 anyhow::anyhow!("reading the model directory {}: {e}", config.model_dir.display())
             })?;
         tracing::info!(dir = %config.model_dir.display(), models = models.len(), binary = %config.binary.display(), "llama.cpp worker ready");
+        for note in models.iter().flat_map(|m| model_info(m).notes) {
+            tracing::warn!("{note}");
+        }
         let worker = Arc::new(Self {
             identity,
             config,
@@ -112,8 +116,7 @@ impl LlamaCppWorker {
 
     /// The PID of the chat server of `model`, if running (for tests).
     pub async fn server_pid(&self, model: &ModelName) -> Option<u32> {
-        let loaded =
-            self.servers.lock().expect("servers lock").get(&(model.clone(), false)).cloned()?;
+        let loaded = self.servers.lock().get(&(model.clone(), false)).cloned()?;
         loaded.supervisor.pid().await
     }
 
@@ -130,7 +133,7 @@ impl LlamaCppWorker {
     }
 
     fn loaded(&self, name: &ModelName, embedding: bool) -> Arc<Loaded> {
-        let mut servers = self.servers.lock().expect("servers lock");
+        let mut servers = self.servers.lock();
         Arc::clone(servers.entry((name.clone(), embedding)).or_insert_with(|| {
             let mode = if embedding { "embed" } else { "chat" };
             let log =
@@ -146,8 +149,7 @@ impl LlamaCppWorker {
 
     /// Makes room for one more server by unloading the least recently used idle one.
     async fn make_room(&self, keep: &Arc<Loaded>) {
-        let candidates: Vec<Arc<Loaded>> =
-            self.servers.lock().expect("servers lock").values().cloned().collect();
+        let candidates: Vec<Arc<Loaded>> = self.servers.lock().values().cloned().collect();
         let mut running = Vec::new();
         for loaded in candidates {
             if !Arc::ptr_eq(&loaded, keep) && loaded.supervisor.is_running().await {
@@ -160,7 +162,7 @@ impl LlamaCppWorker {
         let idle = running
             .into_iter()
             .filter(|l| l.in_use.load(Ordering::SeqCst) == 0)
-            .min_by_key(|l| *l.last_used.lock().expect("lock"));
+            .min_by_key(|l| *l.last_used.lock());
         if let Some(victim) = idle {
             victim.supervisor.unload().await;
         }
@@ -208,16 +210,15 @@ async fn reap_idle(worker: Weak<LlamaCppWorker>) {
     loop {
         tokio::time::sleep(REAP_INTERVAL).await;
         let Some(worker) = worker.upgrade() else { return };
-        let all: Vec<Arc<Loaded>> =
-            worker.servers.lock().expect("servers lock").values().cloned().collect();
+        let all: Vec<Arc<Loaded>> = worker.servers.lock().values().cloned().collect();
         for loaded in all {
             if loaded.in_use.load(Ordering::SeqCst) > 0 {
                 continue;
             }
-            let expired = match *loaded.keep_alive.lock().expect("lock") {
+            let expired = match *loaded.keep_alive.lock() {
                 KeepAlive::Forever => false,
                 KeepAlive::UnloadNow => true,
-                KeepAlive::For(d) => loaded.last_used.lock().expect("lock").elapsed() >= d,
+                KeepAlive::For(d) => loaded.last_used.lock().elapsed() >= d,
             };
             if expired && loaded.supervisor.is_running().await {
                 loaded.supervisor.unload().await;
@@ -232,7 +233,7 @@ impl ModelWorker for LlamaCppWorker {
     }
 
     fn is_loaded(&self, model: &ModelName) -> Option<bool> {
-        let servers = self.servers.lock().expect("servers lock");
+        let servers = self.servers.lock();
         Some([false, true].iter().any(|embedding| {
             servers.get(&(model.clone(), *embedding)).is_some_and(|l| l.supervisor.is_running_now())
         }))
@@ -240,15 +241,10 @@ impl ModelWorker for LlamaCppWorker {
 
     fn keep_alive(&self, model: &ModelName, keep_alive: KeepAlive) {
         for embedding in [false, true] {
-            let loaded = self
-                .servers
-                .lock()
-                .expect("servers lock")
-                .get(&(model.clone(), embedding))
-                .cloned();
+            let loaded = self.servers.lock().get(&(model.clone(), embedding)).cloned();
             if let Some(loaded) = loaded {
-                *loaded.keep_alive.lock().expect("lock") = keep_alive;
-                *loaded.last_used.lock().expect("lock") = Instant::now();
+                *loaded.keep_alive.lock() = keep_alive;
+                *loaded.last_used.lock() = Instant::now();
             }
         }
     }
@@ -272,6 +268,7 @@ fn model_info(file: &ModelFile) -> ModelInfo {
         model_info: Default::default(),
         modified_at,
         problem: file.metadata.as_ref().err().cloned(),
+        notes: Vec::new(),
     };
     if let Ok(meta) = &file.metadata {
         info.family = meta.architecture().unwrap_or("unknown").to_string();
@@ -295,6 +292,17 @@ fn model_info(file: &ModelFile) -> ModelInfo {
         }
         info.model_info = meta.entries.clone();
         info.model_info.remove("tokenizer.chat_template");
+        if info.template.is_empty() {
+            info.notes.push(format!(
+                "{} has no chat template of its own and no {}.jinja beside it: chat uses \
+                 llama-server's generic fallback template (ChatML), which a model not trained \
+                 on it may not follow; it may be a pre-trained model that only continues text \
+                 (use /api/generate, or put a template in {}.jinja)",
+                file.name,
+                file.name.model(),
+                file.name.model(),
+            ));
+        }
     }
     info
 }
@@ -422,7 +430,7 @@ impl LlamaCppWorker {
         }
         .await;
         loaded.in_use.fetch_sub(1, Ordering::SeqCst);
-        *loaded.last_used.lock().expect("lock") = Instant::now();
+        *loaded.last_used.lock() = Instant::now();
         let (vectors, prompt_tokens, took) = result?;
         let (mut emitter, handle) = job_channel(self.identity.clone(), hash);
         let dimensions = job.dimensions.map(|d| d as usize);
