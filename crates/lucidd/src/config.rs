@@ -70,14 +70,23 @@ pub enum PolicyCommand {
 /// `lucidd receipt …`
 #[derive(Debug, Subcommand)]
 pub enum ReceiptCommand {
-    /// Check a saved answer offline.
+    /// Check a saved answer offline, strictly.
     ///
-    /// FILE (or - for standard input) is what lucidd answered: a saved NDJSON stream (as
-    /// `curl` prints it), a single JSON response, or a bare receipt. With a stream, the
-    /// commitment is replayed over every chunk of text, so any edit of the text is caught.
+    /// FILE (or - for standard input) is what lucidd answered, as a client saved it: an NDJSON
+    /// stream (as `curl` prints it), an SSE stream from /v1, a single JSON response, or a bare
+    /// receipt. The commitment is replayed over every chunk, and every other field a client
+    /// could show must be one the receipt or the signed request covers, so any edit or addition
+    /// is refused. It prints who signed, and which node asked which model what.
+    ///
+    /// Exit status: 0 the answer is complete and verified; 1 refused; 2 verified but cut short
+    /// (the job was cancelled or failed, or the answer ended with an error).
     Verify {
         /// The saved response, or - for standard input.
         file: String,
+        /// Refuse the answer unless its receipt was signed by this PeerId (`lucidd id` on the
+        /// node you trust prints it).
+        #[arg(long, value_name = "PEER_ID")]
+        expect_signer: Option<String>,
     },
 }
 
@@ -164,6 +173,10 @@ pub struct ServeArgs {
     /// Write the address actually bound (useful with port 0) to this file once listening.
     #[arg(long)]
     pub addr_file: Option<PathBuf>,
+    /// On SIGTERM or Ctrl-C, seconds to let in-flight answers finish before their jobs are
+    /// cancelled (each then ends with an error line and a signed `cancelled` receipt).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    pub shutdown_grace: f64,
     /// Peer-to-peer networking (finding models on other nodes, serving yours to them).
     #[command(flatten)]
     pub p2p: P2pArgs,

@@ -14,6 +14,9 @@ pub enum KeepAlive {
     Forever,
 }
 
+/// The longest finite keep-alive; anything longer means forever.
+const MAX_FINITE: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// Ollama's default, `OLLAMA_KEEP_ALIVE` unset.
 pub const DEFAULT_KEEP_ALIVE: KeepAlive = KeepAlive::For(Duration::from_secs(300));
 
@@ -34,13 +37,15 @@ impl KeepAlive {
         }
     }
 
+    /// A hundred years or more (or not a number) is forever: no later arithmetic on a
+    /// client's duration can overflow.
     fn from_seconds(secs: f64) -> Self {
-        if secs < 0.0 {
+        if secs < 0.0 || secs.is_nan() || secs >= MAX_FINITE.as_secs_f64() {
             Self::Forever
         } else if secs == 0.0 {
             Self::UnloadNow
         } else {
-            Self::For(Duration::from_secs_f64(secs.min(1e12)))
+            Self::For(Duration::from_secs_f64(secs))
         }
     }
 }
@@ -116,6 +121,17 @@ mod tests {
         assert_eq!(KeepAlive::from_json(&json!("-1m")), Ok(KeepAlive::Forever));
         assert_eq!(KeepAlive::from_json(&json!("0")), Ok(KeepAlive::UnloadNow));
         assert_eq!(KeepAlive::from_json(&Value::Null), Ok(DEFAULT_KEEP_ALIVE));
+    }
+
+    /// Durations no clock can reach are forever, not an overflow (a panic here once poisoned
+    /// the loaded-models lock and disabled inference).
+    #[test]
+    fn huge_durations_are_forever() {
+        for huge in [json!("99999999999999h"), json!(1e12), json!(1e308), json!("1e308s")] {
+            let parsed = KeepAlive::from_json(&huge);
+            assert!(matches!(parsed, Ok(KeepAlive::Forever) | Err(_)), "{huge}: {parsed:?}");
+        }
+        assert_eq!(KeepAlive::from_json(&json!(1e12)), Ok(KeepAlive::Forever));
     }
 
     #[test]

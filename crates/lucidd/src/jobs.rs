@@ -60,6 +60,11 @@ pub struct Finish {
     /// Why the answer must not be trusted: its receipt failed verify-and-bind and the request
     /// did not accept unverified answers.
     pub rejected: Option<String>,
+    /// Why the answer cannot be delivered as complete: its receipt could not be written to
+    /// the receipt log (a full disk, say). No answer ends without its receipt on disk.
+    pub unrecorded: Option<String>,
+    /// The signed manifest of the request, base64 of its wire form (inference answers).
+    pub manifest: Option<String>,
 }
 
 impl Finish {
@@ -71,20 +76,33 @@ impl Finish {
         }
     }
 
-    /// The failure reason, if the job failed or its answer was rejected.
+    /// Why the answer is not a whole, trustworthy answer, if it is not: its receipt was not
+    /// recorded, did not verify, or says the job failed or was cut short. Such an answer ends
+    /// with an error line (or an error status), never with `done: true` as if complete.
     pub fn failure(&self) -> Option<&str> {
+        if let Some(unrecorded) = &self.unrecorded {
+            return Some(unrecorded);
+        }
         if let Some(rejected) = &self.rejected {
             return Some(rejected);
         }
         match &self.receipt.body.completion {
             Completion::Failed { reason } => Some(reason),
-            _ => None,
+            Completion::Cancelled => Some(
+                "the answer was cut short: the job was cancelled before it finished (lucidd \
+                 is shutting down, or the serving node stopped it); the receipt covers only \
+                 the output above",
+            ),
+            Completion::Finished | Completion::Length => None,
         }
     }
 
-    /// The HTTP status of a failed answer: 502 when a peer's receipt did not verify.
+    /// The HTTP status of a failed answer: 502 when a peer's receipt did not verify, 507 when
+    /// the receipt could not be stored.
     pub fn failure_status(&self) -> axum::http::StatusCode {
-        if self.rejected.is_some() {
+        if self.unrecorded.is_some() {
+            axum::http::StatusCode::INSUFFICIENT_STORAGE
+        } else if self.rejected.is_some() {
             axum::http::StatusCode::BAD_GATEWAY
         } else {
             axum::http::StatusCode::INTERNAL_SERVER_ERROR
@@ -113,6 +131,7 @@ pub struct JobRun {
     finished: bool,
     receipt_chunks: Vec<serde_json::Value>,
     pending_logprobs: Option<serde_json::Value>,
+    manifest: Option<String>,
 }
 
 impl JobRun {
@@ -183,7 +202,15 @@ impl JobRun {
             finished: false,
             receipt_chunks: Vec::new(),
             pending_logprobs: None,
+            manifest: None,
         }
+    }
+
+    /// Carries the signed manifest (base64 of its wire form) into the final object, so a saved
+    /// answer says which request it answers (`lucidd receipt verify` shows and checks it).
+    pub fn with_manifest(mut self, manifest: Option<String>) -> Self {
+        self.manifest = manifest;
+        self
     }
 
     /// The next piece, or `None` after [`Piece::Done`]. When the daemon shuts down, the job is
@@ -273,15 +300,23 @@ impl JobRun {
                             false
                         }
                     };
-                    if let Err(e) = self.receipts.append(&receipt).await {
-                        tracing::error!(error = %e, "could not record a receipt");
-                    }
+                    let unrecorded = match self.receipts.append(&receipt).await {
+                        Ok(()) => None,
+                        Err(e) => {
+                            tracing::error!(error = %e, "CANNOT RECORD RECEIPTS: answers end with an error until the receipt log can be written again (is the disk full?)");
+                            Some(format!(
+                                "this node could not record the answer's receipt ({e}), so the answer is not delivered as complete; the operator must free space in (or repair) lucidd's data directory"
+                            ))
+                        }
+                    };
                     return Some(Piece::Done(Box::new(Finish {
                         receipt: *receipt,
                         verified,
                         routed_via: self.routed_via.clone(),
                         receipt_chunks: std::mem::take(&mut self.receipt_chunks),
                         rejected,
+                        unrecorded,
+                        manifest: self.manifest.take(),
                     })));
                 }
             }

@@ -21,8 +21,13 @@ fn main() -> ExitCode {
                 println!("{}", id.peer_id());
             })
         }
-        Some(Command::Receipt(ReceiptCommand::Verify { file })) => {
-            lucidd::receipt_check::run(&file)
+        Some(Command::Receipt(ReceiptCommand::Verify { file, expect_signer })) => {
+            match lucidd::receipt_check::run(&file, expect_signer.as_deref()) {
+                Ok(true) => Ok(()),
+                // Verified, but cut short: what was shown is what was signed, and it is not whole.
+                Ok(false) => return ExitCode::from(2),
+                Err(e) => Err(e),
+            }
         }
         Some(Command::Policy(command)) => lucidd::policy::cli::run(command),
     };

@@ -2,12 +2,12 @@
 //! `/api/copy` (a base model with a system prompt, parameters or messages), persisted in
 //! `<data dir>/models/registry.json`; and which models are loaded, for `/api/ps`.
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use time::OffsetDateTime;
 
 use crate::durations::KeepAlive;
@@ -145,7 +145,7 @@ impl Registry {
         if let Some((_, base)) = self.workers.find(name) {
             return Some(ResolvedModel { name: name.clone(), base, derived: None, remote: false });
         }
-        let derived = self.derived.lock().expect("registry lock").get(name).cloned()?;
+        let derived = self.derived.lock().get(name).cloned()?;
         let base_name = ModelName::parse(&derived.base).ok()?;
         let (_, base) = self.workers.find(&base_name)?;
         Some(ResolvedModel { name: name.clone(), base, derived: Some(derived), remote: false })
@@ -165,8 +165,7 @@ impl Registry {
                 remote: false,
             })
             .collect();
-        let names: Vec<ModelName> =
-            self.derived.lock().expect("registry lock").keys().cloned().collect();
+        let names: Vec<ModelName> = self.derived.lock().keys().cloned().collect();
         all.extend(names.iter().filter_map(|n| self.resolve(n)));
         all.sort_by_key(|m| std::cmp::Reverse(m.modified_at()));
         all
@@ -177,7 +176,7 @@ impl Registry {
         if self.workers.find(&name).is_some() {
             return Err(RegistryError::Builtin(name.to_string()));
         }
-        let mut derived = self.derived.lock().expect("registry lock");
+        let mut derived = self.derived.lock();
         derived.insert(name, model);
         self.save(&derived)
     }
@@ -187,9 +186,9 @@ impl Registry {
         if self.workers.find(name).is_some() {
             return Err(RegistryError::Builtin(name.to_string()));
         }
-        let mut derived = self.derived.lock().expect("registry lock");
+        let mut derived = self.derived.lock();
         derived.remove(name).ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
-        self.loaded.lock().expect("loaded lock").remove(name);
+        self.loaded.lock().remove(name);
         self.save(&derived)
     }
 
@@ -202,7 +201,14 @@ impl Registry {
         std::fs::rename(&tmp, &self.path)?;
         Ok(())
     }
+}
 
+/// Ollama shows "forever" as a far-future expiry: a hundred years from now.
+fn far_future() -> OffsetDateTime {
+    OffsetDateTime::now_utc().saturating_add(time::Duration::days(100 * 365))
+}
+
+impl Registry {
     /// Records a use of `name` (and of the worker model under it) under `keep_alive`.
     pub fn touch(&self, name: &ModelName, keep_alive: KeepAlive) {
         if let Some(model) = self.resolve(name)
@@ -210,26 +216,29 @@ impl Registry {
         {
             worker.keep_alive(&model.base.name, keep_alive);
         }
-        let mut loaded = self.loaded.lock().expect("loaded lock");
+        let mut loaded = self.loaded.lock();
         match keep_alive {
             KeepAlive::UnloadNow => {
                 loaded.remove(name);
             }
             KeepAlive::Forever => {
-                // Ollama shows "forever" as a far-future expiry.
-                let far = OffsetDateTime::now_utc() + Duration::from_secs(100 * 365 * 86_400);
-                loaded.insert(name.clone(), Loaded { until: None, expires_at: far });
+                loaded.insert(name.clone(), Loaded { until: None, expires_at: far_future() });
             }
             KeepAlive::For(d) => {
-                let expires_at = OffsetDateTime::now_utc() + d;
-                loaded.insert(name.clone(), Loaded { until: Some(Instant::now() + d), expires_at });
+                // Checked, whatever `KeepAlive` allows: a client's duration never panics.
+                let expires_at = time::Duration::try_from(d)
+                    .ok()
+                    .and_then(|d| OffsetDateTime::now_utc().checked_add(d))
+                    .map_or_else(far_future, |at| at.min(far_future()));
+                let until = Instant::now().checked_add(d);
+                loaded.insert(name.clone(), Loaded { until, expires_at });
             }
         }
     }
 
     /// Loaded models and when each expires, latest expiry first.
     pub fn loaded(&self) -> Vec<(ResolvedModel, OffsetDateTime)> {
-        let mut loaded = self.loaded.lock().expect("loaded lock");
+        let mut loaded = self.loaded.lock();
         let now = Instant::now();
         loaded.retain(|_, l| l.until.is_none_or(|u| u > now));
         let mut out: Vec<_> = loaded

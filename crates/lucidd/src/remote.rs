@@ -7,11 +7,11 @@
 //! stream with an error.
 
 use axum::http::StatusCode;
+use parking_lot::Mutex;
 use phase_manifest::SignedManifest;
 use phase_net::{ModelEntry, ModelKey, Network, PeerId, RefusalCode, RelayError, RemoteJob};
 use phase_protocol::{Completion, JobEvent, JobSpec};
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
@@ -94,7 +94,6 @@ impl RemoteModels {
         let cached = self
             .providers
             .lock()
-            .expect("provider cache lock")
             .get(model)
             .filter(|(at, peers)| at.elapsed() < PROVIDER_CACHE_TTL && !peers.is_empty())
             .map(|(_, peers)| peers.clone());
@@ -108,7 +107,6 @@ impl RemoteModels {
                 if !found.is_empty() {
                     self.providers
                         .lock()
-                        .expect("provider cache lock")
                         .insert(model.to_string(), (Instant::now(), found.clone()));
                 }
                 found
@@ -195,8 +193,7 @@ impl RemoteModels {
     }
 
     fn forget(&self, model: &str, peer: &PeerId) {
-        if let Some((_, peers)) = self.providers.lock().expect("provider cache lock").get_mut(model)
-        {
+        if let Some((_, peers)) = self.providers.lock().get_mut(model) {
             peers.retain(|p| p != peer);
         }
     }
@@ -220,6 +217,7 @@ pub fn model_info(entry: &ModelEntry) -> ModelInfo {
         model_info: serde_json::Map::new(),
         modified_at: OffsetDateTime::UNIX_EPOCH,
         problem: None,
+        notes: Vec::new(),
     }
 }
 

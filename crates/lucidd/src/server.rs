@@ -19,8 +19,12 @@ use crate::state::AppState;
 use crate::workers::llama_cpp::{LlamaCppConfig, LlamaCppWorker};
 use crate::workers::{LocalWorkers, ModelWorker, echo::EchoWorker};
 
-/// How long in-flight answers may run after a shutdown signal before their jobs are cancelled.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// A number of seconds from the command line, within `[min, max]` (NaN counts as `min`), so no
+/// flag value can make duration arithmetic panic.
+fn seconds(value: f64, min: f64, max: f64) -> Duration {
+    let value = if value.is_nan() { min } else { value.clamp(min, max) };
+    Duration::from_secs_f64(value)
+}
 
 /// Loads (or creates) the node identity in `data_dir`.
 pub fn load_identity(data_dir: &Path) -> anyhow::Result<NodeIdentity> {
@@ -84,9 +88,7 @@ pub async fn start_with_workers(
                     parallel: args.parallel.max(1),
                     max_loaded: args.max_loaded_models.max(1),
                     threads: args.threads,
-                    idle_timeout: std::time::Duration::from_secs_f64(
-                        args.llama_server_timeout.clamp(0.1, 86_400.0),
-                    ),
+                    idle_timeout: seconds(args.llama_server_timeout, 0.1, 86_400.0),
                 };
                 std::fs::create_dir_all(&config.model_dir).with_context(|| {
                     format!("creating the model directory {}", config.model_dir.display())
@@ -138,7 +140,7 @@ pub async fn start_with_workers(
         shutdown: shutdown.clone(),
         blobs_dir: data_dir.join("models").join("blobs"),
         max_body_bytes: args.max_body_bytes,
-        body_timeout: Duration::from_secs_f64(args.body_timeout.clamp(0.1, 86_400.0)),
+        body_timeout: seconds(args.body_timeout, 0.1, 86_400.0),
         client_rate: (args.client_rate > 0.0)
             .then(|| crate::api::ratelimit::ClientRate::new(args.client_rate)),
         loopback_listener: addr.ip().is_loopback(),
@@ -151,15 +153,17 @@ pub async fn start_with_workers(
     }
     let stop = CancellationToken::new();
     let stop_task = stop.clone();
+    // How long in-flight answers may run after a shutdown signal before they are cancelled.
+    let grace = seconds(args.shutdown_grace, 0.0, 3600.0);
     let http_limits = crate::http_server::HttpLimits {
         max_connections: args.max_connections.max(1),
-        header_timeout: Duration::from_secs_f64(args.header_timeout.clamp(0.1, 3600.0)),
+        header_timeout: seconds(args.header_timeout, 0.1, 3600.0),
         ..crate::http_server::HttpLimits::default()
     };
     let task = tokio::spawn(async move {
         // The policy is reloaded on change for as long as the daemon runs.
         let _policy_watch = policy_watch;
-        run(listener, app, http_limits, state, writer, stop_task).await
+        run(listener, app, http_limits, state, writer, stop_task, grace).await
     });
     Ok(Running { addr, stop, task })
 }
@@ -177,6 +181,7 @@ async fn run(
     state: Arc<AppState>,
     writer: ReceiptWriter,
     stop: CancellationToken,
+    grace_period: Duration,
 ) -> anyhow::Result<()> {
     let jobs = state.shutdown.clone();
     let graceful = stop.clone();
@@ -184,7 +189,7 @@ async fn run(
     // sign and log their receipts before their answers end.
     let grace = tokio::spawn(async move {
         graceful.cancelled().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        tokio::time::sleep(grace_period).await;
         jobs.cancel();
     });
     crate::http_server::serve(listener, app, limits, stop).await;

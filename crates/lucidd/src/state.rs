@@ -1,5 +1,6 @@
 //! What every request handler shares.
 
+use base64::Engine;
 use phase_identity::{NodeIdentity, PeerId};
 use phase_manifest::{SignedManifest, unix_time_ms};
 use phase_protocol::JobSpec;
@@ -126,6 +127,15 @@ impl AppState {
         let manifest = SignedManifest::sign(&self.identity, spec, MANIFEST_TTL, unix_time_ms())
             .map_err(|e| ApiError::bad_request(format!("cannot encode the request: {e}")))?;
         let hash = manifest.hash().map_err(|e| ApiError::internal(e.to_string()))?;
+        // An inference answer carries its request, so a saved answer shows what it answers.
+        // (Embeddings do not: their input can be large and no client shows it back.)
+        let carried = match &manifest.payload {
+            JobSpec::Inference(_) => manifest
+                .to_cbor()
+                .ok()
+                .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes)),
+            _ => None,
+        };
         if let Some((worker, _)) = self.registry.workers().find(&model.base.name) {
             let job = worker.execute(manifest).await?;
             return Ok(JobRun::new(
@@ -135,7 +145,8 @@ impl AppState {
                 ROUTED_LOCAL.to_string(),
                 self.receipts.clone(),
                 self.shutdown.clone(),
-            ));
+            )
+            .with_manifest(carried));
         }
         let remote =
             self.relaying().ok_or_else(|| ApiError::model_not_found(&model.name.to_string()))?;
@@ -148,6 +159,7 @@ impl AppState {
             self.receipts.clone(),
             self.shutdown.clone(),
         )
+        .with_manifest(carried)
         .accept_unverified(route.accept_unverified))
     }
 }

@@ -4,9 +4,10 @@
 //! browser collects the servers it resolves.
 
 use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The DNS-SD service type of Phase artifact servers.
 pub const SERVICE_TYPE: &str = "_phase-art._tcp.local.";
@@ -75,7 +76,7 @@ impl Discovery {
             .spawn(move || {
                 // Ends when the daemon shuts down and drops the sender.
                 while let Ok(event) = events.recv() {
-                    let mut seen = seen.lock().expect("mdns lock");
+                    let mut seen = seen.lock();
                     match event {
                         ServiceEvent::ServiceResolved(service) if service.get_fullname() != me => {
                             let name = service
@@ -107,7 +108,7 @@ impl Discovery {
 
     /// The artifact servers found so far (not this node).
     pub fn found(&self) -> Vec<Found> {
-        self.found.lock().expect("mdns lock").values().cloned().collect()
+        self.found.lock().values().cloned().collect()
     }
 }
 

@@ -1,11 +1,12 @@
 //! The swarm task and the [`Network`] handle the rest of the node uses.
 
 use libp2p::{Multiaddr, PeerId, noise, tcp, yamux};
+use parking_lot::Mutex;
 use phase_identity::NodeIdentity;
 use phase_manifest::ReplayGuard;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -220,8 +221,7 @@ impl Network {
             let dial = move |addr| {
                 let _ = commands.send(Command::Dial(addr));
             };
-            let problem =
-                move |message| shared.lock().expect("network state lock").bootstrap_error(message);
+            let problem = move |message| shared.lock().bootstrap_error(message);
             tokio::spawn(async move {
                 tokio::select! {
                     () = stop.cancelled() => {}
@@ -304,7 +304,7 @@ impl Network {
 
     /// A snapshot of the node's network.
     pub fn status(&self) -> NetStatus {
-        let shared = self.inner.shared.lock().expect("network state lock");
+        let shared = self.inner.shared.lock();
         let mut peers: Vec<PeerStatus> = shared.peers.values().cloned().collect();
         peers.sort_by_key(|p| p.peer);
         NetStatus {
@@ -363,7 +363,7 @@ impl Network {
 
     /// Connected peers whose catalog lists `model` (`name:tag`).
     pub fn catalog_peers(&self, model: &str) -> Vec<PeerId> {
-        let shared = self.inner.shared.lock().expect("network state lock");
+        let shared = self.inner.shared.lock();
         shared
             .peers
             .values()
@@ -380,12 +380,12 @@ impl Network {
 
     /// The last measured round-trip time to `peer`.
     pub fn rtt(&self, peer: &PeerId) -> Option<Duration> {
-        self.inner.shared.lock().expect("network state lock").peers.get(peer).and_then(|p| p.rtt)
+        self.inner.shared.lock().peers.get(peer).and_then(|p| p.rtt)
     }
 
     /// Whether a connection to `peer` is open.
     pub fn is_connected(&self, peer: &PeerId) -> bool {
-        let shared = self.inner.shared.lock().expect("network state lock");
+        let shared = self.inner.shared.lock();
         shared.peers.get(peer).is_some_and(|p| p.connected)
     }
 

@@ -13,14 +13,15 @@
 use futures::future::BoxFuture;
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
+use parking_lot::Mutex;
 use phase_identity::PublicKey;
 use phase_manifest::{
     ManifestError, ReplayError, ReplayGuard, SignedManifest, VerifyLimits, unix_time_ms,
 };
 use phase_protocol::{Job, JobEvent, JobSpec, WorkerError};
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
@@ -259,7 +260,7 @@ impl RelayServer {
     /// Every check, in order, then the worker.
     async fn start(&self, peer: PeerId, stream: &mut Stream) -> Result<(Job, Running), Refusal> {
         let per_minute = self.limits.max_requests_per_peer_per_minute;
-        if !self.recent.lock().expect("peer window lock").admit(peer, per_minute) {
+        if !self.recent.lock().admit(peer, per_minute) {
             return Err(Refusal::new(
                 RefusalCode::Busy,
                 format!("more than {per_minute} job requests from {peer} in a minute; slow down"),
@@ -297,17 +298,13 @@ impl RelayServer {
             manifest: &manifest,
             wire_bytes: bytes.len(),
         })?;
-        self.replay.lock().expect("replay guard lock").check_and_record(&manifest, now).map_err(
-            |e| match e {
-                ReplayError::Replayed => Refusal::new(
-                    RefusalCode::Replayed,
-                    "this manifest was already run here; sign a new one",
-                ),
-                full @ ReplayError::Full { .. } => {
-                    Refusal::new(RefusalCode::Busy, full.to_string())
-                }
-            },
-        )?;
+        self.replay.lock().check_and_record(&manifest, now).map_err(|e| match e {
+            ReplayError::Replayed => Refusal::new(
+                RefusalCode::Replayed,
+                "this manifest was already run here; sign a new one",
+            ),
+            full @ ReplayError::Full { .. } => Refusal::new(RefusalCode::Busy, full.to_string()),
+        })?;
         let job = self.service.execute(peer, manifest).await.map_err(|e| match e {
             WorkerError::ModelNotFound { .. } => {
                 Refusal::new(RefusalCode::ModelNotFound, e.to_string())

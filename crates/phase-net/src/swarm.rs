@@ -7,8 +7,9 @@ use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, ping};
+use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -171,14 +172,14 @@ impl SwarmTask {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
                 tracing::debug!("listening on {full}");
-                self.shared.lock().expect("network state lock").listen_addrs.push(full);
+                self.shared.lock().listen_addrs.push(full);
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
-                let mut shared = self.shared.lock().expect("network state lock");
+                let mut shared = self.shared.lock();
                 shared.listen_addrs.retain(|a| !a.to_string().starts_with(&address.to_string()));
             }
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
-                let mut shared = self.shared.lock().expect("network state lock");
+                let mut shared = self.shared.lock();
                 let status = shared.peer(peer_id);
                 status.connected = true;
                 let addr = endpoint.get_remote_address().clone();
@@ -188,14 +189,14 @@ impl SwarmTask {
                 self.reprovide = true;
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
-                let mut shared = self.shared.lock().expect("network state lock");
+                let mut shared = self.shared.lock();
                 let status = shared.peer(peer_id);
                 status.connected = false;
                 status.models.clear();
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 if let DialError::WrongPeerId { obtained, address } = &error {
-                    self.shared.lock().expect("network state lock").bootstrap_error(format!(
+                    self.shared.lock().bootstrap_error(format!(
                         "{address} answered as {obtained}, not the pinned {}; connection dropped",
                         peer_id.map(|p| p.to_string()).unwrap_or_default()
                     ));
@@ -209,7 +210,7 @@ impl SwarmTask {
                 ..
             } => {
                 tracing::info!(%send_back_addr, %cause, "incoming connection denied");
-                self.shared.lock().expect("network state lock").connections_denied += 1;
+                self.shared.lock().connections_denied += 1;
             }
             SwarmEvent::Behaviour(event) => self.behaviour_event(event),
             _ => {}
@@ -231,14 +232,13 @@ impl SwarmTask {
                         let _ = self.swarm.behaviour_mut().kad.bootstrap();
                     }
                 }
-                self.shared.lock().expect("network state lock").peer(peer_id).agent =
-                    Some(info.agent_version.clone());
+                self.shared.lock().peer(peer_id).agent = Some(info.agent_version.clone());
                 if info.protocols.iter().any(|p| p.as_ref() == MODELS_PROTOCOL) {
                     self.fetch_catalog(peer_id);
                 }
             }
             BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. }) => {
-                self.shared.lock().expect("network state lock").peer(peer).rtt = Some(rtt);
+                self.shared.lock().peer(peer).rtt = Some(rtt);
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
@@ -284,7 +284,7 @@ impl SwarmTask {
         let max_frame = self.max_frame;
         tokio::spawn(async move {
             match relay::fetch_catalog(&mut control, peer, max_frame).await {
-                Ok(models) => shared.lock().expect("network state lock").peer(peer).models = models,
+                Ok(models) => shared.lock().peer(peer).models = models,
                 Err(e) => tracing::debug!(%peer, error = %e, "could not read a peer's catalog"),
             }
         });

@@ -9,7 +9,8 @@ use crate::receipt::{JobResult, ReceiptError, SignedReceipt};
 /// The steps of [`verify_and_bind`], in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindStep {
-    /// The receipt is well-formed, of a known version, and signed by its worker key.
+    /// The receipt is well-formed, of a known version, within its field bounds, and signed by
+    /// its worker key.
     Signature,
     /// It answers the job the requester sent.
     SameJob,
@@ -104,6 +105,7 @@ pub fn verify_and_bind(
     observed_chunks: &Commitment,
 ) -> Result<(), BindError> {
     receipt.verify()?;
+    receipt.body.check_bounds()?;
     let result = &receipt.body;
     if result.manifest_hash != *expected_manifest_hash {
         return Err(BindError::WrongJob {

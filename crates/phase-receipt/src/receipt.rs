@@ -12,6 +12,11 @@ pub const RECEIPT_DOMAIN: &[u8] = b"phase-receipt:v1";
 /// The receipt format version this crate writes and accepts.
 pub const RECEIPT_VERSION: u32 = 1;
 
+/// Longest failure reason a receipt may carry, in bytes. Reasons are for people; a longer one
+/// is cut when signed ([`JobResult::new`]) and refused when verified, so a receipt always fits
+/// the receipt log's records.
+pub const MAX_REASON_BYTES: usize = 1024;
+
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -73,12 +78,39 @@ impl JobResult {
         completion: Completion,
         metrics: Metrics,
     ) -> Self {
+        let completion = match completion {
+            Completion::Failed { mut reason } => {
+                if reason.len() > MAX_REASON_BYTES {
+                    let mut end = MAX_REASON_BYTES;
+                    while !reason.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    reason.truncate(end);
+                }
+                Completion::Failed { reason }
+            }
+            other => other,
+        };
         Self {
             manifest_hash,
             commitment: commitment.state(),
             chunk_count: commitment.count(),
             completion,
             metrics,
+        }
+    }
+
+    /// Checks the bounds a receipt's fields must keep (the failure reason's length).
+    pub fn check_bounds(&self) -> Result<(), ReceiptError> {
+        match &self.completion {
+            Completion::Failed { reason } if reason.len() > MAX_REASON_BYTES => {
+                Err(ReceiptError::FieldTooLong {
+                    field: "completion.failed.reason",
+                    len: reason.len(),
+                    max: MAX_REASON_BYTES,
+                })
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -126,6 +158,16 @@ pub enum ReceiptError {
     /// The signature does not verify for the worker's key.
     #[error("receipt signature does not verify")]
     BadSignature,
+    /// A field is longer than receipts allow.
+    #[error("receipt field {field} is {len} bytes; at most {max} are allowed")]
+    FieldTooLong {
+        /// The field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl<T: Serialize> SignedReceipt<T> {

@@ -3,8 +3,8 @@
 use phase_identity::{NodeIdentity, Signature};
 use phase_manifest::Sha256Hash;
 use phase_receipt::{
-    BindError, BindStep, Commitment, Completion, JobResult, Metrics, ReceiptError, SignedReceipt,
-    verify_and_bind,
+    BindError, BindStep, Commitment, Completion, JobResult, MAX_REASON_BYTES, Metrics,
+    ReceiptError, SignedReceipt, verify_and_bind,
 };
 use proptest::prelude::*;
 
@@ -200,4 +200,21 @@ proptest! {
             .and_then(|r| verify_and_bind(&r, &JOB, &worker().peer_id(), &observed()));
         prop_assert!(outcome.is_err(), "bit {} flipped and still accepted", bit);
     }
+}
+
+/// A failure reason is bounded: cut at signing, and a signed receipt with a longer one (a
+/// peer's own signing code) is refused, so every receipt fits a receipt-log record.
+#[test]
+fn failure_reasons_are_bounded() {
+    let long = "é".repeat(MAX_REASON_BYTES);
+    let receipt = receipt_for(&chunks(), Completion::Failed { reason: long });
+    let Completion::Failed { reason } = &receipt.body.completion else { panic!("failed") };
+    assert!(reason.len() <= MAX_REASON_BYTES && reason.chars().all(|c| c == 'é'));
+    verify_and_bind(&receipt, &JOB, &worker().peer_id(), &observed()).expect("a cut reason binds");
+
+    let mut body = receipt.body.clone();
+    body.completion = Completion::Failed { reason: "x".repeat(MAX_REASON_BYTES + 1) };
+    let forged = SignedReceipt::sign(&worker(), body, 1).expect("signs");
+    let err = verify_and_bind(&forged, &JOB, &worker().peer_id(), &observed()).expect_err("long");
+    assert!(matches!(err, BindError::Signature(ReceiptError::FieldTooLong { .. })), "{err}");
 }

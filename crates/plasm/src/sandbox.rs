@@ -6,9 +6,10 @@
 //! job gives the same output anywhere. Fuel bounds the work, a resource limiter bounds memory,
 //! and epoch interruption bounds wall-clock time. Compiled modules are cached by CID.
 
+use parking_lot::Mutex;
 use phase_protocol::{ContentId, WasmLimits};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::{Config, Engine, Linker, Module, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -255,12 +256,12 @@ impl Sandbox {
 
     /// Compiles `bytes` (or finds the module compiled before under `cid`).
     pub fn module(&self, cid: &ContentId, bytes: &[u8]) -> Result<Module, RunError> {
-        if let Some(module) = self.cache.lock().expect("cache lock").0.get(cid) {
+        if let Some(module) = self.cache.lock().0.get(cid) {
             return Ok(module.clone());
         }
         let module = Module::new(&self.engine, bytes)
             .map_err(|e| RunError::InvalidModule(format!("{e:#}")))?;
-        let mut cache = self.cache.lock().expect("cache lock");
+        let mut cache = self.cache.lock();
         if cache.0.len() >= CACHE_ENTRIES
             && let Some(oldest) = cache.1.pop_front()
         {
@@ -273,7 +274,7 @@ impl Sandbox {
 
     /// Whether `cid` is compiled and cached.
     pub fn is_cached(&self, cid: &ContentId) -> bool {
-        self.cache.lock().expect("cache lock").0.contains_key(cid)
+        self.cache.lock().0.contains_key(cid)
     }
 
     /// Runs a job to the end (blocking: call it from a blocking thread).

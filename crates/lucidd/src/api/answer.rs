@@ -54,8 +54,8 @@ pub trait AnswerShape: Send + 'static {
     /// An error after the stream began.
     fn error(&mut self, message: &str, finish: Option<&Finish>) -> Value {
         let mut line = json!({ "error": message });
-        if let Some(finish) = finish {
-            line["receipt"] = serde_json::to_value(&finish.receipt).unwrap_or(Value::Null);
+        if let (Some(finish), Value::Object(map)) = (finish, &mut line) {
+            map.extend(receipt_fields(finish));
         }
         line
     }
@@ -109,6 +109,9 @@ pub fn receipt_fields(finish: &Finish) -> serde_json::Map<String, Value> {
     out.insert("receipt".into(), serde_json::to_value(&finish.receipt).unwrap_or(Value::Null));
     out.insert("routed_via".into(), json!(finish.routed_via));
     out.insert("receipt_verified".into(), json!(finish.verified));
+    if let Some(manifest) = &finish.manifest {
+        out.insert("manifest".into(), json!(manifest));
+    }
     out
 }
 
@@ -211,8 +214,7 @@ pub async fn respond<S: AnswerShape>(
                     Some(reason) => {
                         let mut line = st.shape.error(reason, Some(&finish));
                         if let Value::Object(map) = &mut line {
-                            map.insert("routed_via".into(), json!(finish.routed_via));
-                            map.insert("receipt_verified".into(), json!(finish.verified));
+                            map.extend(receipt_fields(&finish));
                         }
                         vec![line]
                     }

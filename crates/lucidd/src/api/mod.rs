@@ -6,6 +6,7 @@ pub mod error;
 pub mod guard;
 pub mod ollama;
 pub mod openai;
+pub mod panic;
 pub mod ratelimit;
 
 use axum::Router;
@@ -55,5 +56,6 @@ pub fn router(state: Arc<AppState>, guard: guard::GuardConfig) -> Router {
         })
         .layer(axum::middleware::from_fn_with_state(Arc::new(guard), guard::guard))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), ratelimit::limit))
+        .layer(axum::middleware::from_fn(panic::contain))
         .with_state(state)
 }

@@ -43,6 +43,17 @@ pub struct CompletionRequest {
     top_logprobs: Option<u32>,
 }
 
+/// An error after an OpenAI stream began, with the receipt of the cut-short job when there is
+/// one (so a saved stream still verifies, as cut short).
+fn openai_stream_error(message: &str, finish: Option<&Finish>) -> Value {
+    let mut line =
+        json!({"error": {"message": message, "type": "api_error", "param": null, "code": null}});
+    if let (Some(finish), Value::Object(map)) = (finish, &mut line) {
+        map.extend(receipt_fields(finish));
+    }
+    line
+}
+
 /// `POST /v1/embeddings`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -240,9 +251,10 @@ fn completion_id(prefix: &str) -> String {
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     route: RouteOptions,
-    body: JsonBody<CompletionRequest>,
+    body: Result<JsonBody<CompletionRequest>, ApiError>,
 ) -> Result<Response, OpenAiError> {
-    let JsonBody(req) = body;
+    // A malformed body is refused in OpenAI's envelope, like every other /v1 error.
+    let JsonBody(req) = body.map_err(ApiError::openai)?;
     let stats = Stats::start();
     let model = state.resolve_for_job(&req.model).await?;
     let messages = req.messages.as_deref().unwrap_or_default();
@@ -279,9 +291,10 @@ pub async fn chat_completions(
 pub async fn completions(
     State(state): State<Arc<AppState>>,
     route: RouteOptions,
-    body: JsonBody<CompletionRequest>,
+    body: Result<JsonBody<CompletionRequest>, ApiError>,
 ) -> Result<Response, OpenAiError> {
-    let JsonBody(req) = body;
+    // A malformed body is refused in OpenAI's envelope, like every other /v1 error.
+    let JsonBody(req) = body.map_err(ApiError::openai)?;
     let stats = Stats::start();
     let model = state.resolve_for_job(&req.model).await?;
     let prompt = match &req.prompt {
@@ -434,8 +447,8 @@ impl AnswerShape for ChatCompletionShape {
         lines
     }
 
-    fn error(&mut self, message: &str, _finish: Option<&Finish>) -> Value {
-        json!({"error": {"message": message, "type": "api_error", "param": null, "code": null}})
+    fn error(&mut self, message: &str, finish: Option<&Finish>) -> Value {
+        openai_stream_error(message, finish)
     }
 }
 
@@ -491,8 +504,8 @@ impl AnswerShape for TextCompletionShape {
         lines
     }
 
-    fn error(&mut self, message: &str, _finish: Option<&Finish>) -> Value {
-        json!({"error": {"message": message, "type": "api_error", "param": null, "code": null}})
+    fn error(&mut self, message: &str, finish: Option<&Finish>) -> Value {
+        openai_stream_error(message, finish)
     }
 }
 
@@ -500,9 +513,10 @@ impl AnswerShape for TextCompletionShape {
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
     route: RouteOptions,
-    body: JsonBody<EmbeddingsRequest>,
+    body: Result<JsonBody<EmbeddingsRequest>, ApiError>,
 ) -> Result<Response, OpenAiError> {
-    let JsonBody(req) = body;
+    // A malformed body is refused in OpenAI's envelope, like every other /v1 error.
+    let JsonBody(req) = body.map_err(ApiError::openai)?;
     let model = state.resolve_for_job(&req.model).await?;
     let inputs = match &req.input {
         Some(Value::String(s)) => vec![s.clone()],

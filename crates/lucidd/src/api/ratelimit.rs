@@ -5,9 +5,10 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::error::ApiError;
@@ -32,7 +33,7 @@ impl ClientRate {
     /// Takes a token for `client`; `Err(seconds)` says how long until the next one.
     pub fn take(&self, client: IpAddr) -> Result<(), f64> {
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().expect("rate lock");
+        let mut buckets = self.buckets.lock();
         if buckets.len() >= MAX_CLIENTS && !buckets.contains_key(&client) {
             let (rate, burst) = (self.per_second, self.burst);
             buckets.retain(|_, (tokens, at)| {

@@ -2,13 +2,14 @@
 //! concurrency, in that order, each with its own reason. Jobs from this machine's own clients
 //! never come here.
 
+use parking_lot::Mutex;
 use phase_manifest::Sha256Hash;
 use phase_net::{
     Admission, AdmissionRequest, AdmissionTicket, Refusal, RefusalCode, SignerAllowlist,
 };
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::gates::{self, Sensors};
@@ -41,7 +42,7 @@ pub struct Grants {
 impl Grants {
     /// Whether the job with this manifest hash ran on a grant (asked once, when it ends).
     pub fn take(&self, manifest: &Sha256Hash) -> bool {
-        self.granted.lock().expect("grants lock").remove(manifest)
+        self.granted.lock().remove(manifest)
     }
 }
 
@@ -79,7 +80,7 @@ impl PolicyAdmission {
 
     fn within_rate(&self, signer: &phase_identity::PeerId, per_minute: u32) -> bool {
         let now = Instant::now();
-        let mut recent = self.recent.lock().expect("rate lock");
+        let mut recent = self.recent.lock();
         if recent.len() >= MAX_TRACKED_SIGNERS && !recent.contains_key(signer) {
             recent.retain(|_, times| {
                 times.back().is_some_and(|t| now.duration_since(*t) < RATE_WINDOW)
@@ -160,7 +161,7 @@ impl Admission for PolicyAdmission {
         }
         let slot = Slot(Arc::clone(&self.running));
         if !allowed && let Some(grant) = grant {
-            let mut used = self.grants.used.lock().expect("grants lock");
+            let mut used = self.grants.used.lock();
             let count = used.entry(signer.clone()).or_default();
             if *count >= grant.jobs {
                 return Err(Refusal::new(
@@ -170,7 +171,7 @@ impl Admission for PolicyAdmission {
             }
             *count += 1;
             if let Ok(hash) = request.manifest.hash() {
-                self.grants.granted.lock().expect("grants lock").insert(hash);
+                self.grants.granted.lock().insert(hash);
             }
             tracing::warn!(%signer, "running a job on an operator grant (signer not on the allowlist)");
         }

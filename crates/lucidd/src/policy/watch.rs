@@ -7,8 +7,9 @@
 
 use anyhow::Context;
 use notify::{RecursiveMode, Watcher};
+use parking_lot::{Mutex, RwLock};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{DEFAULT_POLICY, Policy};
@@ -64,12 +65,12 @@ impl PolicyHandle {
 
     /// The policy in force now.
     pub fn current(&self) -> Arc<Policy> {
-        Arc::clone(&self.current.read().expect("policy lock"))
+        Arc::clone(&self.current.read())
     }
 
     /// Why the last edit was refused, until a good one replaces it.
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().expect("policy error lock").clone()
+        self.last_error.lock().clone()
     }
 
     /// The file.
@@ -87,15 +88,15 @@ impl PolicyHandle {
         match result {
             Ok(policy) => {
                 let changed = *self.current() != policy;
-                *self.current.write().expect("policy lock") = Arc::new(policy);
-                *self.last_error.lock().expect("policy error lock") = None;
+                *self.current.write() = Arc::new(policy);
+                *self.last_error.lock() = None;
                 if changed {
                     tracing::info!(path = %self.path.display(), "policy reloaded");
                 }
             }
             Err(e) => {
                 tracing::error!("policy edit refused, the last good policy stays in force: {e}");
-                *self.last_error.lock().expect("policy error lock") = Some(e);
+                *self.last_error.lock() = Some(e);
             }
         }
     }

@@ -104,8 +104,10 @@ fn saved_answer_inputs() {
             }
         }
         if let Ok(text) = std::str::from_utf8(&data)
-            && lucidd::receipt_check::check(text).is_ok()
+            && let Ok((_, chunks)) = lucidd::receipt_check::check_detailed(text)
         {
+            let difference = lucidd::receipt_check::shows_only_what_was_signed(text, &chunks);
+            assert_eq!(difference, None, "a seed verified but shows what was not signed");
             verified += 1;
         }
     }

@@ -191,3 +191,25 @@ async fn logprobs_on_chat_completions_and_completions() {
     let (status, _) = d.post_json("/v1/chat/completions", json!({"model": "echo", "messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 99})).await;
     assert_eq!(status, 400);
 }
+
+/// A body with a field of the wrong type is refused in OpenAI's envelope on every /v1 path.
+#[tokio::test]
+async fn wrong_types_are_refused_in_openai_shape() {
+    let d = Daemon::start().await;
+    for (path, body) in [
+        ("/v1/chat/completions", json!({"model": "echo", "messages": "not a list"})),
+        ("/v1/chat/completions", json!({"model": 7, "messages": []})),
+        ("/v1/completions", json!({"model": "echo", "prompt": "x", "max_tokens": "many"})),
+        ("/v1/embeddings", json!({"model": ["echo"], "input": "x"})),
+    ] {
+        let (status, error) = d.post_json(path, body.clone()).await;
+        assert_eq!(status, 400, "{path} {body}: {error}");
+        assert_eq!(error["error"]["type"], "invalid_request_error", "{path} {body}: {error}");
+        assert!(error["error"]["message"].as_str().expect("message").contains("field"), "{error}");
+    }
+    let response =
+        d.client.post(d.url("/v1/chat/completions")).body("{not json").send().await.expect("POST");
+    assert_eq!(response.status(), 400);
+    let error: serde_json::Value = response.json().await.expect("json");
+    assert!(error["error"]["message"].is_string(), "{error}");
+}

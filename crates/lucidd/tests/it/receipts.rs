@@ -62,7 +62,7 @@ async fn identity_persists_across_restarts() {
 }
 
 #[tokio::test]
-async fn a_torn_record_is_never_read_back_and_is_cut_off_on_restart() {
+async fn a_torn_record_is_never_read_back_and_is_set_aside_on_restart() {
     let mut d = Daemon::start().await;
     for _ in 0..3 {
         d.post_json("/api/generate", json!({"model": "echo", "prompt": "x", "stream": false}))
@@ -88,24 +88,4 @@ async fn a_torn_record_is_never_read_back_and_is_cut_off_on_restart() {
     running.stop();
     running.wait().await.expect("stop");
     assert_eq!(lucidd::receipts::scan(&path).expect("scan").0.len(), 4);
-}
-
-#[tokio::test]
-async fn a_flipped_byte_in_a_record_ends_the_readable_log_there() {
-    let mut d = Daemon::start().await;
-    for _ in 0..2 {
-        d.post_json("/api/generate", json!({"model": "echo", "prompt": "x", "stream": false}))
-            .await;
-    }
-    d.stop().await;
-    let path = lucidd::receipts::log_path(&d.dir.path().join("receipts"));
-    let mut bytes = std::fs::read(&path).expect("read");
-    let last = bytes.len() - 20;
-    bytes[last] ^= 0xff;
-    std::fs::write(&path, bytes).expect("write");
-    assert_eq!(
-        lucidd::receipts::scan(&path).expect("scan").0.len(),
-        1,
-        "the damaged record is not read as valid"
-    );
 }

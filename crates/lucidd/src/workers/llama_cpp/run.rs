@@ -65,7 +65,7 @@ impl InferenceRun {
             }
         };
         self.loaded.in_use.fetch_sub(1, Ordering::SeqCst);
-        *self.loaded.last_used.lock().expect("lock") = Instant::now();
+        *self.loaded.last_used.lock() = Instant::now();
         emitter.finish(completion, metrics);
     }
 
