@@ -303,12 +303,8 @@ fn run(
                 None => anyhow::bail!("the job ended without a receipt"),
             }
         };
-        let outcome = match &receipt.body.completion {
-            phase_receipt::Completion::Failed { reason } => reason.clone(),
-            other => format!("{other:?}").to_lowercase(),
-        };
-        let failed = outcome != "finished";
-        let record = RunRecord::new(&stdout, &stderr, outcome, receipt);
+        let record = RunRecord::new(&stdout, &stderr, receipt);
+        let failed = !record.finished();
         println!("{}", serde_json::to_string_pretty(&record)?);
         Ok(if failed { ExitCode::from(3) } else { ExitCode::SUCCESS })
     })
@@ -324,8 +320,9 @@ fn verify(file: &str) -> anyhow::Result<ExitCode> {
     match record.verify() {
         Ok(worker) => {
             println!(
-                "ok: signed by {worker}, commits to this output ({} chunks), outcome: {}",
-                record.receipt.body.chunk_count, record.outcome
+                "ok: signed by {worker}, commits to this output ({} chunks), outcome (signed): {}",
+                record.receipt.body.chunk_count,
+                plasm::record::outcome_of(&record.receipt.body.completion)
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -448,7 +445,7 @@ fn submit(
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let record = runtime.block_on(plasm::node::submit(options, bytes, job))?;
-    let failed = record.outcome != "finished";
+    let failed = !record.finished();
     println!("{}", serde_json::to_string_pretty(&record)?);
     Ok(if failed { ExitCode::from(3) } else { ExitCode::SUCCESS })
 }

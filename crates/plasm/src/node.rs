@@ -215,11 +215,7 @@ pub async fn submit(
         phase_net::to_phase_peer_id(&peer).context("the peer's identity is not an Ed25519 key")?;
     verify_and_bind(&receipt, &hash, &worker, &observed)
         .with_context(|| format!("the receipt from {peer} does not verify"))?;
-    let outcome = match &receipt.body.completion {
-        phase_receipt::Completion::Failed { reason } => reason.clone(),
-        other => format!("{other:?}").to_lowercase(),
-    };
-    Ok(RunRecord::new(&stdout, &stderr, outcome, receipt))
+    Ok(RunRecord::new(&stdout, &stderr, receipt))
 }
 
 /// A node that announced the WebAssembly service in the DHT, the closest (lowest RTT) first.

@@ -3,13 +3,16 @@
 
 use base64::Engine;
 use phase_protocol::JobResult;
-use phase_receipt::{Commitment, SignedReceipt, verify_and_bind};
+use phase_receipt::{Commitment, Completion, SignedReceipt, verify_and_bind};
 use serde::{Deserialize, Serialize};
 
 use crate::worker::output_chunks;
 
-/// One run, as JSON.
+/// One run, as JSON. Every field is either covered by the receipt (the output, through the
+/// commitment) or derived from what it signs (`outcome`); `verify` refuses a record whose
+/// fields say anything else, and unknown fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RunRecord {
     /// Standard output (UTF-8 text, or base64 when `encoding` says so).
     pub stdout: String,
@@ -17,20 +20,27 @@ pub struct RunRecord {
     pub stderr: String,
     /// `utf-8` or `base64`.
     pub encoding: String,
-    /// `finished`, or why the job failed.
+    /// `finished`, or why the job failed: [`outcome_of`] the receipt's completion.
     pub outcome: String,
     /// The worker's signed receipt.
     pub receipt: SignedReceipt<JobResult>,
 }
 
+/// How a job ended, in words, from its signed completion: `finished`, `length`, `cancelled`,
+/// or the failure reason.
+pub fn outcome_of(completion: &Completion) -> String {
+    match completion {
+        Completion::Failed { reason } => reason.clone(),
+        Completion::Finished => "finished".into(),
+        Completion::Length => "length".into(),
+        Completion::Cancelled => "cancelled".into(),
+    }
+}
+
 impl RunRecord {
-    /// A record of `stdout`/`stderr` under `receipt`.
-    pub fn new(
-        stdout: &[u8],
-        stderr: &[u8],
-        outcome: String,
-        receipt: SignedReceipt<JobResult>,
-    ) -> Self {
+    /// A record of `stdout`/`stderr` under `receipt`; its outcome is the receipt's.
+    pub fn new(stdout: &[u8], stderr: &[u8], receipt: SignedReceipt<JobResult>) -> Self {
+        let outcome = outcome_of(&receipt.body.completion);
         match (std::str::from_utf8(stdout), std::str::from_utf8(stderr)) {
             (Ok(out), Ok(err)) => Self {
                 stdout: out.into(),
@@ -62,9 +72,22 @@ impl RunRecord {
         }
     }
 
-    /// Checks the receipt's signature and that it commits to exactly this output, signed by the
-    /// worker it names. Returns the worker's PeerId.
+    /// Whether the signed outcome is `finished`.
+    pub fn finished(&self) -> bool {
+        self.receipt.body.completion == Completion::Finished
+    }
+
+    /// Checks the receipt's signature, that it commits to exactly this output, signed by the
+    /// worker it names, and that the record's outcome is the signed one. Returns the worker's
+    /// PeerId.
     pub fn verify(&self) -> Result<phase_identity::PeerId, String> {
+        let signed = outcome_of(&self.receipt.body.completion);
+        if self.outcome != signed {
+            return Err(format!(
+                "the record says the outcome was {:?}, but the signed receipt says {signed:?}",
+                self.outcome
+            ));
+        }
         let (stdout, stderr) = (self.bytes(&self.stdout)?, self.bytes(&self.stderr)?);
         let mut observed = Commitment::new();
         for chunk in output_chunks(&stdout, &stderr) {

@@ -129,24 +129,47 @@ pub type Failure = (RunError, Output);
 
 struct State {
     wasi: WasiP1Ctx,
+    /// The limit on all of the module's linear memories together.
     memory_limit: u64,
+    /// Bytes of linear memory the module holds now, over all its memories.
+    memory_total: u64,
     memory_denied: Option<usize>,
 }
+
+/// Most memories and tables one job may create (multi-memory modules use a handful).
+const MAX_MEMORIES: usize = 16;
+const MAX_TABLES: usize = 16;
 
 impl ResourceLimiter for State {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired as u64 > self.memory_limit {
-            self.memory_denied = Some(desired);
+        // The limit is on the sum over every memory (a new memory grows from 0), so many
+        // memories cannot add up past it.
+        let total = self.memory_total.saturating_sub(current as u64).saturating_add(desired as u64);
+        if total > self.memory_limit {
+            self.memory_denied = Some(usize::try_from(total).unwrap_or(usize::MAX));
             // A trap, not a -1 from memory.grow: a module that ignores the failure must not
             // run on.
             return Err(wasmtime::Error::msg("memory limit"));
         }
+        self.memory_total = total;
         Ok(true)
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn instances(&self) -> usize {
+        1
     }
 
     fn table_growing(
@@ -237,6 +260,12 @@ impl Sandbox {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi)?;
+        // Time does not pass inside the sandbox (the clocks are frozen), so a module's sleep
+        // returns at once instead of blocking a host thread past the wall-clock limit, which
+        // cannot interrupt a blocked host call. Every subscription is reported ready.
+        linker.allow_shadowing(true);
+        linker.func_wrap("wasi_snapshot_preview1", "poll_oneoff", poll_oneoff)?;
+        linker.allow_shadowing(false);
         let alive = Arc::new(());
         let weak = Arc::downgrade(&alive);
         let ticking = engine.clone();
@@ -303,7 +332,12 @@ impl Sandbox {
             .build_p1();
         let mut store = Store::new(
             &self.engine,
-            State { wasi, memory_limit: run.limits.memory_bytes, memory_denied: None },
+            State {
+                wasi,
+                memory_limit: run.limits.memory_bytes,
+                memory_total: 0,
+                memory_denied: None,
+            },
         );
         store.limiter(|s| s);
         store.set_fuel(run.limits.fuel).map_err(|e| (RunError::Trap(e.to_string()), empty()))?;
@@ -352,6 +386,65 @@ impl Sandbox {
             Some(e) => Err((e, truncate(output, run.limits.max_output_bytes))),
         }
     }
+}
+
+/// WASI preview 1 errno values used by [`poll_oneoff`].
+const ERRNO_SUCCESS: i32 = 0;
+const ERRNO_FAULT: i32 = 21;
+const ERRNO_INVAL: i32 = 28;
+/// Sizes of `subscription` and `event` in WASI preview 1.
+const SUBSCRIPTION_BYTES: usize = 48;
+const EVENT_BYTES: usize = 32;
+/// Most subscriptions in one call (the host loops over them without fuel).
+const MAX_SUBSCRIPTIONS: usize = 4096;
+
+/// `poll_oneoff(in, out, nsubscriptions, nevents) -> errno`, answered at once: a clock
+/// subscription has expired (the frozen clock makes every timeout moot), and standard input
+/// and output, memory pipes, are always ready.
+fn poll_oneoff(
+    mut caller: wasmtime::Caller<'_, State>,
+    subscriptions: i32,
+    events: i32,
+    count: i32,
+    nevents: i32,
+) -> i32 {
+    let Some(memory) = caller.get_export("memory").and_then(|e| e.into_memory()) else {
+        return ERRNO_FAULT;
+    };
+    let count = count as u32 as usize;
+    if count == 0 || count > MAX_SUBSCRIPTIONS {
+        return ERRNO_INVAL;
+    }
+    let data = memory.data_mut(&mut caller);
+    let span = |at: i32, len: usize| {
+        let at = at as u32 as usize;
+        at.checked_add(len).filter(|end| *end <= data.len()).map(|end| at..end)
+    };
+    let (Some(input), Some(output), Some(written)) = (
+        span(subscriptions, count * SUBSCRIPTION_BYTES),
+        span(events, count * EVENT_BYTES),
+        span(nevents, 4),
+    ) else {
+        return ERRNO_FAULT;
+    };
+    let subscribed: Vec<[u8; SUBSCRIPTION_BYTES]> = data[input]
+        .chunks_exact(SUBSCRIPTION_BYTES)
+        .map(|s| s.try_into().expect("exact chunks"))
+        .collect();
+    let out = &mut data[output];
+    for (i, subscription) in subscribed.iter().enumerate() {
+        let tag = subscription[8];
+        if tag > 2 {
+            return ERRNO_INVAL;
+        }
+        let event = &mut out[i * EVENT_BYTES..(i + 1) * EVENT_BYTES];
+        event.fill(0);
+        // userdata, errno 0, the subscription's type; for fd events no bytes are promised.
+        event[..8].copy_from_slice(&subscription[..8]);
+        event[10] = tag;
+    }
+    data[written].copy_from_slice(&(count as u32).to_le_bytes());
+    ERRNO_SUCCESS
 }
 
 /// Keeps at most `cap` bytes of output (standard output first).

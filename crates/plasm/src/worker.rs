@@ -109,6 +109,7 @@ impl Worker for WasmWorker {
                     }
                 }
                 let metrics = Metrics {
+                    fuel_consumed: output.fuel_used,
                     total_duration_ns: u64::try_from(started.elapsed().as_nanos())
                         .unwrap_or(u64::MAX),
                     ..Metrics::default()

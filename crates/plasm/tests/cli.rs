@@ -75,3 +75,34 @@ fn run_accepts_wat_and_reports_a_failed_job_with_its_receipt() {
         "a failed job's receipt verifies too"
     );
 }
+
+/// `outcome` is not signed on its own: it must be the receipt's completion, or verify refuses
+/// (an out-of-fuel or exit-7 record edited to say "finished" once printed "ok").
+#[test]
+fn verify_refuses_an_outcome_the_receipt_does_not_sign() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sieve = examples().join("sieve/sieve.wat");
+    let out = plasmd(
+        &["run", sieve.to_str().expect("utf8"), "--stdin", "1000000", "--fuel", "5000"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let mut record: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let signed_outcome = record["outcome"].clone();
+    let saved = dir.path().join("edited.json");
+    let verify = |record: &serde_json::Value| {
+        std::fs::write(&saved, record.to_string()).expect("save");
+        plasmd(&["verify", saved.to_str().expect("utf8")], dir.path())
+    };
+    let honest = verify(&record);
+    assert!(honest.status.success());
+    assert!(String::from_utf8_lossy(&honest.stdout).contains("out of fuel"));
+    record["outcome"] = serde_json::json!("finished");
+    let refused = verify(&record);
+    assert!(!refused.status.success(), "an edited outcome verified");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("signed receipt says"));
+    record["outcome"] = signed_outcome;
+    assert!(verify(&record).status.success());
+    record["note"] = serde_json::json!("all good");
+    assert!(!verify(&record).status.success(), "an unknown field verified");
+}

@@ -194,13 +194,7 @@ async fn worker_run(module: &[u8], stdin: &[u8], limits: WasmLimits) -> RunRecor
                 stdout.extend_from_slice(&c.data)
             }
             JobEvent::Output(c) => stderr.extend_from_slice(&c.data),
-            JobEvent::Final(receipt) => {
-                let outcome = match &receipt.body.completion {
-                    Completion::Failed { reason } => reason.clone(),
-                    _ => "finished".into(),
-                };
-                return RunRecord::new(&stdout, &stderr, outcome, *receipt);
-            }
+            JobEvent::Final(receipt) => return RunRecord::new(&stdout, &stderr, *receipt),
             _ => {}
         }
     }
@@ -224,4 +218,69 @@ async fn every_job_ends_with_a_receipt_that_binds_its_output() {
         record.receipt.body.completion
     );
     record.verify().expect("a failed job's receipt still binds its (empty) output");
+}
+
+/// The memory limit is on all of a module's memories together: a module with many memories
+/// (each under the limit) cannot add up past it.
+#[test]
+fn the_memory_limit_covers_every_memory_together() {
+    let sandbox = Sandbox::new().expect("sandbox");
+    // Three memories of 40 MiB (640 pages) each, under a 64 MiB limit.
+    let many = wat(r#"(module
+        (memory $a 640) (memory $b 640) (memory $c 640)
+        (func (export "_start")))"#);
+    let error = run(&sandbox, &many, b"", GENEROUS).expect_err("over the limit in sum").0;
+    assert!(matches!(error, RunError::OutOfMemory { limit, .. } if limit == 64 << 20), "{error}");
+    // One of them alone fits.
+    let one = wat(r#"(module (memory 640) (func (export "_start")))"#);
+    run(&sandbox, &one, b"", GENEROUS).expect("40 MiB fits");
+    // Growing one memory counts the same way.
+    let grow = wat(r#"(module
+        (memory $a 512) (memory $b 1)
+        (func (export "_start") (drop (memory.grow $b (i32.const 600)))))"#);
+    let error = run(&sandbox, &grow, b"", GENEROUS).expect_err("grown past the limit").0;
+    assert!(matches!(error, RunError::OutOfMemory { .. }), "{error}");
+}
+
+/// Time does not pass inside the sandbox: a sleep (poll_oneoff on a relative clock) returns
+/// at once, so it cannot hold a host thread past the wall-clock limit. (Before, a 30 s sleep
+/// ran to its end under a 2 s limit; this one would sleep for 584 years.)
+#[test]
+fn a_sleep_returns_at_once_and_reports_its_event() {
+    let sandbox = Sandbox::new().expect("sandbox");
+    let sleeper = wat(r#"(module
+        (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+        (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        ;; subscription at 0: userdata 0x2a, tag 0 (clock), id 1 (monotonic), timeout u64::MAX
+        (data (i32.const 0) "\2a\00\00\00\00\00\00\00")
+        (data (i32.const 16) "\01\00\00\00")
+        (data (i32.const 24) "\ff\ff\ff\ff\ff\ff\ff\ff")
+        (data (i32.const 300) "slept\n")
+        (func (export "_start")
+            ;; poll(in=0, out=100, n=1, nevents=200): must succeed with one event for 0x2a
+            (if (i32.ne (call $poll (i32.const 0) (i32.const 100) (i32.const 1) (i32.const 200)) (i32.const 0))
+                (then unreachable))
+            (if (i32.ne (i32.load (i32.const 200)) (i32.const 1)) (then unreachable))
+            (if (i32.ne (i32.load (i32.const 100)) (i32.const 0x2a)) (then unreachable))
+            ;; write "slept\n" (iovec at 400: ptr 300, len 6)
+            (i32.store (i32.const 400) (i32.const 300))
+            (i32.store (i32.const 404) (i32.const 6))
+            (drop (call $write (i32.const 1) (i32.const 400) (i32.const 1) (i32.const 408)))))"#);
+    let limits = WasmLimits { timeout_ms: 2_000, ..GENEROUS };
+    let out = run(&sandbox, &sleeper, b"", limits).expect("the sleep returns");
+    assert_eq!(out.stdout, b"slept\n");
+}
+
+/// The fuel a job burned is in its signed receipt (it was always 0).
+#[tokio::test]
+async fn the_receipt_signs_the_fuel_used() {
+    let record = worker_run(plasm::examples::SIEVE, b"100000", GENEROUS).await;
+    let fuel = record.receipt.body.metrics.fuel_consumed;
+    assert!(fuel > 100_000, "fuel_consumed is {fuel}");
+    let failed =
+        worker_run(plasm::examples::SIEVE, b"1000000", WasmLimits { fuel: 50_000, ..GENEROUS })
+            .await;
+    assert!(!failed.finished());
+    assert_eq!(failed.receipt.body.metrics.fuel_consumed, 50_000, "all of it, when it ran out");
 }

@@ -119,7 +119,7 @@ async fn an_oversized_receipt_is_refused_on_write() {
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 64,
-        rng_seed: proptest::test_runner::RngSeed::Fixed(0x10c_5ca1),
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x10c5_ca11),
         ..ProptestConfig::default()
     })]
 

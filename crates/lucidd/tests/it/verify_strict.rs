@@ -231,7 +231,7 @@ fn whatever_verifies_after_an_edit_shows_only_what_was_signed() {
     let verified_edits = std::cell::Cell::new(0u32);
     let config = ProptestConfig {
         cases: 512,
-        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5eed_0f_a11),
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5eed_fa11),
         ..ProptestConfig::default()
     };
     proptest!(config, |(
