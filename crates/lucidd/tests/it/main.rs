@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod blob_uploads;
 mod chat_generate;
 mod cli;
 mod embeddings;

@@ -1,16 +1,34 @@
 //! `HEAD`/`POST /api/blobs/{digest}`: content-addressed uploads, verified against the digest
 //! while streaming to disk, and published atomically (temp file, fsync, rename).
+//!
+//! Every upload writes its own temp file, so two uploads of one digest cannot mix. A client
+//! may run a few uploads at once ([`UPLOADS_PER_CLIENT`]); an upload that stalls longer than
+//! the body timeout, or trickles slower than [`MIN_UPLOAD_BYTES_PER_SEC`] once that timeout has
+//! passed, is cut off with a 408, so slow uploads cannot hold every connection. A stored blob is
+//! hashed again before `HEAD` first says it is there (then remembered by size and mtime): a blob
+//! that no longer matches its name is moved aside and reported missing.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use futures::StreamExt;
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
 use tokio::io::AsyncWriteExt;
 
 use crate::api::error::ApiError;
 use crate::state::AppState;
+
+/// Uploads one client address may have under way at once.
+pub const UPLOADS_PER_CLIENT: usize = 4;
+/// Slowest average upload rate accepted once the body timeout has passed.
+pub const MIN_UPLOAD_BYTES_PER_SEC: f64 = 64.0 * 1024.0;
 
 /// Parses `sha256:<64 hex>` into the hex digest.
 pub fn parse_digest(digest: &str) -> Result<String, ApiError> {
@@ -26,8 +44,50 @@ pub fn parse_digest(digest: &str) -> Result<String, ApiError> {
     Ok(hex_part.to_ascii_lowercase())
 }
 
-fn blob_path(state: &AppState, hex_digest: &str) -> std::path::PathBuf {
+fn blob_path(state: &AppState, hex_digest: &str) -> PathBuf {
     state.blobs_dir.join(format!("sha256-{hex_digest}"))
+}
+
+/// Blobs hashed since they last changed: path → (size, mtime).
+fn verified() -> &'static Mutex<HashMap<PathBuf, (u64, SystemTime)>> {
+    static VERIFIED: std::sync::OnceLock<Mutex<HashMap<PathBuf, (u64, SystemTime)>>> =
+        std::sync::OnceLock::new();
+    VERIFIED.get_or_init(Default::default)
+}
+
+/// Whether the blob at `path` exists and its bytes hash to `hex_digest`.
+async fn intact(path: &std::path::Path, hex_digest: &str) -> Result<bool, ApiError> {
+    let Ok(meta) = tokio::fs::metadata(path).await else { return Ok(false) };
+    let stamp = (meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+    if verified().lock().get(path) == Some(&stamp) {
+        return Ok(true);
+    }
+    let file = path.to_path_buf();
+    let digest = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        use std::io::Read;
+        let mut hasher = Sha256::new();
+        let mut reader = std::fs::File::open(&file)?;
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            match reader.read(&mut buffer)? {
+                0 => break,
+                n => hasher.update(&buffer[..n]),
+            }
+        }
+        Ok(hex::encode(hasher.finalize()))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("hashing a blob: {e}")))?
+    .map_err(|e| ApiError::internal(format!("reading a blob: {e}")))?;
+    if digest == hex_digest {
+        verified().lock().insert(path.to_path_buf(), stamp);
+        return Ok(true);
+    }
+    // Not what its name says: keep the bytes for the operator, out of the way.
+    let aside = path.with_extension(format!("corrupt-{digest}"));
+    tracing::error!(blob = %path.display(), aside = %aside.display(), "a stored blob does not match its digest; moved aside");
+    let _ = tokio::fs::rename(path, &aside).await;
+    Ok(false)
 }
 
 /// `HEAD /api/blobs/{digest}`.
@@ -36,33 +96,100 @@ pub async fn head(
     Path(digest): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let hex_digest = parse_digest(&digest)?;
-    Ok(if tokio::fs::metadata(blob_path(&state, &hex_digest)).await.is_ok() {
+    Ok(if intact(&blob_path(&state, &hex_digest), &hex_digest).await? {
         StatusCode::OK
     } else {
         StatusCode::NOT_FOUND
     })
 }
 
+/// Uploads under way per client address; the slot is given back when the guard drops.
+struct UploadSlot(IpAddr);
+
+fn uploads() -> &'static Mutex<HashMap<IpAddr, usize>> {
+    static UPLOADS: std::sync::OnceLock<Mutex<HashMap<IpAddr, usize>>> = std::sync::OnceLock::new();
+    UPLOADS.get_or_init(Default::default)
+}
+
+impl UploadSlot {
+    fn take(client: IpAddr) -> Option<Self> {
+        let mut uploads = uploads().lock();
+        let count = uploads.entry(client).or_default();
+        if *count >= UPLOADS_PER_CLIENT {
+            return None;
+        }
+        *count += 1;
+        Some(Self(client))
+    }
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        let mut uploads = uploads().lock();
+        if let Some(count) = uploads.get_mut(&self.0) {
+            *count -= 1;
+            if *count == 0 {
+                uploads.remove(&self.0);
+            }
+        }
+    }
+}
+
 /// `POST /api/blobs/{digest}`: 201 when stored, 200 when already present, 400 on mismatch.
 pub async fn upload(
     State(state): State<Arc<AppState>>,
     Path(digest): Path<String>,
-    body: Body,
+    request: Request,
 ) -> Result<StatusCode, ApiError> {
     let expected = parse_digest(&digest)?;
     let path = blob_path(&state, &expected);
-    if tokio::fs::metadata(&path).await.is_ok() {
+    if intact(&path, &expected).await? {
         return Ok(StatusCode::OK);
     }
+    let client = crate::http_server::client_addr(&request).map(|a| a.ip());
+    let _slot = match client {
+        Some(ip) => Some(UploadSlot::take(ip).ok_or_else(|| ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: format!(
+                "{ip} already has {UPLOADS_PER_CLIENT} uploads under way; wait for one to finish"
+            ),
+        })?),
+        None => None,
+    };
     let io_err = |e: std::io::Error| ApiError::internal(format!("storing blob: {e}"));
     tokio::fs::create_dir_all(&state.blobs_dir).await.map_err(io_err)?;
-    let tmp = state.blobs_dir.join(format!(".upload-{expected}-{}", std::process::id()));
+    // Its own temp file: a second upload of the same digest never writes into this one.
+    static UPLOAD_SEQ: AtomicU64 = AtomicU64::new(0);
+    let tmp = state.blobs_dir.join(format!(
+        ".upload-{expected}-{}-{}",
+        std::process::id(),
+        UPLOAD_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
     let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err)?;
     let mut hasher = Sha256::new();
-    let mut stream = body.into_data_stream();
+    let mut stream = Body::new(request.into_body()).into_data_stream();
+    let started = Instant::now();
+    let idle = state.body_timeout;
     let result: Result<(), ApiError> = async {
-        while let Some(chunk) = stream.next().await {
+        let mut received = 0u64;
+        loop {
+            let next = tokio::time::timeout(idle, stream.next()).await.map_err(|_| ApiError {
+                status: StatusCode::REQUEST_TIMEOUT,
+                message: format!("the upload stalled: nothing arrived for {idle:?}"),
+            })?;
+            let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?;
+            received += chunk.len() as u64;
+            let elapsed = started.elapsed();
+            if elapsed > idle && (received as f64) < MIN_UPLOAD_BYTES_PER_SEC * elapsed.as_secs_f64() {
+                return Err(ApiError {
+                    status: StatusCode::REQUEST_TIMEOUT,
+                    message: format!(
+                        "the upload is too slow: {received} bytes in {elapsed:.0?}; at least {} KiB/s is needed",
+                        MIN_UPLOAD_BYTES_PER_SEC / 1024.0
+                    ),
+                });
+            }
             hasher.update(&chunk);
             file.write_all(&chunk).await.map_err(io_err)?;
         }
