@@ -44,6 +44,37 @@ pub enum Piece {
     Broken(String),
 }
 
+/// Where one committed chunk sits in a single (non-streamed) answer, for `receipt verify`:
+/// serialized as a byte length of text, `{"len", "token_ids"}`, `{"thinking", "token_ids"?}`
+/// or `{"tool_calls": count}` (SPEC §6, saved answers). Compact, because an answer can have
+/// as many chunks as tokens.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(untagged)]
+pub enum ChunkEntry {
+    /// A `text` chunk of this many bytes.
+    Text(usize),
+    /// A `token` chunk.
+    Token {
+        /// Bytes of text.
+        len: usize,
+        /// Its token ids.
+        token_ids: Vec<u32>,
+    },
+    /// A reasoning chunk.
+    Thinking {
+        /// Bytes of reasoning.
+        thinking: usize,
+        /// Its token ids, when committed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        token_ids: Option<Vec<u32>>,
+    },
+    /// A chunk of this many tool calls.
+    ToolCalls {
+        /// How many.
+        tool_calls: usize,
+    },
+}
+
 /// How a job ended, with its receipt.
 #[derive(Debug, Clone)]
 pub struct Finish {
@@ -56,7 +87,7 @@ pub struct Finish {
     /// How the text was cut into chunks, in order: a byte length for a `text` chunk,
     /// `{"len", "token_ids"}` for a `token` chunk. With the full text, enough to replay the
     /// commitment of a non-streamed answer (`lucidd receipt verify`).
-    pub receipt_chunks: Vec<serde_json::Value>,
+    pub receipt_chunks: Vec<ChunkEntry>,
     /// Why the answer must not be trusted: its receipt failed verify-and-bind and the request
     /// did not accept unverified answers.
     pub rejected: Option<String>,
@@ -129,7 +160,9 @@ pub struct JobRun {
     receipts: ReceiptLog,
     shutdown: CancellationToken,
     finished: bool,
-    receipt_chunks: Vec<serde_json::Value>,
+    receipt_chunks: Vec<ChunkEntry>,
+    /// Whether to keep `receipt_chunks` (only a single answer shows them).
+    record_chunks: bool,
     pending_logprobs: Option<serde_json::Value>,
     manifest: Option<String>,
 }
@@ -201,8 +234,20 @@ impl JobRun {
             shutdown,
             finished: false,
             receipt_chunks: Vec::new(),
+            record_chunks: true,
             pending_logprobs: None,
             manifest: None,
+        }
+    }
+
+    /// A streamed answer shows each chunk as a line: no need to keep where chunks sit.
+    pub fn streaming(&mut self) {
+        self.record_chunks = false;
+    }
+
+    fn record(&mut self, entry: ChunkEntry) {
+        if self.record_chunks {
+            self.receipt_chunks.push(entry);
         }
     }
 
@@ -240,15 +285,14 @@ impl JobRun {
                             match structured {
                                 Structured::Thinking { text, token_ids } => {
                                     let token_ids = (!token_ids.is_empty()).then_some(token_ids);
-                                    self.receipt_chunks.push(match &token_ids {
-                                        Some(ids) => serde_json::json!({"thinking": text.len(), "token_ids": ids}),
-                                        None => serde_json::json!({"thinking": text.len()}),
+                                    self.record(ChunkEntry::Thinking {
+                                        thinking: text.len(),
+                                        token_ids: token_ids.clone(),
                                     });
                                     Piece::Thinking { text, token_ids }
                                 }
                                 Structured::ToolCalls(calls) => {
-                                    self.receipt_chunks
-                                        .push(serde_json::json!({"tool_calls": calls.len()}));
+                                    self.record(ChunkEntry::ToolCalls { tool_calls: calls.len() });
                                     Piece::ToolCalls(calls)
                                 }
                             }
@@ -256,11 +300,11 @@ impl JobRun {
                         ChunkKind::Text | ChunkKind::Token | ChunkKind::Json => {
                             let text = chunk.text_content().unwrap_or_default().to_string();
                             let token_ids = chunk.token_ids().ok();
-                            self.receipt_chunks.push(match &token_ids {
+                            self.record(match &token_ids {
                                 Some(ids) => {
-                                    serde_json::json!({"len": text.len(), "token_ids": ids})
+                                    ChunkEntry::Token { len: text.len(), token_ids: ids.clone() }
                                 }
-                                None => serde_json::json!(text.len()),
+                                None => ChunkEntry::Text(text.len()),
                             });
                             let logprobs = self.pending_logprobs.take();
                             Piece::Text { text, logprobs, token_ids }

@@ -18,6 +18,25 @@ use crate::remote::RemoteModels;
 /// generation to start on a busy peer, short enough that a leaked manifest soon expires.
 pub const MANIFEST_TTL: Duration = Duration::from_secs(600);
 
+/// Requests whose text is larger than this are signed on a blocking thread.
+const BLOCKING_SIGN_BYTES: usize = 64 * 1024;
+
+/// The bytes of text (and images) a job carries.
+fn text_bytes(spec: &JobSpec) -> usize {
+    use phase_protocol::InferenceInput;
+    match spec {
+        JobSpec::Inference(job) => match &job.input {
+            InferenceInput::Chat { messages } => messages
+                .iter()
+                .map(|m| m.content.len() + m.images.iter().map(|i| i.len()).sum::<usize>())
+                .sum(),
+            InferenceInput::Generate { prompt, .. } => prompt.len(),
+        },
+        JobSpec::Embedding(job) => job.inputs.iter().map(String::len).sum(),
+        JobSpec::Wasm(job) => job.stdin.len(),
+    }
+}
+
 /// Shared state of the daemon.
 pub struct AppState {
     /// This node's identity; it signs manifests and local receipts.
@@ -124,9 +143,23 @@ impl AppState {
         spec: JobSpec,
         route: RouteOptions,
     ) -> Result<JobRun, ApiError> {
-        let manifest = SignedManifest::sign(&self.identity, spec, MANIFEST_TTL, unix_time_ms())
-            .map_err(|e| ApiError::bad_request(format!("cannot encode the request: {e}")))?;
-        let hash = manifest.hash().map_err(|e| ApiError::internal(e.to_string()))?;
+        let large = text_bytes(&spec) > BLOCKING_SIGN_BYTES;
+        // Encoding and hashing a large request is CPU work measured in milliseconds: off the
+        // async threads, so one client's 8 MiB prompt does not stall everyone's requests.
+        let identity = self.identity.clone();
+        let sign = move || {
+            let manifest = SignedManifest::sign(&identity, spec, MANIFEST_TTL, unix_time_ms())
+                .map_err(|e| ApiError::bad_request(format!("cannot encode the request: {e}")))?;
+            let hash = manifest.hash().map_err(|e| ApiError::internal(e.to_string()))?;
+            Ok::<_, ApiError>((manifest, hash))
+        };
+        let (manifest, hash) = if large {
+            tokio::task::spawn_blocking(sign)
+                .await
+                .map_err(|e| ApiError::internal(format!("signing the request: {e}")))??
+        } else {
+            sign()?
+        };
         // An inference answer carries its request, so a saved answer shows what it answers.
         // (Embeddings do not: their input can be large and no client shows it back.)
         let carried = match &manifest.payload {

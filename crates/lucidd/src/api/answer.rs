@@ -165,6 +165,7 @@ pub async fn respond<S: AnswerShape>(
     if !streaming {
         return collect(run, first, shape, stats, framing).await;
     }
+    run.streaming();
     struct State<S> {
         run: JobRun,
         pending: Option<Piece>,
@@ -277,13 +278,21 @@ async fn collect<S: AnswerShape>(
                     }
                     None => {
                         let mut body = shape.done(&finish, Some(&answer), &stats);
-                        if let Value::Object(map) = &mut body {
-                            map.insert("receipt_chunks".into(), json!(finish.receipt_chunks));
-                        }
                         if !logprobs.is_empty() {
                             attach_logprobs(&mut body, framing, Value::Array(logprobs));
                         }
-                        axum::Json(body).into_response()
+                        // Serialized beside the body, not as JSON values: one per chunk.
+                        #[derive(serde::Serialize)]
+                        struct WithChunks<'a> {
+                            #[serde(flatten)]
+                            body: &'a Value,
+                            receipt_chunks: &'a [crate::jobs::ChunkEntry],
+                        }
+                        axum::Json(WithChunks {
+                            body: &body,
+                            receipt_chunks: &finish.receipt_chunks,
+                        })
+                        .into_response()
                     }
                 };
                 return with_receipt_headers(response, &finish);

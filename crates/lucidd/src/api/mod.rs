@@ -4,6 +4,7 @@ pub mod answer;
 pub mod body;
 pub mod error;
 pub mod guard;
+pub mod limits;
 pub mod ollama;
 pub mod openai;
 pub mod panic;

@@ -261,6 +261,7 @@ pub async fn chat_completions(
     if messages.is_empty() {
         return Err(ApiError::bad_request("[] is too short - 'messages'").into());
     }
+    super::limits::at_most("messages", messages.len(), super::limits::MAX_MESSAGES)?;
     let values = messages;
     let mut messages = values.iter().map(message).collect::<Result<Vec<_>, _>>()?;
     let call_ids: Vec<Option<&str>> =
@@ -518,6 +519,9 @@ pub async fn embeddings(
     // A malformed body is refused in OpenAI's envelope, like every other /v1 error.
     let JsonBody(req) = body.map_err(ApiError::openai)?;
     let model = state.resolve_for_job(&req.model).await?;
+    if let Some(Value::Array(items)) = &req.input {
+        super::limits::at_most("inputs", items.len(), super::limits::MAX_EMBED_INPUTS)?;
+    }
     let inputs = match &req.input {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(items)) if !items.is_empty() => items

@@ -138,3 +138,94 @@ async fn a_flooding_client_gets_429_and_others_are_served() {
     let response = other.get(d.url("/api/version")).send().await.expect("send");
     assert_eq!(response.status(), 200, "another client is still served");
 }
+
+/// Class: a request's cost is bounded by counts as well as bytes. One past each count limit is
+/// refused with a 400 that names it; at the limit the request is served.
+#[tokio::test]
+async fn count_limits_refuse_one_past_each_and_serve_at_each() {
+    use lucidd::api::limits::{
+        MAX_EMBED_INPUTS, MAX_IMAGES, MAX_MESSAGES, MAX_STOP_STRINGS, MAX_TOOLS,
+    };
+    let d = crate::harness::Daemon::start().await;
+    let inputs = |n: usize| serde_json::json!(vec!["a"; n]);
+    let messages =
+        |n: usize| serde_json::json!(vec![serde_json::json!({"role": "user", "content": "hi"}); n]);
+    let stops =
+        |n: usize| serde_json::json!((0..n).map(|i| format!("stop{i}")).collect::<Vec<_>>());
+    let tools = |n: usize| {
+        serde_json::json!((0..n).map(|i| serde_json::json!({"type": "function", "function": {"name": format!("f{i}")}})).collect::<Vec<_>>())
+    };
+    let image =
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b"not really a png");
+    let images = move |n: usize| serde_json::json!(vec![image.clone(); n]);
+    type Body = Box<dyn Fn(usize) -> serde_json::Value + 'static>;
+    let cases: Vec<(&str, Body, usize)> = vec![
+        (
+            "/api/embed",
+            Box::new(move |n| serde_json::json!({"model": "echo", "input": inputs(n)})),
+            MAX_EMBED_INPUTS,
+        ),
+        (
+            "/v1/embeddings",
+            Box::new(move |n| serde_json::json!({"model": "echo", "input": vec!["a"; n]})),
+            MAX_EMBED_INPUTS,
+        ),
+        (
+            "/api/chat",
+            Box::new(
+                move |n| serde_json::json!({"model": "echo", "stream": false, "messages": messages(n)}),
+            ),
+            MAX_MESSAGES,
+        ),
+        (
+            "/v1/chat/completions",
+            Box::new(
+                move |n| serde_json::json!({"model": "echo", "messages": vec![serde_json::json!({"role": "user", "content": "hi"}); n]}),
+            ),
+            MAX_MESSAGES,
+        ),
+        (
+            "/api/generate",
+            Box::new(
+                move |n| serde_json::json!({"model": "echo", "stream": false, "prompt": "hi", "options": {"stop": stops(n)}}),
+            ),
+            MAX_STOP_STRINGS,
+        ),
+        (
+            "/api/chat",
+            Box::new(
+                move |n| serde_json::json!({"model": "echo", "stream": false, "messages": [{"role": "user", "content": "hi"}], "tools": tools(n)}),
+            ),
+            MAX_TOOLS,
+        ),
+        (
+            "/api/generate",
+            Box::new(
+                move |n| serde_json::json!({"model": "echo", "stream": false, "prompt": "hi", "images": images(n)}),
+            ),
+            MAX_IMAGES,
+        ),
+    ];
+    for (path, body, max) in &cases {
+        let (status, error) = d.post_json(path, body(max + 1)).await;
+        assert_eq!(status, 400, "{path} with {} items: {error}", max + 1);
+        let message = error["error"]
+            .as_str()
+            .or_else(|| error["error"]["message"].as_str())
+            .expect("message");
+        assert!(
+            message.contains("too many") && message.contains(&max.to_string()),
+            "{path}: {message}"
+        );
+        // At the limit, the count itself is not the problem (echo cannot call tools or see
+        // images, so those answer with their own 400).
+        let (status, answer) = d.post_json(path, body(*max)).await;
+        let message = answer["error"].as_str().unwrap_or_default();
+        assert!(status == 200 || !message.contains("too many"), "{path} at {max}: {answer}");
+    }
+    // The review's case: 80 000 stop strings once kept the async threads busy for a minute.
+    let stops: Vec<String> = (0..80_000).map(|i| format!("s{i}")).collect();
+    let body = serde_json::json!({"model": "echo", "prompt": "hi", "options": {"stop": stops}});
+    assert_eq!(d.post_json("/api/generate", body).await.0, 400);
+    d.assert_still_serving().await;
+}

@@ -12,6 +12,7 @@ use super::validate;
 use crate::api::answer::{Stats, receipt_fields, with_receipt_headers};
 use crate::api::body::JsonBody;
 use crate::api::error::ApiError;
+use crate::api::limits;
 use crate::jobs::{Finish, Piece};
 use crate::registry::ResolvedModel;
 use crate::state::{AppState, RouteOptions};
@@ -77,14 +78,17 @@ pub fn input_list(input: Option<&Value>) -> Result<Vec<String>, ApiError> {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(s)) if s.is_empty() => Ok(Vec::new()),
         Some(Value::String(s)) => Ok(vec![s.clone()]),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| ApiError::bad_request("invalid input type"))
-            })
-            .collect(),
+        Some(Value::Array(items)) => {
+            limits::at_most("inputs", items.len(), limits::MAX_EMBED_INPUTS)?;
+            items
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| ApiError::bad_request("invalid input type"))
+                })
+                .collect()
+        }
         Some(_) => Err(ApiError::bad_request("invalid input type")),
     }
 }
@@ -115,17 +119,26 @@ pub async fn embed(
     )
     .await?;
     let metrics = stats.ollama_metrics(&embedded.finish);
-    let mut body = json!({
-        "model": req.model,
-        "embeddings": embedded.vectors,
-        "total_duration": metrics["total_duration"],
-        "load_duration": metrics["load_duration"],
-        "prompt_eval_count": metrics["prompt_eval_count"],
-    });
-    if let Value::Object(map) = &mut body {
-        map.extend(receipt_fields(&embedded.finish));
+    // Serialized straight from the vectors: a JSON value per float would cost ~40 bytes each.
+    #[derive(serde::Serialize)]
+    struct Answer<'a> {
+        model: &'a str,
+        embeddings: &'a [Vec<f32>],
+        total_duration: &'a Value,
+        load_duration: &'a Value,
+        prompt_eval_count: &'a Value,
+        #[serde(flatten)]
+        receipt: serde_json::Map<String, Value>,
     }
-    Ok(with_receipt_headers(Json(body).into_response(), &embedded.finish))
+    let answer = Answer {
+        model: &req.model,
+        embeddings: &embedded.vectors,
+        total_duration: &metrics["total_duration"],
+        load_duration: &metrics["load_duration"],
+        prompt_eval_count: &metrics["prompt_eval_count"],
+        receipt: receipt_fields(&embedded.finish),
+    };
+    Ok(with_receipt_headers(Json(answer).into_response(), &embedded.finish))
 }
 
 /// `POST /api/embeddings`: one prompt, one vector.

@@ -38,6 +38,7 @@ pub async fn chat(
     if req.messages.is_empty() {
         return Ok(load_only(&state, &model, keep_alive, &req.model, true));
     }
+    crate::api::limits::at_most("messages", req.messages.len(), crate::api::limits::MAX_MESSAGES)?;
     let mut messages = model_messages(&model)?;
     let mut call_ids = vec![None; messages.len()];
     for m in req.messages {

@@ -6,6 +6,7 @@ use serde_bytes::ByteBuf;
 use serde_json::{Map, Value};
 
 use crate::api::error::ApiError;
+use crate::api::limits;
 use crate::durations::{DEFAULT_KEEP_ALIVE, KeepAlive};
 use crate::names::ModelName;
 use crate::registry::ResolvedModel;
@@ -100,6 +101,13 @@ pub fn options(
                     "option \"{key}\" has the wrong type: {value}"
                 )));
             }
+            if let Some(strings) = value.as_array() {
+                limits::at_most(
+                    &format!("{key} strings"),
+                    strings.len(),
+                    limits::MAX_STOP_STRINGS,
+                )?;
+            }
         }
         if !value.is_null() {
             merged.insert(key.clone(), value.clone());
@@ -167,6 +175,7 @@ pub fn tool_calls(calls: &[Value]) -> Result<(), ApiError> {
 
 /// Checks `tools` against the model.
 pub fn tools(model: &ResolvedModel, tools: Option<&Vec<Value>>) -> Result<Vec<Value>, ApiError> {
+    limits::at_most("tools", tools.map_or(0, Vec::len), limits::MAX_TOOLS)?;
     let tools = tools.cloned().unwrap_or_default();
     for (i, tool) in tools.iter().enumerate() {
         if function_name(tool).is_none() {
@@ -209,6 +218,7 @@ pub fn logprobs(top_logprobs: Option<i64>) -> Result<(), ApiError> {
 
 /// Decodes base64 images.
 pub fn images(images: Option<&Vec<String>>) -> Result<Vec<ByteBuf>, ApiError> {
+    limits::at_most("images", images.map_or(0, Vec::len), limits::MAX_IMAGES)?;
     images
         .into_iter()
         .flatten()
