@@ -66,6 +66,9 @@ pub fn shared() -> &'static Shared {
         // And once more for the comparison with llama-server, whose server must see exactly the
         // same requests as the direct one (its prompt cache changes how a prompt is batched).
         std::os::unix::fs::symlink(&model_file, model_dir.join("exact.gguf")).expect("link model");
+        // And for the context tests, which make its server restart with a larger context.
+        std::os::unix::fs::symlink(&model_file, model_dir.join("context.gguf"))
+            .expect("link model");
         // The same model with chat templates beside it that let it call tools and reason.
         for (name, template) in [("agent", "tools.jinja"), ("thinker", "think.jinja")] {
             std::os::unix::fs::symlink(&model_file, model_dir.join(format!("{name}.gguf")))

@@ -30,7 +30,7 @@ use crate::durations::{DEFAULT_KEEP_ALIVE, KeepAlive};
 use crate::names::ModelName;
 use catalog::ModelFile;
 use run::InferenceRun;
-use supervisor::{ModelSupervisor, ServerSpec};
+use supervisor::{ModelSupervisor, ServerSpec, SupervisorError};
 
 /// Context per request when the request does not set `num_ctx` (Ollama's default).
 pub const DEFAULT_NUM_CTX: u32 = 4096;
@@ -66,6 +66,17 @@ struct Loaded {
     last_used: Mutex<Instant>,
     keep_alive: Mutex<KeepAlive>,
     in_use: AtomicUsize,
+    /// Notified when a job stops using the server.
+    released: tokio::sync::Notify,
+}
+
+impl Loaded {
+    /// A job is done with the server.
+    fn release(&self) {
+        self.in_use.fetch_sub(1, Ordering::SeqCst);
+        *self.last_used.lock() = Instant::now();
+        self.released.notify_waiters();
+    }
 }
 
 /// The worker.
@@ -143,6 +154,7 @@ impl LlamaCppWorker {
                 last_used: Mutex::new(Instant::now()),
                 keep_alive: Mutex::new(DEFAULT_KEEP_ALIVE),
                 in_use: AtomicUsize::new(0),
+                released: tokio::sync::Notify::new(),
             })
         }))
     }
@@ -168,6 +180,9 @@ impl LlamaCppWorker {
         }
     }
 
+    /// A server for this job (which holds one `in_use` count). A server whose context is too
+    /// small is restarted larger only once no other answer runs on it: a restart under a
+    /// running answer would cut it off. Until then, this job waits.
     async fn server_for(
         &self,
         model: &ModelFile,
@@ -178,7 +193,27 @@ impl LlamaCppWorker {
         if !loaded.supervisor.is_running().await {
             self.make_room(loaded).await;
         }
-        loaded.supervisor.ensure(&self.spec(model, ctx, embedding)).await.map_err(|e| e.to_string())
+        let spec = self.spec(model, ctx, embedding);
+        // This job holds one count: alone means no other answer runs on the server.
+        let alone = || loaded.in_use.load(Ordering::SeqCst) <= 1;
+        let mut waited = false;
+        loop {
+            match loaded.supervisor.ensure_unless_busy(&spec, &alone).await {
+                Err(SupervisorError::InUse) => {
+                    if !waited {
+                        tracing::info!(model = %model.name, ctx, "waiting for running answers before restarting llama-server with a larger context");
+                        waited = true;
+                    }
+                    // Woken when an answer ends; the timeout re-checks a missed wake-up.
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(100),
+                        loaded.released.notified(),
+                    )
+                    .await;
+                }
+                other => return other.map_err(|e| e.to_string()),
+            }
+        }
     }
 
     fn model_file(&self, name: &str) -> Result<&ModelFile, WorkerError> {
@@ -196,13 +231,32 @@ impl LlamaCppWorker {
     }
 }
 
-fn num_ctx(options: &std::collections::BTreeMap<String, Value>) -> Result<u32, WorkerError> {
-    match options.get("num_ctx").and_then(Value::as_u64) {
-        None => Ok(DEFAULT_NUM_CTX),
-        Some(n) if (64..=u64::from(MAX_NUM_CTX)).contains(&n) => Ok(n as u32),
-        Some(n) => Err(WorkerError::InvalidJob {
-            reason: format!("num_ctx {n} is out of range (64 to {MAX_NUM_CTX})"),
-        }),
+/// The context a job gets: its `num_ctx` (or the default), at most the model's trained context
+/// and [`MAX_NUM_CTX`]. Clients ask for more than a model has (LlamaIndex sends the context
+/// length `/api/show` reports, or its own default); more than the model was trained on is of
+/// no use and would cost memory and a restart.
+fn num_ctx(
+    options: &std::collections::BTreeMap<String, Value>,
+    model: &ModelFile,
+) -> Result<u32, WorkerError> {
+    let trained = model
+        .metadata
+        .as_ref()
+        .ok()
+        .and_then(|m| m.arch_uint("context_length"))
+        .filter(|n| *n >= 64)
+        .unwrap_or(u64::from(MAX_NUM_CTX));
+    let cap = trained.min(u64::from(MAX_NUM_CTX));
+    match options.get("num_ctx") {
+        None | Some(Value::Null) => Ok(DEFAULT_NUM_CTX.min(cap as u32)),
+        Some(value) => match value.as_u64() {
+            Some(n) if n >= 64 => Ok(n.min(cap) as u32),
+            _ => Err(WorkerError::InvalidJob {
+                reason: format!(
+                    "num_ctx {value} is out of range: use a whole number of at least 64"
+                ),
+            }),
+        },
     }
 }
 
@@ -345,7 +399,7 @@ impl Worker for LlamaCppWorker {
                             reason: "logprobs cannot be combined with tools: llama-server does not stream log-probabilities of tool calls".into(),
                         });
                     }
-                    let ctx = num_ctx(&job.options)?;
+                    let ctx = num_ctx(&job.options, &file)?;
                     let loaded = self.loaded(&file.name, false);
                     loaded.in_use.fetch_add(1, Ordering::SeqCst);
                     let (emitter, handle) = job_channel(self.identity.clone(), hash);
@@ -388,7 +442,7 @@ impl LlamaCppWorker {
                 ),
             });
         }
-        let ctx = num_ctx(&job.options)?;
+        let ctx = num_ctx(&job.options, &file)?;
         let loaded = self.loaded(&file.name, true);
         loaded.in_use.fetch_add(1, Ordering::SeqCst);
         let result = async {
@@ -429,8 +483,7 @@ impl LlamaCppWorker {
             Ok((vectors, prompt_tokens, started.elapsed()))
         }
         .await;
-        loaded.in_use.fetch_sub(1, Ordering::SeqCst);
-        *loaded.last_used.lock() = Instant::now();
+        loaded.release();
         let (vectors, prompt_tokens, took) = result?;
         let (mut emitter, handle) = job_channel(self.identity.clone(), hash);
         let dimensions = job.dimensions.map(|d| d as usize);

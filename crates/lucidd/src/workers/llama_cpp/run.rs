@@ -9,8 +9,7 @@ use phase_protocol::{
 };
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::supervisor::ServerSpec;
 use super::{Loaded, backend, chat};
@@ -64,8 +63,7 @@ impl InferenceRun {
                 (attempt.completion, metrics)
             }
         };
-        self.loaded.in_use.fetch_sub(1, Ordering::SeqCst);
-        *self.loaded.last_used.lock() = Instant::now();
+        self.loaded.release();
         emitter.finish(completion, metrics);
     }
 

@@ -50,6 +50,11 @@ pub struct ServerSpec {
 /// Why a server is not available.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SupervisorError {
+    /// A larger context is needed, but other answers still run on the server.
+    #[error(
+        "llama-server is busy with other answers; a restart with a larger context waits for them"
+    )]
+    InUse,
     /// The binary could not be started.
     #[error(
         "cannot start llama-server ({binary}): {reason}; run scripts/setup or pass --llama-server-binary"
@@ -115,6 +120,17 @@ impl ModelSupervisor {
     /// The base URL of a healthy server that satisfies `spec` (a running server with at least
     /// this context is reused; a smaller one is restarted with the larger context).
     pub async fn ensure(&self, spec: &ServerSpec) -> Result<String, SupervisorError> {
+        self.ensure_unless_busy(spec, &|| true).await
+    }
+
+    /// [`ensure`](Self::ensure), but a running server is restarted (for a larger context)
+    /// only while `may_restart` says so, checked under the supervisor's lock; otherwise
+    /// [`SupervisorError::InUse`].
+    pub async fn ensure_unless_busy(
+        &self,
+        spec: &ServerSpec,
+        may_restart: &(dyn Fn() -> bool + Sync),
+    ) -> Result<String, SupervisorError> {
         let mut state = self.state.lock().await;
         if let Some(running) = state.running.as_mut() {
             match running.child.try_wait() {
@@ -124,6 +140,7 @@ impl ModelSupervisor {
                 {
                     return Ok(running.base_url.clone());
                 }
+                Ok(None) if !may_restart() => return Err(SupervisorError::InUse),
                 Ok(None) => {
                     tracing::info!(model = %spec.model.display(), ctx = spec.ctx_per_slot, "restarting llama-server with a larger context");
                     let _ = running.child.kill().await;
@@ -210,6 +227,7 @@ impl ModelSupervisor {
     }
 
     /// True while a server process is up.
+    /// Whether a server runs.
     pub async fn is_running(&self) -> bool {
         let mut state = self.state.lock().await;
         state.running.as_mut().is_some_and(|r| matches!(r.child.try_wait(), Ok(None)))
