@@ -1,21 +1,10 @@
 //! The `lucidd` binary: OLLAMA_HOST, `id`, `receipt verify`, SIGTERM.
 
-use crate::harness::ndjson;
+use crate::harness::{Child, LUCIDD, ndjson};
 use serde_json::json;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const LUCIDD: &str = env!("CARGO_BIN_EXE_lucidd");
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Starts the binary with OLLAMA_HOST on port 0 and waits for its address file.
 fn spawn(data: &Path) -> (Child, String) {

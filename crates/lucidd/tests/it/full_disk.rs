@@ -4,22 +4,11 @@
 //!
 //! Needs root (to mount the tmpfs), as CI has; elsewhere the test says it did not run.
 
-use crate::harness::ndjson;
+use crate::harness::{Child, LUCIDD, ndjson};
 use serde_json::json;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const LUCIDD: &str = env!("CARGO_BIN_EXE_lucidd");
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))

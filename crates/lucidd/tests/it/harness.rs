@@ -8,6 +8,19 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+/// The `lucidd` binary, for tests that run it as a process.
+pub const LUCIDD: &str = env!("CARGO_BIN_EXE_lucidd");
+
+/// A child process killed (and reaped) when the test is done with it.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub struct Daemon {
     pub addr: SocketAddr,
     running: Option<Running>,
