@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 use crate::durations::KeepAlive;
@@ -203,6 +203,21 @@ impl Registry {
     }
 }
 
+/// When a model used now with a keep-alive of `d` expires: checked arithmetic whatever `d` is
+/// (a client's duration never panics; one past the calendar is "forever").
+pub fn expiry(
+    d: Duration,
+    now: Instant,
+    wall: OffsetDateTime,
+) -> (Option<Instant>, OffsetDateTime) {
+    let far = wall.saturating_add(time::Duration::days(100 * 365));
+    let expires_at = time::Duration::try_from(d)
+        .ok()
+        .and_then(|d| wall.checked_add(d))
+        .map_or(far, |at| at.min(far));
+    (now.checked_add(d), expires_at)
+}
+
 /// Ollama shows "forever" as a far-future expiry: a hundred years from now.
 fn far_future() -> OffsetDateTime {
     OffsetDateTime::now_utc().saturating_add(time::Duration::days(100 * 365))
@@ -225,12 +240,7 @@ impl Registry {
                 loaded.insert(name.clone(), Loaded { until: None, expires_at: far_future() });
             }
             KeepAlive::For(d) => {
-                // Checked, whatever `KeepAlive` allows: a client's duration never panics.
-                let expires_at = time::Duration::try_from(d)
-                    .ok()
-                    .and_then(|d| OffsetDateTime::now_utc().checked_add(d))
-                    .map_or_else(far_future, |at| at.min(far_future()));
-                let until = Instant::now().checked_add(d);
+                let (until, expires_at) = expiry(d, Instant::now(), OffsetDateTime::now_utc());
                 loaded.insert(name.clone(), Loaded { until, expires_at });
             }
         }

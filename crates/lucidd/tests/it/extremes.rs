@@ -130,3 +130,29 @@ async fn a_keep_alive_past_the_calendar_is_forever() {
     assert!(expires.starts_with("21"), "forever is a far-future expiry: {expires}");
     everything_still_answers(&d).await;
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 2048,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x0dd_ba11),
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// Class 1 as a property: whatever number or string a client sends as keep_alive, parsing
+    /// it and working out the expiry never panics, and the expiry is never in the past.
+    #[test]
+    fn no_keep_alive_panics_or_expires_in_the_past(
+        number in proptest::num::f64::ANY,
+        text in "-?[0-9]{0,20}(\\.[0-9]{0,6})?(ns|us|ms|s|m|h){0,1}([0-9]{0,12}(ns|us|ms|s|m|h))?",
+    ) {
+        use lucidd::durations::KeepAlive;
+        let now = std::time::Instant::now();
+        let wall = time::OffsetDateTime::now_utc();
+        for value in [serde_json::json!(number), serde_json::json!(text)] {
+            if let Ok(KeepAlive::For(d)) = KeepAlive::from_json(&value) {
+                let (_, expires_at) = lucidd::registry::expiry(d, now, wall);
+                proptest::prop_assert!(expires_at >= wall);
+            }
+        }
+    }
+}

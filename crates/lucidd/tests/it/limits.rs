@@ -139,93 +139,107 @@ async fn a_flooding_client_gets_429_and_others_are_served() {
     assert_eq!(response.status(), 200, "another client is still served");
 }
 
-/// Class: a request's cost is bounded by counts as well as bytes. One past each count limit is
-/// refused with a 400 that names it; at the limit the request is served.
-#[tokio::test]
-async fn count_limits_refuse_one_past_each_and_serve_at_each() {
+type Body = Box<dyn Fn(usize) -> serde_json::Value + 'static>;
+
+/// Each count limit: the path, a body with `n` of the counted things, and the limit.
+fn count_cases() -> Vec<(&'static str, Body, usize)> {
     use lucidd::api::limits::{
         MAX_EMBED_INPUTS, MAX_IMAGES, MAX_MESSAGES, MAX_STOP_STRINGS, MAX_TOOLS,
     };
-    let d = crate::harness::Daemon::start().await;
-    let inputs = |n: usize| serde_json::json!(vec!["a"; n]);
-    let messages =
-        |n: usize| serde_json::json!(vec![serde_json::json!({"role": "user", "content": "hi"}); n]);
-    let stops =
-        |n: usize| serde_json::json!((0..n).map(|i| format!("stop{i}")).collect::<Vec<_>>());
-    let tools = |n: usize| {
-        serde_json::json!((0..n).map(|i| serde_json::json!({"type": "function", "function": {"name": format!("f{i}")}})).collect::<Vec<_>>())
-    };
+    let user = || json!({"role": "user", "content": "hi"});
     let image =
         base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b"not really a png");
-    let images = move |n: usize| serde_json::json!(vec![image.clone(); n]);
-    type Body = Box<dyn Fn(usize) -> serde_json::Value + 'static>;
-    let cases: Vec<(&str, Body, usize)> = vec![
+    vec![
         (
             "/api/embed",
-            Box::new(move |n| serde_json::json!({"model": "echo", "input": inputs(n)})),
+            Box::new(|n| json!({"model": "echo", "input": vec!["a"; n]})),
             MAX_EMBED_INPUTS,
         ),
         (
             "/v1/embeddings",
-            Box::new(move |n| serde_json::json!({"model": "echo", "input": vec!["a"; n]})),
+            Box::new(|n| json!({"model": "echo", "input": vec!["a"; n]})),
             MAX_EMBED_INPUTS,
         ),
         (
             "/api/chat",
             Box::new(
-                move |n| serde_json::json!({"model": "echo", "stream": false, "messages": messages(n)}),
+                move |n| json!({"model": "echo", "stream": false, "messages": vec![user(); n]}),
             ),
             MAX_MESSAGES,
         ),
         (
             "/v1/chat/completions",
-            Box::new(
-                move |n| serde_json::json!({"model": "echo", "messages": vec![serde_json::json!({"role": "user", "content": "hi"}); n]}),
-            ),
+            Box::new(move |n| json!({"model": "echo", "messages": vec![user(); n]})),
             MAX_MESSAGES,
         ),
         (
             "/api/generate",
             Box::new(
-                move |n| serde_json::json!({"model": "echo", "stream": false, "prompt": "hi", "options": {"stop": stops(n)}}),
+                |n| json!({"model": "echo", "stream": false, "prompt": "hi", "options": {"stop": (0..n).map(|i| format!("stop{i}")).collect::<Vec<_>>()}}),
             ),
             MAX_STOP_STRINGS,
         ),
         (
             "/api/chat",
             Box::new(
-                move |n| serde_json::json!({"model": "echo", "stream": false, "messages": [{"role": "user", "content": "hi"}], "tools": tools(n)}),
+                move |n| json!({"model": "echo", "stream": false, "messages": [user()], "tools": (0..n).map(|i| json!({"type": "function", "function": {"name": format!("f{i}")}})).collect::<Vec<_>>()}),
             ),
             MAX_TOOLS,
         ),
         (
             "/api/generate",
             Box::new(
-                move |n| serde_json::json!({"model": "echo", "stream": false, "prompt": "hi", "images": images(n)}),
+                move |n| json!({"model": "echo", "stream": false, "prompt": "hi", "images": vec![image.clone(); n]}),
             ),
             MAX_IMAGES,
         ),
-    ];
-    for (path, body, max) in &cases {
+    ]
+}
+
+/// Whether an answer refused the request for a count over a limit.
+fn refused_for_count(status: u16, answer: &serde_json::Value) -> bool {
+    let message = answer["error"].as_str().or_else(|| answer["error"]["message"].as_str());
+    status == 400 && message.is_some_and(|m| m.contains("too many"))
+}
+
+/// Class: a request's cost is bounded by counts as well as bytes. One past each count limit is
+/// refused with a 400 that names it; at the limit the request is served.
+#[tokio::test]
+async fn count_limits_refuse_one_past_each_and_serve_at_each() {
+    let d = Daemon::start().await;
+    for (path, body, max) in &count_cases() {
         let (status, error) = d.post_json(path, body(max + 1)).await;
-        assert_eq!(status, 400, "{path} with {} items: {error}", max + 1);
-        let message = error["error"]
-            .as_str()
-            .or_else(|| error["error"]["message"].as_str())
-            .expect("message");
-        assert!(
-            message.contains("too many") && message.contains(&max.to_string()),
-            "{path}: {message}"
-        );
+        assert!(refused_for_count(status, &error), "{path} with {} items: {error}", max + 1);
+        assert!(error.to_string().contains(&max.to_string()), "{path}: names the limit: {error}");
         // At the limit, the count itself is not the problem (echo cannot call tools or see
         // images, so those answer with their own 400).
         let (status, answer) = d.post_json(path, body(*max)).await;
-        let message = answer["error"].as_str().unwrap_or_default();
-        assert!(status == 200 || !message.contains("too many"), "{path} at {max}: {answer}");
+        assert!(!refused_for_count(status, &answer), "{path} at {max}: {answer}");
     }
     // The review's case: 80 000 stop strings once kept the async threads busy for a minute.
     let stops: Vec<String> = (0..80_000).map(|i| format!("s{i}")).collect();
-    let body = serde_json::json!({"model": "echo", "prompt": "hi", "options": {"stop": stops}});
+    let body = json!({"model": "echo", "prompt": "hi", "options": {"stop": stops}});
     assert_eq!(d.post_json("/api/generate", body).await.0, 400);
     d.assert_still_serving().await;
+}
+
+/// The same as a property: for any count of any counted thing, the request is refused for its
+/// count exactly when the count is over the limit.
+#[test]
+fn any_count_is_refused_exactly_when_over_its_limit() {
+    use proptest::prelude::*;
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let d = runtime.block_on(Daemon::start());
+    let cases = count_cases();
+    let config = ProptestConfig {
+        cases: 96,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0xc0_u64 << 32 | 0x0075),
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(which in 0usize..7, fraction in 0.0f64..2.0)| {
+        let (path, body, max) = &cases[which];
+        let n = (*max as f64 * fraction) as usize;
+        let (status, answer) = runtime.block_on(d.post_json(path, body(n)));
+        prop_assert_eq!(refused_for_count(status, &answer), n > *max, "{} with {}: {}", path, n, answer);
+    });
 }
