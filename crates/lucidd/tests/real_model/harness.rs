@@ -15,29 +15,23 @@ pub struct Shared {
 
 static SHARED: OnceLock<Shared> = OnceLock::new();
 
-pub fn model_file() -> PathBuf {
-    let path = std::env::var_os("PHASE_TEST_MODEL").map(PathBuf::from).expect(
-        "PHASE_TEST_MODEL must name a GGUF model file: run scripts/setup, or use scripts/test",
-    );
-    assert!(
-        path.is_file(),
-        "PHASE_TEST_MODEL {} does not exist: run scripts/setup",
-        path.display()
-    );
+/// The file an environment variable names, which scripts/test sets after scripts/setup made it.
+fn file_from_env(var: &str, what: &str) -> PathBuf {
+    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        panic!("{var} must name {what}: run scripts/setup, or use scripts/test")
+    });
+    assert!(path.is_file(), "{var} {} does not exist: run scripts/setup", path.display());
     path
+}
+
+/// The pre-trained model (Gemma 3 270M), from `PHASE_TEST_MODEL`.
+pub fn model_file() -> PathBuf {
+    file_from_env("PHASE_TEST_MODEL", "a GGUF model file")
 }
 
 /// The chat model (SmolLM2-135M-Instruct), from `PHASE_CHAT_MODEL`.
 pub fn chat_model_file() -> PathBuf {
-    let path = std::env::var_os("PHASE_CHAT_MODEL").map(PathBuf::from).expect(
-        "PHASE_CHAT_MODEL must name the chat model's GGUF file: run scripts/setup, or use scripts/test",
-    );
-    assert!(
-        path.is_file(),
-        "PHASE_CHAT_MODEL {} does not exist: run scripts/setup",
-        path.display()
-    );
-    path
+    file_from_env("PHASE_CHAT_MODEL", "the chat model's GGUF file")
 }
 
 pub fn llama_server() -> PathBuf {
