@@ -105,10 +105,41 @@ impl Worker for EchoWorker {
     }
 }
 
+/// The chunks an echo job will emit: words of a text, cut as they are sent (an 8 MiB prompt
+/// is 1.6 M words; as chunks made up front it cost ~60 bytes each), or ready-made chunks.
+#[derive(Debug, Clone, PartialEq)]
+enum Chunks {
+    /// The text and where each word ends.
+    Words { text: String, ends: Vec<usize> },
+    /// Chunks made in advance (embeddings).
+    Made(Vec<OutputChunk>),
+}
+
+impl Chunks {
+    fn len(&self) -> usize {
+        match self {
+            Self::Words { ends, .. } => ends.len(),
+            Self::Made(chunks) => chunks.len(),
+        }
+    }
+
+    /// Chunk `i`.
+    fn get(&self, i: usize) -> Option<OutputChunk> {
+        match self {
+            Self::Words { text, ends } => {
+                let end = *ends.get(i)?;
+                let start = if i == 0 { 0 } else { ends[i - 1] };
+                Some(OutputChunk::text(&text[start..end]))
+            }
+            Self::Made(chunks) => chunks.get(i).cloned(),
+        }
+    }
+}
+
 /// Everything an echo job will emit, decided before it starts.
 #[derive(Debug, Clone, PartialEq)]
 struct Plan {
-    chunks: Vec<OutputChunk>,
+    chunks: Chunks,
     /// Log-probabilities asked for, with this many alternatives.
     logprobs: Option<u32>,
     prompt_words: u64,
@@ -119,7 +150,8 @@ struct Plan {
 async fn run(plan: Plan, mut emitter: phase_protocol::JobEmitter) {
     let started = Instant::now();
     let mut sent = 0u64;
-    for chunk in plan.chunks {
+    for i in 0..plan.chunks.len() {
+        let Some(chunk) = plan.chunks.get(i) else { break };
         if !plan.delay.is_zero() {
             tokio::select! {
                 () = emitter.cancelled() => break,
@@ -192,16 +224,17 @@ fn plan_inference(job: &InferenceJob) -> Result<Plan, WorkerError> {
     };
     let options: Map<String, Value> = job.options.clone().into_iter().collect();
     let answer = cut_at_stop(&text, &stop_strings(&options));
-    let mut pieces = word_chunks(answer);
+    let mut ends = word_ends(answer);
     let limit = option_i64(job, "num_predict").filter(|n| *n >= 0).map(|n| n as usize);
-    let hit_limit = limit.is_some_and(|n| pieces.len() > n);
+    let hit_limit = limit.is_some_and(|n| ends.len() > n);
     if let Some(n) = limit {
-        pieces.truncate(n);
+        ends.truncate(n);
     }
+    let answer = answer[..ends.last().copied().unwrap_or(0)].to_string();
     let delay_ms =
         option_i64(job, "echo_delay_ms").unwrap_or(0).clamp(0, MAX_DELAY_MS as i64) as u64;
     Ok(Plan {
-        chunks: pieces.into_iter().map(OutputChunk::text).collect(),
+        chunks: Chunks::Words { text: answer, ends },
         logprobs: job.logprobs,
         prompt_words,
         hit_limit,
@@ -238,7 +271,13 @@ fn plan_embedding(job: &EmbeddingJob) -> Result<Plan, WorkerError> {
         prompt_words += words.len().min(CONTEXT_WORDS) as u64;
         chunks.push(OutputChunk::embedding(&embed(&used, dims)));
     }
-    Ok(Plan { chunks, logprobs: None, prompt_words, hit_limit: false, delay: Duration::ZERO })
+    Ok(Plan {
+        chunks: Chunks::Made(chunks),
+        logprobs: None,
+        prompt_words,
+        hit_limit: false,
+        delay: Duration::ZERO,
+    })
 }
 
 fn count_words(text: &str) -> u64 {
@@ -251,16 +290,16 @@ fn cut_at_stop<'a>(text: &'a str, stops: &[String]) -> &'a str {
     &text[..end.unwrap_or(text.len())]
 }
 
-/// Splits text into words, each keeping the whitespace before it, so the chunks concatenate
-/// back to the text exactly ("hi there" → "hi", " there").
-fn word_chunks(text: &str) -> Vec<&str> {
-    let mut chunks = Vec::new();
+/// Where each word of `text` ends, each word keeping the whitespace before it, so the chunks
+/// concatenate back to the text exactly ("hi there" → "hi", " there").
+fn word_ends(text: &str) -> Vec<usize> {
+    let mut ends = Vec::new();
     let mut start = 0;
     let mut in_word = false;
     for (i, c) in text.char_indices() {
         if c.is_whitespace() {
             if in_word {
-                chunks.push(&text[start..i]);
+                ends.push(i);
                 start = i;
                 in_word = false;
             }
@@ -269,9 +308,9 @@ fn word_chunks(text: &str) -> Vec<&str> {
         }
     }
     if start < text.len() {
-        chunks.push(&text[start..]);
+        ends.push(text.len());
     }
-    chunks
+    ends
 }
 
 /// A unit vector of `dims` floats derived from SHA-256 of the text.
@@ -319,7 +358,9 @@ mod tests {
     }
 
     fn texts(plan: &Plan) -> Vec<String> {
-        plan.chunks.iter().map(|c| c.text_content().expect("text").to_string()).collect()
+        (0..plan.chunks.len())
+            .map(|i| plan.chunks.get(i).expect("chunk").text_content().expect("text").to_string())
+            .collect()
     }
 
     #[test]
