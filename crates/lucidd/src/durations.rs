@@ -14,8 +14,9 @@ pub enum KeepAlive {
     Forever,
 }
 
-/// The longest finite keep-alive; anything longer means forever.
-const MAX_FINITE: Duration = Duration::from_secs(100 * 365 * 86_400);
+/// The longest finite keep-alive; anything longer means forever (and "forever" is shown as an
+/// expiry this far away).
+pub const MAX_FINITE: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// Ollama's default, `OLLAMA_KEEP_ALIVE` unset.
 pub const DEFAULT_KEEP_ALIVE: KeepAlive = KeepAlive::For(Duration::from_secs(300));

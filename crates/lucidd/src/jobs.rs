@@ -245,9 +245,10 @@ impl JobRun {
         self.record_chunks = false;
     }
 
-    fn record(&mut self, entry: ChunkEntry) {
+    /// Notes where a chunk sits; the entry (which copies token ids) is made only when kept.
+    fn record(&mut self, entry: impl FnOnce() -> ChunkEntry) {
         if self.record_chunks {
-            self.receipt_chunks.push(entry);
+            self.receipt_chunks.push(entry());
         }
     }
 
@@ -285,14 +286,16 @@ impl JobRun {
                             match structured {
                                 Structured::Thinking { text, token_ids } => {
                                     let token_ids = (!token_ids.is_empty()).then_some(token_ids);
-                                    self.record(ChunkEntry::Thinking {
+                                    self.record(|| ChunkEntry::Thinking {
                                         thinking: text.len(),
                                         token_ids: token_ids.clone(),
                                     });
                                     Piece::Thinking { text, token_ids }
                                 }
                                 Structured::ToolCalls(calls) => {
-                                    self.record(ChunkEntry::ToolCalls { tool_calls: calls.len() });
+                                    self.record(|| ChunkEntry::ToolCalls {
+                                        tool_calls: calls.len(),
+                                    });
                                     Piece::ToolCalls(calls)
                                 }
                             }
@@ -300,7 +303,7 @@ impl JobRun {
                         ChunkKind::Text | ChunkKind::Token | ChunkKind::Json => {
                             let text = chunk.text_content().unwrap_or_default().to_string();
                             let token_ids = chunk.token_ids().ok();
-                            self.record(match &token_ids {
+                            self.record(|| match &token_ids {
                                 Some(ids) => {
                                     ChunkEntry::Token { len: text.len(), token_ids: ids.clone() }
                                 }

@@ -172,7 +172,8 @@ pub struct Scan {
     pub len: usize,
 }
 
-/// Reads every intact receipt in the log at `path` (none if it does not exist).
+/// Reads every intact receipt in the log at `path` (none if it does not exist), and the offset
+/// where the last of them ends.
 pub fn scan(path: &Path) -> io::Result<(Vec<SignedReceipt<JobResult>>, u64)> {
     let scanned = scan_all(path)?;
     let intact_prefix = scanned.records.last().map_or(0, |r| r.end) as u64;

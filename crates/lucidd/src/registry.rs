@@ -210,7 +210,7 @@ pub fn expiry(
     now: Instant,
     wall: OffsetDateTime,
 ) -> (Option<Instant>, OffsetDateTime) {
-    let far = wall.saturating_add(time::Duration::days(100 * 365));
+    let far = far_from(wall);
     let expires_at = time::Duration::try_from(d)
         .ok()
         .and_then(|d| wall.checked_add(d))
@@ -220,7 +220,13 @@ pub fn expiry(
 
 /// Ollama shows "forever" as a far-future expiry: a hundred years from now.
 fn far_future() -> OffsetDateTime {
-    OffsetDateTime::now_utc().saturating_add(time::Duration::days(100 * 365))
+    far_from(OffsetDateTime::now_utc())
+}
+
+/// `wall` plus the longest finite keep-alive.
+fn far_from(wall: OffsetDateTime) -> OffsetDateTime {
+    let seconds = i64::try_from(crate::durations::MAX_FINITE.as_secs()).unwrap_or(i64::MAX);
+    wall.saturating_add(time::Duration::seconds(seconds))
 }
 
 impl Registry {

@@ -139,6 +139,7 @@ pub async fn start_with_workers(
         receipts,
         shutdown: shutdown.clone(),
         blobs_dir: data_dir.join("models").join("blobs"),
+        blobs: Default::default(),
         max_body_bytes: args.max_body_bytes,
         body_timeout: seconds(args.body_timeout, 0.1, 86_400.0),
         client_rate: (args.client_rate > 0.0)

@@ -51,6 +51,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Where uploaded blobs live.
     pub blobs_dir: PathBuf,
+    /// Blobs already re-hashed, and uploads under way per client.
+    pub blobs: crate::api::ollama::blobs::BlobState,
     /// Largest JSON body.
     pub max_body_bytes: usize,
     /// How long a client may take to send a body.
@@ -144,30 +146,30 @@ impl AppState {
         route: RouteOptions,
     ) -> Result<JobRun, ApiError> {
         let large = text_bytes(&spec) > BLOCKING_SIGN_BYTES;
-        // Encoding and hashing a large request is CPU work measured in milliseconds: off the
+        // Encoding, hashing and base64 of a large request is CPU work measured in milliseconds: off the
         // async threads, so one client's 8 MiB prompt does not stall everyone's requests.
         let identity = self.identity.clone();
         let sign = move || {
             let manifest = SignedManifest::sign(&identity, spec, MANIFEST_TTL, unix_time_ms())
                 .map_err(|e| ApiError::bad_request(format!("cannot encode the request: {e}")))?;
             let hash = manifest.hash().map_err(|e| ApiError::internal(e.to_string()))?;
-            Ok::<_, ApiError>((manifest, hash))
+            // An inference answer carries its request, so a saved answer shows what it
+            // answers. (Embeddings do not: their input can be large and no client shows it.)
+            let carried = match &manifest.payload {
+                JobSpec::Inference(_) => manifest
+                    .to_cbor()
+                    .ok()
+                    .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes)),
+                _ => None,
+            };
+            Ok::<_, ApiError>((manifest, hash, carried))
         };
-        let (manifest, hash) = if large {
+        let (manifest, hash, carried) = if large {
             tokio::task::spawn_blocking(sign)
                 .await
                 .map_err(|e| ApiError::internal(format!("signing the request: {e}")))??
         } else {
             sign()?
-        };
-        // An inference answer carries its request, so a saved answer shows what it answers.
-        // (Embeddings do not: their input can be large and no client shows it back.)
-        let carried = match &manifest.payload {
-            JobSpec::Inference(_) => manifest
-                .to_cbor()
-                .ok()
-                .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes)),
-            _ => None,
         };
         if let Some((worker, _)) = self.registry.workers().find(&model.base.name) {
             let job = worker.execute(manifest).await?;

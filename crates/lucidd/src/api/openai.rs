@@ -43,17 +43,6 @@ pub struct CompletionRequest {
     top_logprobs: Option<u32>,
 }
 
-/// An error after an OpenAI stream began, with the receipt of the cut-short job when there is
-/// one (so a saved stream still verifies, as cut short).
-fn openai_stream_error(message: &str, finish: Option<&Finish>) -> Value {
-    let mut line =
-        json!({"error": {"message": message, "type": "api_error", "param": null, "code": null}});
-    if let (Some(finish), Value::Object(map)) = (finish, &mut line) {
-        map.extend(receipt_fields(finish));
-    }
-    line
-}
-
 /// `POST /v1/embeddings`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -451,6 +440,17 @@ impl AnswerShape for ChatCompletionShape {
     fn error(&mut self, message: &str, finish: Option<&Finish>) -> Value {
         openai_stream_error(message, finish)
     }
+}
+
+/// An error after an OpenAI stream began, with the receipt of the cut-short job when there is
+/// one (so a saved stream still verifies, as cut short).
+fn openai_stream_error(message: &str, finish: Option<&Finish>) -> Value {
+    let mut line =
+        json!({"error": {"message": message, "type": "api_error", "param": null, "code": null}});
+    if let (Some(finish), Value::Object(map)) = (finish, &mut line) {
+        map.extend(receipt_fields(finish));
+    }
+    line
 }
 
 struct TextCompletionShape {

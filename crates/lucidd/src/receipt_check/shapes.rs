@@ -388,7 +388,8 @@ pub fn last_line(
         };
         ensure!(!message.is_empty(), "{what}: an empty error");
         let ending = Ending { receipt, manifest, error: Some(message), ..Ending::default() };
-        return Ok((ending, single.then(Default::default)));
+        // A failed answer shows no content of its own, only the error.
+        return Ok((ending, None));
     }
     let receipt_chunks = if single {
         Some(

@@ -48,18 +48,24 @@ fn blob_path(state: &AppState, hex_digest: &str) -> PathBuf {
     state.blobs_dir.join(format!("sha256-{hex_digest}"))
 }
 
-/// Blobs hashed since they last changed: path → (size, mtime).
-fn verified() -> &'static Mutex<HashMap<PathBuf, (u64, SystemTime)>> {
-    static VERIFIED: std::sync::OnceLock<Mutex<HashMap<PathBuf, (u64, SystemTime)>>> =
-        std::sync::OnceLock::new();
-    VERIFIED.get_or_init(Default::default)
+/// What the blob endpoints remember between requests (one per daemon, in its state).
+#[derive(Debug, Default)]
+pub struct BlobState {
+    /// Blobs hashed since they last changed: path → (size, mtime).
+    verified: Mutex<HashMap<PathBuf, (u64, SystemTime)>>,
+    /// Uploads under way per client address.
+    uploads: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// Whether the blob at `path` exists and its bytes hash to `hex_digest`.
-async fn intact(path: &std::path::Path, hex_digest: &str) -> Result<bool, ApiError> {
+async fn intact(
+    blobs: &BlobState,
+    path: &std::path::Path,
+    hex_digest: &str,
+) -> Result<bool, ApiError> {
     let Ok(meta) = tokio::fs::metadata(path).await else { return Ok(false) };
     let stamp = (meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
-    if verified().lock().get(path) == Some(&stamp) {
+    if blobs.verified.lock().get(path) == Some(&stamp) {
         return Ok(true);
     }
     let file = path.to_path_buf();
@@ -80,7 +86,7 @@ async fn intact(path: &std::path::Path, hex_digest: &str) -> Result<bool, ApiErr
     .map_err(|e| ApiError::internal(format!("hashing a blob: {e}")))?
     .map_err(|e| ApiError::internal(format!("reading a blob: {e}")))?;
     if digest == hex_digest {
-        verified().lock().insert(path.to_path_buf(), stamp);
+        blobs.verified.lock().insert(path.to_path_buf(), stamp);
         return Ok(true);
     }
     // Not what its name says: keep the bytes for the operator, out of the way.
@@ -96,40 +102,38 @@ pub async fn head(
     Path(digest): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let hex_digest = parse_digest(&digest)?;
-    Ok(if intact(&blob_path(&state, &hex_digest), &hex_digest).await? {
+    Ok(if intact(&state.blobs, &blob_path(&state, &hex_digest), &hex_digest).await? {
         StatusCode::OK
     } else {
         StatusCode::NOT_FOUND
     })
 }
 
-/// Uploads under way per client address; the slot is given back when the guard drops.
-struct UploadSlot(IpAddr);
-
-fn uploads() -> &'static Mutex<HashMap<IpAddr, usize>> {
-    static UPLOADS: std::sync::OnceLock<Mutex<HashMap<IpAddr, usize>>> = std::sync::OnceLock::new();
-    UPLOADS.get_or_init(Default::default)
+/// One upload under way for a client address; the slot is given back when the guard drops.
+struct UploadSlot<'a> {
+    blobs: &'a BlobState,
+    client: IpAddr,
 }
 
-impl UploadSlot {
-    fn take(client: IpAddr) -> Option<Self> {
-        let mut uploads = uploads().lock();
+impl<'a> UploadSlot<'a> {
+    fn take(blobs: &'a BlobState, client: IpAddr) -> Option<Self> {
+        let mut uploads = blobs.uploads.lock();
         let count = uploads.entry(client).or_default();
         if *count >= UPLOADS_PER_CLIENT {
             return None;
         }
         *count += 1;
-        Some(Self(client))
+        Some(Self { blobs, client })
     }
 }
 
-impl Drop for UploadSlot {
+impl Drop for UploadSlot<'_> {
     fn drop(&mut self) {
-        let mut uploads = uploads().lock();
-        if let Some(count) = uploads.get_mut(&self.0) {
+        let mut uploads = self.blobs.uploads.lock();
+        if let Some(count) = uploads.get_mut(&self.client) {
             *count -= 1;
             if *count == 0 {
-                uploads.remove(&self.0);
+                uploads.remove(&self.client);
             }
         }
     }
@@ -143,12 +147,12 @@ pub async fn upload(
 ) -> Result<StatusCode, ApiError> {
     let expected = parse_digest(&digest)?;
     let path = blob_path(&state, &expected);
-    if intact(&path, &expected).await? {
+    if intact(&state.blobs, &path, &expected).await? {
         return Ok(StatusCode::OK);
     }
     let client = crate::http_server::client_addr(&request).map(|a| a.ip());
     let _slot = match client {
-        Some(ip) => Some(UploadSlot::take(ip).ok_or_else(|| ApiError {
+        Some(ip) => Some(UploadSlot::take(&state.blobs, ip).ok_or_else(|| ApiError {
             status: StatusCode::TOO_MANY_REQUESTS,
             message: format!(
                 "{ip} already has {UPLOADS_PER_CLIENT} uploads under way; wait for one to finish"
