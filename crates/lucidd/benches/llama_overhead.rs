@@ -98,6 +98,7 @@ async fn stream(client: &reqwest::Client, url: &str, body: &Value, sse: bool) ->
             let text = v
                 .pointer("/message/content")
                 .or_else(|| v.pointer("/choices/0/delta/content"))
+                .or_else(|| v.pointer("/response"))
                 .and_then(Value::as_str)
                 .unwrap_or("");
             if !text.is_empty() {
@@ -180,6 +181,18 @@ async fn main() {
         rss_serving = rss_serving.max(sampler.await.expect("sampler"));
     }
 
+    // `/api/generate` renders and tokenizes its prompt before answering, to return its
+    // `context`: the same question against the direct chat endpoint.
+    let prompt = "Write a short story about a lighthouse keeper.";
+    let generate = json!({"model": "gemma3", "prompt": prompt, "options": {"temperature": 0, "seed": 7, "num_predict": TOKENS}});
+    let mut generate_overhead = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let (t, _) =
+            stream(&client, &format!("{direct_url}/v1/chat/completions"), &theirs, true).await;
+        let (o, _) = stream(&client, &format!("{lucidd_url}/api/generate"), &generate, false).await;
+        generate_overhead.push((o.as_secs_f64() - t.as_secs_f64()) * 1e3);
+    }
+
     let inputs: Vec<String> =
         (0..EMBED_BATCH).map(|i| format!("sentence number {i} about cats and the sea")).collect();
     client
@@ -239,6 +252,11 @@ async fn main() {
     );
     println!("{:<46} {:>12.2}", "TTFT overhead p50 (ms)", percentile(overhead.clone(), 0.5));
     println!("{:<46} {:>12.2}", "TTFT overhead p99 (ms)", percentile(overhead, 0.99));
+    println!(
+        "{:<46} {:>12.2}",
+        "TTFT overhead p50, /api/generate + context (ms)",
+        percentile(generate_overhead, 0.5)
+    );
     println!(
         "{:<46} {:>12.1} {:>12.1} {:>8.3}",
         "embeddings/s (batches of 16)",

@@ -34,6 +34,7 @@ fn chat_spec() -> JobSpec {
         tools: vec![],
         think: None,
         logprobs: None,
+        requested_as: None,
     })
 }
 

@@ -96,6 +96,9 @@ pub struct Finish {
     pub unrecorded: Option<String>,
     /// The signed manifest of the request, base64 of its wire form (inference answers).
     pub manifest: Option<String>,
+    /// The conversation's token ids (Ollama's `context`), when the worker committed to the ids
+    /// of its prompt: those, then the ids of every answer chunk, in order.
+    pub context: Option<Vec<u32>>,
 }
 
 impl Finish {
@@ -165,6 +168,8 @@ pub struct JobRun {
     record_chunks: bool,
     pending_logprobs: Option<serde_json::Value>,
     manifest: Option<String>,
+    /// The prompt's token ids, then the answer's, once the worker sent its prompt chunk.
+    context: Option<Vec<u32>>,
 }
 
 impl JobRun {
@@ -237,6 +242,7 @@ impl JobRun {
             record_chunks: true,
             pending_logprobs: None,
             manifest: None,
+            context: None,
         }
     }
 
@@ -257,6 +263,13 @@ impl JobRun {
     pub fn with_manifest(mut self, manifest: Option<String>) -> Self {
         self.manifest = manifest;
         self
+    }
+
+    /// Adds answer token ids to the conversation, when the job has one.
+    fn extend_context(&mut self, ids: Option<&Vec<u32>>) {
+        if let (Some(context), Some(ids)) = (&mut self.context, ids) {
+            context.extend_from_slice(ids);
+        }
     }
 
     /// The next piece, or `None` after [`Piece::Done`]. When the daemon shuts down, the job is
@@ -284,8 +297,23 @@ impl JobRun {
                             // Chunk boundaries for `lucidd receipt verify`: a byte length of
                             // `thinking`, or a number of `tool_calls`.
                             match structured {
+                                Structured::PromptTokens(ids) => {
+                                    // Only as the first chunk: a saved answer shows it as the
+                                    // head of `context`, which a verifier replays first.
+                                    if self.observed.count() != 1 {
+                                        self.finished = true;
+                                        return Some(Piece::Broken(format!(
+                                            "{} sent its prompt's token ids after other output, \
+                                             breaking the protocol",
+                                            self.routed_via
+                                        )));
+                                    }
+                                    self.context = Some(ids);
+                                    continue;
+                                }
                                 Structured::Thinking { text, token_ids } => {
                                     let token_ids = (!token_ids.is_empty()).then_some(token_ids);
+                                    self.extend_context(token_ids.as_ref());
                                     self.record(|| ChunkEntry::Thinking {
                                         thinking: text.len(),
                                         token_ids: token_ids.clone(),
@@ -303,6 +331,7 @@ impl JobRun {
                         ChunkKind::Text | ChunkKind::Token | ChunkKind::Json => {
                             let text = chunk.text_content().unwrap_or_default().to_string();
                             let token_ids = chunk.token_ids().ok();
+                            self.extend_context(token_ids.as_ref());
                             self.record(|| match &token_ids {
                                 Some(ids) => {
                                     ChunkEntry::Token { len: text.len(), token_ids: ids.clone() }
@@ -364,6 +393,7 @@ impl JobRun {
                         rejected,
                         unrecorded,
                         manifest: self.manifest.take(),
+                        context: self.context.take(),
                     })));
                 }
             }

@@ -52,6 +52,12 @@ pub struct ResolvedModel {
 }
 
 impl ResolvedModel {
+    /// The name a job for this model is signed as asked for: a made model's own name (the job
+    /// itself names the model underneath).
+    pub fn requested_as(&self) -> Option<String> {
+        self.derived.as_ref().map(|_| self.name.to_string())
+    }
+
     /// This model's settings as a derived model: its own, or empty ones on top of its base.
     /// Copying or building on a model starts from this.
     pub fn to_derived(&self) -> DerivedModel {

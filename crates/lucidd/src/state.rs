@@ -30,7 +30,10 @@ fn text_bytes(spec: &JobSpec) -> usize {
                 .iter()
                 .map(|m| m.content.len() + m.images.iter().map(|i| i.len()).sum::<usize>())
                 .sum(),
-            InferenceInput::Generate { prompt, .. } => prompt.len(),
+            InferenceInput::Generate { prompt, images, context, .. } => {
+                // A token id takes up to 5 bytes of CBOR.
+                prompt.len() + images.iter().map(|i| i.len()).sum::<usize>() + 5 * context.len()
+            }
         },
         JobSpec::Embedding(job) => job.inputs.iter().map(String::len).sum(),
         JobSpec::Wasm(job) => job.stdin.len(),

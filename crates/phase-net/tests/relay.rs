@@ -150,12 +150,15 @@ fn manifest(identity: &NodeIdentity, prompt: &str) -> SignedManifest<JobSpec> {
             system: None,
             raw: false,
             images: Vec::new(),
+            context: Vec::new(),
+            return_context: false,
         },
         options: Default::default(),
         format: None,
         tools: Vec::new(),
         think: None,
         logprobs: None,
+        requested_as: None,
     });
     SignedManifest::sign(identity, spec, Duration::from_secs(60), unix_time_ms()).expect("sign")
 }

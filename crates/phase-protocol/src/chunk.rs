@@ -11,8 +11,10 @@
 //!   `{"thinking": "..."}`, a piece of the model's reasoning (with `"token_ids": [...]`, the
 //!   ids of its tokens, when known), or `{"tool_calls": [...]}`, complete tool calls in
 //!   Ollama's shape
-//!   (`{"id", "function": {"index", "name", "arguments": {...}}}`). Its bytes are the compact
-//!   serialization of that object, so a verifier rebuilds them from the answer.
+//!   (`{"id", "function": {"index", "name", "arguments": {...}}}`), or
+//!   `{"prompt_token_ids": [...]}`, the ids of everything the model read before answering
+//!   (sent first, when the job asks for them). Its bytes are the compact serialization of that
+//!   object, so a verifier rebuilds them from the answer.
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -77,6 +79,11 @@ fn is_tool_call(call: &Value) -> bool {
         && function.and_then(|f| f.get("arguments")).is_some_and(Value::is_object)
 }
 
+/// A JSON list of 32-bit token ids.
+fn token_id_list(ids: &Value) -> Option<Vec<u32>> {
+    ids.as_array()?.iter().map(|id| id.as_u64().and_then(|id| u32::try_from(id).ok())).collect()
+}
+
 /// Structured output of an inference job (a `json` chunk).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Structured {
@@ -89,6 +96,8 @@ pub enum Structured {
     },
     /// Complete tool calls.
     ToolCalls(Vec<Value>),
+    /// The ids of every token the model read before answering.
+    PromptTokens(Vec<u32>),
 }
 
 /// One piece of a job's output.
@@ -142,8 +151,14 @@ impl OutputChunk {
         Self::json(&json!({ "tool_calls": calls }))
     }
 
-    /// What a `json` chunk of an inference job carries, if it is reasoning or tool calls in the
-    /// layout above (every call an object whose `function` has a string `name` and object
+    /// The ids of every token the model read before answering (a job's first chunk, when the
+    /// job asks for `return_context`).
+    pub fn prompt_tokens(token_ids: &[u32]) -> Self {
+        Self::json(&json!({ "prompt_token_ids": token_ids }))
+    }
+
+    /// What a `json` chunk of an inference job carries, if it is reasoning, tool calls or prompt
+    /// token ids in the layout above (every call an object whose `function` has a string `name` and object
     /// `arguments`), so a peer cannot hand clients calls their parsers reject.
     pub fn structured(&self) -> Option<Structured> {
         if self.kind != ChunkKind::Json {
@@ -156,11 +171,7 @@ impl OutputChunk {
             Some(Value::String(text)) => {
                 let token_ids = match map.remove("token_ids") {
                     None => Vec::new(),
-                    Some(Value::Array(ids)) => ids
-                        .iter()
-                        .map(|id| id.as_u64().and_then(|id| u32::try_from(id).ok()))
-                        .collect::<Option<Vec<u32>>>()?,
-                    Some(_) => return None,
+                    Some(ids) => token_id_list(&ids)?,
                 };
                 return map.is_empty().then_some(Structured::Thinking { text, token_ids });
             }
@@ -169,6 +180,9 @@ impl OutputChunk {
         }
         if map.len() != 1 {
             return None;
+        }
+        if let Some(ids) = map.remove("prompt_token_ids") {
+            return token_id_list(&ids).map(Structured::PromptTokens);
         }
         match map.remove("tool_calls") {
             Some(Value::Array(calls)) if calls.iter().all(is_tool_call) => {

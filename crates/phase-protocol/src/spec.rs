@@ -99,6 +99,11 @@ pub struct InferenceJob {
     /// Report each token's log-probability, with this many alternatives (0 to 20).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<u32>,
+    /// The name the client asked for, when it names a model made from `model` (Ollama's
+    /// `/api/create`): the answer is shown under this name. Workers ignore it: the made model's
+    /// system prompt, template and parameters are already in the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_as: Option<String>,
 }
 
 /// The input of an inference job.
@@ -126,6 +131,16 @@ pub enum InferenceInput {
         /// Images for vision models.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         images: Vec<ByteBuf>,
+        /// Token ids of the conversation so far (Ollama's `context`, from an earlier answer of
+        /// the same model): the model reads them before the templated prompt.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        context: Vec<u32>,
+        /// Answer with the conversation's token ids: the worker commits the ids of everything
+        /// the model read (`context`, then the templated prompt) as its first chunk,
+        /// `{"prompt_token_ids": [...]}`, so they are covered by the receipt and an
+        /// independent node can replay exactly what the model saw.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        return_context: bool,
     },
 }
 

@@ -112,6 +112,11 @@ pub fn receipt_fields(finish: &Finish) -> serde_json::Map<String, Value> {
     if let Some(manifest) = &finish.manifest {
         out.insert("manifest".into(), json!(manifest));
     }
+    // The prompt's token ids are the first committed chunk: a verifier needs them to replay
+    // the commitment, also of an answer that ends with an error.
+    if let Some(context) = &finish.context {
+        out.insert("context".into(), json!(context));
+    }
     out
 }
 

@@ -16,6 +16,10 @@ pub const MAX_STOP_STRINGS: usize = 16;
 pub const MAX_TOOLS: usize = 128;
 /// Images in one message (or one generate request).
 pub const MAX_IMAGES: usize = 16;
+/// Token ids of one `/api/generate` `context`: the largest context any model gets
+/// ([`MAX_NUM_CTX`](crate::workers::llama_cpp::MAX_NUM_CTX)); the worker then checks it against
+/// the context the request actually runs with.
+pub const MAX_CONTEXT_TOKENS: usize = crate::workers::llama_cpp::MAX_NUM_CTX as usize;
 
 /// Refuses `count` of `what` above `max`, saying what to do instead.
 pub fn at_most(what: &str, count: usize, max: usize) -> Result<(), ApiError> {

@@ -265,6 +265,7 @@ pub async fn chat_completions(
         tools: validate::tools(&model, req.tools.as_ref())?,
         think: validate::think(&model, think(req.reasoning_effort.as_deref())?.as_ref())?,
         logprobs: chat_logprobs(&req)?,
+        requested_as: model.requested_as(),
     });
     let shape = ChatCompletionShape {
         id: completion_id("chatcmpl"),
@@ -305,12 +306,15 @@ pub async fn completions(
             system: None,
             raw: false,
             images: Vec::new(),
+            context: Vec::new(),
+            return_context: false,
         },
         options: opts.into_iter().collect(),
         format: response_format(req.response_format.as_ref())?,
         tools: Vec::new(),
         think: None,
         logprobs: completion_logprobs(&req)?,
+        requested_as: model.requested_as(),
     });
     let shape = TextCompletionShape {
         id: completion_id("cmpl"),

@@ -37,6 +37,8 @@ pub fn shows_only_what_was_signed(saved: &str, chunks: &[Shown]) -> Option<Strin
     for chunk in chunks {
         match chunk {
             Shown::Text(text, _) | Shown::Thinking(text, _) => signed.push_str(text),
+            // Token ids, not characters: shown in `context`, which holds no strings.
+            Shown::Prompt(_) => {}
             Shown::ToolCalls(calls) => {
                 let mut strings = Vec::new();
                 calls.iter().for_each(|c| collect_strings(c, &mut strings));

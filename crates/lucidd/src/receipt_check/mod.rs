@@ -202,6 +202,7 @@ pub fn check_detailed(saved: &str) -> anyhow::Result<(Checked, Vec<Shown>)> {
             .map(|(n, line)| shapes::stream_line(api, line, n + 1))
             .collect::<anyhow::Result<Vec<Shown>>>()?,
     };
+    let shown = with_prompt(shown, ending.context.as_deref())?;
     let mut observed = Commitment::new();
     shown.iter().for_each(|chunk| push(&mut observed, chunk));
     let receipt: SignedReceipt<JobResult> =
@@ -222,6 +223,30 @@ pub fn check_detailed(saved: &str) -> anyhow::Result<(Checked, Vec<Shown>)> {
         request,
     };
     Ok((checked, shown))
+}
+
+/// A generate answer's `context` is the prompt's token ids, then the answer's: its head is the
+/// job's first chunk (SPEC §6), which no line shows otherwise. A context that does not end
+/// with the answer's ids is not this answer's.
+fn with_prompt(mut shown: Vec<Shown>, context: Option<&[u32]>) -> anyhow::Result<Vec<Shown>> {
+    // An empty context: the worker committed no prompt ids (the echo model has none).
+    let Some(context) = context.filter(|c| !c.is_empty()) else { return Ok(shown) };
+    let answer: Vec<u32> = shown
+        .iter()
+        .flat_map(|chunk| match chunk {
+            Shown::Text(_, Some(ids)) | Shown::Thinking(_, ids) => ids.as_slice(),
+            _ => &[],
+        })
+        .copied()
+        .collect();
+    match context.strip_suffix(answer.as_slice()) {
+        Some([]) => {}
+        Some(prompt) => shown.insert(0, Shown::Prompt(prompt.to_vec())),
+        None => bail!(
+            "receipt refused: the answer's context does not end with the token ids of its              answer, so it is not the conversation this answer belongs to"
+        ),
+    }
+    Ok(shown)
 }
 
 /// Every line names the same model.
@@ -284,14 +309,24 @@ fn check_manifest(encoded: &str, result: &JobResult, values: &[Value]) -> anyhow
         "receipt refused: the answer carries the manifest {hash}, but the receipt answers {}",
         result.manifest_hash
     );
-    let model = manifest.payload.model().unwrap_or_default().to_string();
+    let base = manifest.payload.model().unwrap_or_default().to_string();
+    // A made model (`/api/create`) answers under its own name, signed beside the base.
+    let requested_as = match &manifest.payload {
+        JobSpec::Inference(job) => job.requested_as.clone(),
+        _ => None,
+    };
+    let asked = requested_as.as_deref().unwrap_or(&base);
     let shown = values.iter().find_map(|v| v.get("model").and_then(Value::as_str));
     if let Some(shown) = shown {
         ensure!(
-            same_model(shown, &model),
-            "receipt refused: the answer says model {shown:?} but the signed request asked for {model:?}"
+            same_model(shown, asked),
+            "receipt refused: the answer says model {shown:?} but the signed request asked for {asked:?}"
         );
     }
+    let model = match &requested_as {
+        Some(name) => format!("{name} (made from {base})"),
+        None => base,
+    };
     let question = match &manifest.payload {
         JobSpec::Inference(job) => match &job.input {
             InferenceInput::Chat { messages } => messages
@@ -328,6 +363,7 @@ fn push(observed: &mut Commitment, shown: &Shown) {
         }
         Shown::Thinking(text, ids) => OutputChunk::thinking(text, ids),
         Shown::ToolCalls(calls) => OutputChunk::tool_calls(calls),
+        Shown::Prompt(ids) => OutputChunk::prompt_tokens(ids),
     };
     observed.push(chunk.kind.as_str(), &chunk.data);
 }

@@ -16,6 +16,8 @@ pub enum Shown {
     Thinking(String, Vec<u32>),
     /// Complete tool calls in Ollama's shape.
     ToolCalls(Vec<Value>),
+    /// The ids of the prompt the model read: the head of a generate answer's `context`.
+    Prompt(Vec<u32>),
 }
 
 /// The API an answer came from, read off its lines.
@@ -46,6 +48,8 @@ pub struct Ending {
     pub stats: Vec<(&'static str, u64)>,
     /// For a single answer: how its fields split into chunks.
     pub receipt_chunks: Option<Vec<Value>>,
+    /// A generate answer's `context`: the prompt's token ids, then the answer's.
+    pub context: Option<Vec<u32>>,
 }
 
 /// A single answer's text, reasoning and tool calls, before they are split into chunks.
@@ -376,8 +380,17 @@ pub fn last_line(
     check_metadata(map, what)?;
     let receipt = map.get("receipt").cloned().ok_or_else(|| anyhow!("{what} has no receipt"))?;
     let manifest = string(map, "manifest", what)?.map(str::to_string);
+    // A generate answer's prompt ids, the head of its context, are its first chunk, so its
+    // context comes with its receipt, even on an error line.
+    let context = match api {
+        Api::OllamaGenerate => {
+            token_ids(map.get("context")).context("context must be a list of token ids")?
+        }
+        _ => None,
+    };
+    let context_key: &[&str] = if api == Api::OllamaGenerate { &["context"] } else { &[] };
     if let Some(error) = map.get("error") {
-        only_keys(map, &[&["error"], RECEIPT_KEYS], what)?;
+        only_keys(map, &[&["error"], RECEIPT_KEYS, context_key], what)?;
         let message = match error {
             Value::String(s) => s.clone(),
             Value::Object(e) => {
@@ -387,7 +400,8 @@ pub fn last_line(
             _ => bail!("{what}: error must be a message"),
         };
         ensure!(!message.is_empty(), "{what}: an empty error");
-        let ending = Ending { receipt, manifest, error: Some(message), ..Ending::default() };
+        let ending =
+            Ending { receipt, manifest, error: Some(message), context, ..Ending::default() };
         // A failed answer shows no content of its own, only the error.
         return Ok((ending, None));
     }
@@ -403,7 +417,7 @@ pub fn last_line(
         None
     };
     let single_keys: &[&str] = if single { &["receipt_chunks"] } else { &[] };
-    let mut ending = Ending { receipt, manifest, receipt_chunks, ..Ending::default() };
+    let mut ending = Ending { receipt, manifest, receipt_chunks, context, ..Ending::default() };
     let fields = match api {
         Api::OllamaChat | Api::OllamaGenerate => {
             ensure!(map.get("done") == Some(&Value::Bool(true)), "{what}: done must be true");
@@ -425,13 +439,11 @@ pub fn last_line(
                         OLLAMA_STATS,
                         RECEIPT_KEYS,
                         single_keys,
-                        &["response", "thinking", "tool_calls", "context"],
+                        &["response", "thinking", "tool_calls"],
+                        context_key,
                     ],
                     what,
                 )?;
-                if let Some(context) = map.get("context") {
-                    token_ids(Some(context)).context("context must be a list of token ids")?;
-                }
                 fields_of(map, "response", "thinking", single, what)?
             }
         }

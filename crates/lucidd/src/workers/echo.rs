@@ -6,6 +6,10 @@
 //! so any seed reproduces it. Embeddings are unit vectors of [`EMBEDDING_DIMENSIONS`] floats
 //! expanded from the SHA-256 of the text, so equal texts embed equally.
 //!
+//! A generate job that asks for its context (`return_context`) reads bytes as tokens: its
+//! prompt chunk holds the incoming context, then the prompt's UTF-8 bytes as token ids (so its
+//! vocabulary is the 256 byte values), and the answer's words carry no ids.
+//!
 //! The extra option `echo_delay_ms` (at most [`MAX_DELAY_MS`]) pauses between chunks, which
 //! makes streaming visible in demos and tests. Everything else is real: the job arrives as a
 //! signed manifest, output streams as it is produced, cancellation stops it within a chunk, and
@@ -32,6 +36,8 @@ pub const ECHO_MODEL: &str = "echo";
 pub const EMBEDDING_DIMENSIONS: usize = 384;
 /// Longest input, in words, before `truncate` applies.
 pub const CONTEXT_WORDS: usize = 4096;
+/// Most token ids (bytes) a conversation with the echo model holds.
+pub const CONTEXT_TOKENS: usize = 16 * CONTEXT_WORDS;
 /// Upper bound of the `echo_delay_ms` option.
 pub const MAX_DELAY_MS: u64 = 1000;
 
@@ -145,11 +151,19 @@ struct Plan {
     prompt_words: u64,
     hit_limit: bool,
     delay: Duration,
+    /// The ids committed first, when the job asks for its context.
+    prompt_ids: Option<Vec<u32>>,
 }
 
 async fn run(plan: Plan, mut emitter: phase_protocol::JobEmitter) {
     let started = Instant::now();
     let mut sent = 0u64;
+    if let Some(ids) = &plan.prompt_ids
+        && emitter.output(OutputChunk::prompt_tokens(ids)).await.is_err()
+    {
+        emitter.finish(Completion::Cancelled, Metrics::default());
+        return;
+    }
     for i in 0..plan.chunks.len() {
         let Some(chunk) = plan.chunks.get(i) else { break };
         if !plan.delay.is_zero() {
@@ -239,7 +253,35 @@ fn plan_inference(job: &InferenceJob) -> Result<Plan, WorkerError> {
         prompt_words,
         hit_limit,
         delay: Duration::from_millis(delay_ms),
+        prompt_ids: prompt_ids(&job.input)?,
     })
+}
+
+/// What a generate job that asks for its context read: the context, then the prompt's bytes.
+fn prompt_ids(input: &InferenceInput) -> Result<Option<Vec<u32>>, WorkerError> {
+    let InferenceInput::Generate { prompt, context, return_context, raw: false, .. } = input else {
+        return Ok(None);
+    };
+    if !return_context && context.is_empty() {
+        return Ok(None);
+    }
+    let invalid = |reason: String| Err(WorkerError::InvalidJob { reason });
+    if let Some(id) = context.iter().find(|id| **id > 255) {
+        return invalid(format!(
+            "context holds token id {id}, but the echo model's vocabulary has 256 tokens (bytes)"
+        ));
+    }
+    let total = context.len() + prompt.len();
+    if total > CONTEXT_TOKENS {
+        return invalid(format!(
+            "the conversation is {total} tokens, more than the echo model's context of \
+             {CONTEXT_TOKENS}: start a new conversation (leave out context)"
+        ));
+    }
+    let mut ids = Vec::with_capacity(total);
+    ids.extend_from_slice(context);
+    ids.extend(prompt.bytes().map(u32::from));
+    Ok(Some(ids))
 }
 
 fn plan_embedding(job: &EmbeddingJob) -> Result<Plan, WorkerError> {
@@ -277,6 +319,7 @@ fn plan_embedding(job: &EmbeddingJob) -> Result<Plan, WorkerError> {
         prompt_words,
         hit_limit: false,
         delay: Duration::ZERO,
+        prompt_ids: None,
     })
 }
 
@@ -354,6 +397,7 @@ mod tests {
             tools: vec![],
             think: None,
             logprobs: None,
+            requested_as: None,
         }
     }
 

@@ -51,10 +51,13 @@ async fn generate_streams_ndjson_by_default_and_ends_with_a_verified_receipt() {
     assert_eq!(last["done"], true);
     assert_eq!(last["done_reason"], "stop");
     assert_eq!(last["response"], "");
-    assert!(last["context"].is_array(), "non-raw final chunk has context");
+    // The echo model reads bytes as tokens: its context is the prompt's bytes, committed as
+    // the first chunk.
+    let bytes: Vec<u8> = serde_json::from_value(last["context"].clone()).expect("context ids");
+    assert_eq!(bytes, b"the quick brown fox", "non-raw final chunk has context");
     assert_eq!(last["receipt_verified"], true);
     assert_eq!(last["routed_via"], "local");
-    assert_eq!(last["receipt"]["body"]["chunk_count"], 4);
+    assert_eq!(last["receipt"]["body"]["chunk_count"], 5, "the prompt chunk and four words");
     assert_eq!(last["eval_count"], 4);
     assert_metrics(last);
 }

@@ -10,6 +10,7 @@ mod extremes;
 mod faults;
 mod full_disk;
 mod fuzz_corpus;
+mod generate_context;
 mod hostile;
 mod limits;
 mod llama_faults;

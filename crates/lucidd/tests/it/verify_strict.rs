@@ -157,6 +157,28 @@ async fn the_answer_is_bound_to_its_request() {
     assert!(check(&join(&a)).is_err(), "a manifest from another request passed");
 }
 
+/// A model made with `/api/create` answers under its own name: the signed request names it
+/// beside the model underneath, so its saved answers verify, and no other name passes.
+#[tokio::test]
+async fn an_answer_from_a_created_model_verifies_under_its_name() {
+    let d = Daemon::start().await;
+    let create = json!({"model": "kind-echo", "from": "echo", "system": "Be kind.", "stream": false});
+    assert_eq!(d.post_json("/api/create", create).await.0, 200);
+    let chat = json!({"model": "kind-echo", "messages": [{"role": "user", "content": "The quick brown fox"}]});
+    let generate = json!({"model": "kind-echo", "prompt": "The quick brown fox", "stream": false});
+    for answer in [saved(&d, "/api/chat", chat).await, saved(&d, "/api/generate", generate).await] {
+        let checked = check(&answer).unwrap_or_else(|e| panic!("{e:#}\n{answer}"));
+        let request = checked.request.expect("the answer carries its request");
+        assert_eq!(request.model, "kind-echo:latest (made from echo:latest)");
+        let mut edited = lines(&answer);
+        for line in &mut edited {
+            line["model"] = json!("other-echo");
+        }
+        let err = check(&join(&edited)).expect_err("another name");
+        assert!(format!("{err:#}").contains("model"), "{err:#}");
+    }
+}
+
 /// Random edits of real answers: whatever still verifies shows only what was signed.
 fn mutate(answer: &str, edits: &[(usize, u8, String)]) -> String {
     let sse = answer.starts_with("data: ");

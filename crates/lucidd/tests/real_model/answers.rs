@@ -1,9 +1,7 @@
 //! What the real model answers through lucidd, compared with llama-server itself.
 
-use crate::harness::{llama_server, model_file, post, post_stream, post_text};
+use crate::harness::{direct_server, model_file, post, post_stream, post_text};
 use serde_json::{Value, json};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 const PROMPT: &str = "Write one sentence about the sea.";
 
@@ -44,61 +42,6 @@ async fn chat_and_generate_without_streaming() {
     assert!(raw.get("context").is_none());
 }
 
-struct DirectServer {
-    child: Child,
-    url: String,
-}
-
-impl Drop for DirectServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn direct_server() -> DirectServer {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let server = DirectServer {
-        child: Command::new(llama_server())
-            .arg("-m")
-            .arg(model_file())
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "-c",
-                "8192",
-                "-np",
-                "2",
-                "--no-webui",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start llama-server"),
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let client = reqwest::Client::new();
-    loop {
-        if client
-            .get(format!("{}/health", server.url))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return server;
-        }
-        assert!(Instant::now() < deadline, "direct llama-server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn sse_text(response: reqwest::Response, pointer: &str) -> String {
     let body = response.text().await.expect("body");
     body.split("\n\n")
@@ -111,7 +54,7 @@ async fn sse_text(response: reqwest::Response, pointer: &str) -> String {
 
 #[tokio::test]
 async fn the_local_answer_is_exactly_llama_servers() {
-    let direct = direct_server().await;
+    let direct = direct_server(&model_file()).await;
     let client = reqwest::Client::new();
     let messages = json!([{"role": "system", "content": "You are terse."}, {"role": "user", "content": PROMPT}]);
     let theirs = client

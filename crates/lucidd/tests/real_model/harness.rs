@@ -113,6 +113,63 @@ pub fn shared() -> &'static Shared {
     })
 }
 
+/// A llama-server of its own, started directly (not by lucidd), to compare lucidd with.
+pub struct DirectServer {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl Drop for DirectServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a [`DirectServer`] for `model` on a free loopback port and waits until it is healthy.
+pub async fn direct_server(model: &std::path::Path) -> DirectServer {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let server = DirectServer {
+        child: std::process::Command::new(llama_server())
+            .arg("-m")
+            .arg(model)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "-c",
+                "8192",
+                "-np",
+                "2",
+                "--no-webui",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start llama-server"),
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let client = reqwest::Client::new();
+    loop {
+        if client
+            .get(format!("{}/health", server.url))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return server;
+        }
+        assert!(Instant::now() < deadline, "direct llama-server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The chat templates of the test models.
 pub fn templates() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/real_model/templates")

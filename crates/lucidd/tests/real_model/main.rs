@@ -10,6 +10,7 @@ mod harness;
 mod answers;
 mod capabilities;
 mod context;
+mod conversation;
 mod first_run;
 // The multi-process node helpers of the `it` binary, shared as source.
 mod lifecycle;

@@ -79,6 +79,7 @@ fn chat_spec() -> JobSpec {
         tools: vec![],
         think: None,
         logprobs: None,
+        requested_as: None,
     })
 }
 
@@ -241,6 +242,8 @@ fn every_job_spec_round_trips_inside_a_signed_manifest() {
             system: Some("Be brief.".into()),
             raw: false,
             images: vec![serde_bytes::ByteBuf::from(vec![0xff, 0xd8])],
+            context: vec![2, 10979, 993],
+            return_context: true,
         },
         options: BTreeMap::from([
             ("stop".to_string(), json!(["\n"])),
@@ -250,6 +253,7 @@ fn every_job_spec_round_trips_inside_a_signed_manifest() {
         tools: vec![json!({"type": "function", "function": {"name": "f"}})],
         think: Some(json!("low")),
         logprobs: Some(3),
+        requested_as: Some("brief-gemma:latest".into()),
     });
     let embed = JobSpec::Embedding(EmbeddingJob {
         model: "gemma3:latest".into(),
@@ -310,7 +314,7 @@ fn malformed_token_chunks_are_reported_not_misread() {
 }
 
 #[test]
-fn structured_chunks_are_reasoning_or_tool_calls_and_nothing_else() {
+fn structured_chunks_are_reasoning_tool_calls_or_prompt_tokens_and_nothing_else() {
     use phase_protocol::Structured;
     let thinking = OutputChunk::thinking("two plus three", &[]);
     assert_eq!(thinking.kind, ChunkKind::Json);
@@ -329,6 +333,9 @@ fn structured_chunks_are_reasoning_or_tool_calls_and_nothing_else() {
         r#"{"tool_calls":[{"function":{"arguments":{"city":"Paris"},"index":0,"name":"get_weather"},"id":"call_1"}]}"#
     );
     assert_eq!(calls.structured(), Some(Structured::ToolCalls(vec![call])));
+    let prompt = OutputChunk::prompt_tokens(&[2, 10979, 4_000_000_000]);
+    assert_eq!(&prompt.data[..], br#"{"prompt_token_ids":[2,10979,4000000000]}"#);
+    assert_eq!(prompt.structured(), Some(Structured::PromptTokens(vec![2, 10979, 4_000_000_000])));
     // Any other JSON, or either key with the wrong type or beside another, is not structured.
     for other in [
         json!({"x": 1}),
@@ -341,6 +348,9 @@ fn structured_chunks_are_reasoning_or_tool_calls_and_nothing_else() {
         json!({"thinking": "a", "token_ids": [-1]}),
         json!({"thinking": "a", "token_ids": "1"}),
         json!({"thinking": "a", "other": 1}),
+        json!({"prompt_token_ids": [1, 5_000_000_000_u64]}),
+        json!({"prompt_token_ids": "1"}),
+        json!({"prompt_token_ids": [1], "thinking": "a"}),
         json!([1]),
     ] {
         assert_eq!(OutputChunk::json(&other).structured(), None, "{other}");
@@ -372,6 +382,7 @@ proptest! {
             tools: vec![],
             think: None,
             logprobs: None,
+            requested_as: None,
         });
         let m = manifest(spec.clone());
         let back = SignedManifest::<JobSpec>::from_cbor(&m.to_cbor().expect("cbor"), 1 << 20).expect("decode");

@@ -72,6 +72,7 @@ fn chat_job() -> JobSpec {
         tools: vec![],
         think: None,
         logprobs: None,
+        requested_as: None,
     })
 }
 

@@ -60,6 +60,7 @@ pub async fn chat(
         tools,
         think,
         logprobs: logprobs(req.logprobs, req.top_logprobs),
+        requested_as: model.requested_as(),
     });
     state.registry.touch(&model.name, keep_alive);
     let run = state.start_job(&model, spec, route).await?;
@@ -81,8 +82,10 @@ pub async fn generate(
     let format = validate::format(req.format.as_ref())?;
     validate::logprobs(req.top_logprobs)?;
     let images = validate::images(req.images.as_ref())?;
+    let context = validate::context(req.context.as_ref())?;
     let raw = req.raw.unwrap_or(false);
-    if raw && (req.template.is_some() || req.system.is_some() || req.context.is_some()) {
+    let set = |field: &Option<String>| field.as_deref().is_some_and(|s| !s.is_empty());
+    if raw && (set(&req.template) || set(&req.system) || !context.is_empty()) {
         return Err(ApiError::bad_request(
             "raw mode does not support template, system, or context",
         ));
@@ -106,12 +109,15 @@ pub async fn generate(
             system: if raw { None } else { system },
             raw,
             images,
+            context,
+            return_context: !raw,
         },
         options: options.into_iter().collect(),
         format,
         tools: Vec::new(),
         think,
         logprobs: logprobs(req.logprobs, req.top_logprobs),
+        requested_as: model.requested_as(),
     });
     state.registry.touch(&model.name, keep_alive);
     let run = state.start_job(&model, spec, route).await?;
@@ -272,9 +278,10 @@ impl AnswerShape for GenerateShape {
             }
         }
         if !self.raw {
-            // Ollama's deprecated conversational memory. Workers without token ids (the echo
-            // model) have none to give, so the array is empty.
-            out.insert("context".into(), json!([]));
+            // Ollama's deprecated conversational memory: the ids of the prompt the worker
+            // committed to, then of the answer (put there with the receipt fields). A worker
+            // that committed no prompt ids has none to give: the array is empty.
+            out.entry("context").or_insert_with(|| json!([]));
         }
         Value::Object(out)
     }

@@ -216,6 +216,24 @@ pub fn logprobs(top_logprobs: Option<i64>) -> Result<(), ApiError> {
     }
 }
 
+/// Checks `/api/generate`'s `context`: token ids (non-negative 32-bit numbers, as llama.cpp's
+/// tokens are), at most [`limits::MAX_CONTEXT_TOKENS`] of them.
+pub fn context(context: Option<&Vec<i64>>) -> Result<Vec<u32>, ApiError> {
+    let Some(context) = context else { return Ok(Vec::new()) };
+    limits::at_most("context token ids", context.len(), limits::MAX_CONTEXT_TOKENS)?;
+    context
+        .iter()
+        .map(|&id| {
+            u32::try_from(id).ok().filter(|id| i32::try_from(*id).is_ok()).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "invalid context: {id} is not a token id; pass back the context of an \
+                     earlier answer as it came"
+                ))
+            })
+        })
+        .collect()
+}
+
 /// Decodes base64 images.
 pub fn images(images: Option<&Vec<String>>) -> Result<Vec<ByteBuf>, ApiError> {
     limits::at_most("images", images.map_or(0, Vec::len), limits::MAX_IMAGES)?;

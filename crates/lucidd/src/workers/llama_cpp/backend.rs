@@ -340,6 +340,18 @@ pub struct ChatExtras<'a> {
     pub think: Option<&'a Value>,
 }
 
+impl<'a> ChatExtras<'a> {
+    /// What `job` asks for besides its messages.
+    pub fn of(job: &'a phase_protocol::InferenceJob) -> Self {
+        Self {
+            format: job.format.as_ref(),
+            logprobs: job.logprobs,
+            tools: &job.tools,
+            think: job.think.as_ref(),
+        }
+    }
+}
+
 /// The `/v1/chat/completions` body for `messages` with Ollama `options`: the same sampling
 /// fields as [`completion_body`], plus what makes the stream carry token ids (`logprobs`) and
 /// timings (`include_usage`), and the `extras`. llama-server cannot stream log-probabilities
@@ -430,13 +442,39 @@ pub async fn tokenize(
     base: &str,
     text: &str,
 ) -> Result<Vec<u32>, BackendError> {
-    let body = json!({ "content": text, "add_special": true, "parse_special": true });
+    tokenize_with(client, base, text, true).await
+}
+
+/// Token ids of `text`, with the model's special tokens (BOS) added when `add_special`; special
+/// tokens written in the text (`<|im_start|>`) are read as such, as in a templated prompt.
+pub async fn tokenize_with(
+    client: &reqwest::Client,
+    base: &str,
+    text: &str,
+    add_special: bool,
+) -> Result<Vec<u32>, BackendError> {
+    let body = json!({ "content": text, "add_special": add_special, "parse_special": true });
     let response = post(client, format!("{base}/tokenize"), &body).await?;
     let body: Value = response.json().await.map_err(|e| BackendError::Malformed(e.to_string()))?;
     Ok(body["tokens"]
         .as_array()
         .map(|t| t.iter().filter_map(Value::as_u64).map(|t| t as u32).collect())
         .unwrap_or_default())
+}
+
+/// The prompt the model's chat template makes of a chat `body` (from [`chat_body`]), exactly
+/// as the chat endpoint would render it.
+pub async fn apply_template(
+    client: &reqwest::Client,
+    base: &str,
+    body: &Value,
+) -> Result<String, BackendError> {
+    let response = post(client, format!("{base}/apply-template"), body).await?;
+    let body: Value = response.json().await.map_err(|e| BackendError::Malformed(e.to_string()))?;
+    body["prompt"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| BackendError::Malformed("apply-template answered without a prompt".into()))
 }
 
 /// Text of `tokens`.

@@ -100,6 +100,15 @@ impl GgufMetadata {
         self.uint(&format!("{}.{suffix}", self.architecture()?))
     }
 
+    /// How many tokens the vocabulary has (`tokenizer.ggml.tokens`, kept only as its length).
+    pub fn vocab_size(&self) -> Option<u64> {
+        let tokens = self.entries.get("tokenizer.ggml.tokens")?;
+        tokens
+            .get("array_len")
+            .and_then(Value::as_u64)
+            .or_else(|| Some(tokens.as_array()?.len() as u64))
+    }
+
     /// The chat template, if the file carries one.
     pub fn chat_template(&self) -> Option<&str> {
         self.string("tokenizer.chat_template")

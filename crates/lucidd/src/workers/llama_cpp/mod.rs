@@ -5,6 +5,7 @@ pub mod backend;
 pub mod catalog;
 pub mod chat;
 pub mod gguf;
+mod prompt;
 mod run;
 pub mod supervisor;
 pub mod template;
@@ -405,6 +406,16 @@ impl Worker for LlamaCppWorker {
                     let (emitter, handle) = job_channel(self.identity.clone(), hash);
                     let loading = Instant::now();
                     let base = self.server_for(&file, &loaded, ctx, false).await;
+                    let prompt = match &base {
+                        Ok(url) => match self.prepare_prompt(url, job, &file, ctx).await {
+                            Ok(prompt) => prompt,
+                            Err(e) => {
+                                loaded.release();
+                                return Err(e);
+                            }
+                        },
+                        Err(_) => None,
+                    };
                     let run = InferenceRun {
                         manifest_hash: hash.0,
                         idle_timeout: self.config.idle_timeout,
@@ -413,6 +424,7 @@ impl Worker for LlamaCppWorker {
                         loaded: Arc::clone(&loaded),
                         spec: self.spec(&file, ctx, false),
                         load_duration: loading.elapsed(),
+                        prompt,
                     };
                     tokio::spawn(run.run(base, emitter));
                     Ok(handle)
@@ -424,6 +436,26 @@ impl Worker for LlamaCppWorker {
 }
 
 impl LlamaCppWorker {
+    /// [`prompt::prepare`], given up on when llama-server hangs.
+    async fn prepare_prompt(
+        &self,
+        base: &str,
+        job: &phase_protocol::InferenceJob,
+        file: &ModelFile,
+        ctx: u32,
+    ) -> Result<Option<prompt::PromptIds>, WorkerError> {
+        tokio::time::timeout(
+            self.config.idle_timeout,
+            prompt::prepare(&self.client, base, job, file, ctx),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(WorkerError::Unavailable {
+                reason: "llama-server did not render and tokenize the prompt in time".into(),
+            })
+        })
+    }
+
     async fn embed(
         &self,
         job: &EmbeddingJob,

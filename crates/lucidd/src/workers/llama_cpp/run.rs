@@ -4,13 +4,12 @@
 //! that died before answering.
 
 use futures::StreamExt;
-use phase_protocol::{
-    ChatMessage, Completion, InferenceInput, InferenceJob, JobEmitter, Metrics, OutputChunk,
-};
+use phase_protocol::{Completion, InferenceInput, InferenceJob, JobEmitter, Metrics, OutputChunk};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::prompt::{PromptIds, generate_messages};
 use super::supervisor::ServerSpec;
 use super::{Loaded, backend, chat};
 
@@ -25,6 +24,8 @@ pub(super) struct InferenceRun {
     pub(super) spec: ServerSpec,
     /// Time spent starting (or finding) the server: Ollama's `load_duration`.
     pub(super) load_duration: Duration,
+    /// What a generate job that answers with its context reads; committed first.
+    pub(super) prompt: Option<PromptIds>,
 }
 
 /// How an attempt at generating ended.
@@ -41,6 +42,9 @@ impl InferenceRun {
     pub(super) async fn run(self, base: Result<String, String>, mut emitter: JobEmitter) {
         let (completion, metrics) = match base {
             Err(reason) => (Completion::Failed { reason }, Metrics::default()),
+            Ok(_) if !self.send_prompt(&mut emitter).await => {
+                (Completion::Cancelled, Metrics::default())
+            }
             Ok(mut base) => {
                 let mut attempt = self.generate(&base, &mut emitter).await;
                 if attempt.unreachable_before_output {
@@ -67,7 +71,18 @@ impl InferenceRun {
         emitter.finish(completion, metrics);
     }
 
-    /// Templated input goes through llama-server's own chat endpoint, so the answer is exactly
+    /// Commits the prompt's token ids first, when the job answers with its context. False when
+    /// the job was cancelled meanwhile.
+    async fn send_prompt(&self, emitter: &mut JobEmitter) -> bool {
+        match &self.prompt {
+            Some(prompt) => emitter.output(OutputChunk::prompt_tokens(&prompt.ids)).await.is_ok(),
+            None => true,
+        }
+    }
+
+    /// A conversation that goes on (an incoming `context`) is given to `/completion` as the
+    /// token ids committed to, so the model reads exactly those.
+    /// Other templated input goes through llama-server's own chat endpoint, so the answer is exactly
     /// the one llama-server gives for these messages; a prompt with a suffix goes to `/infill`,
     /// which fills the gap with the model's fill-in-the-middle tokens; a raw prompt goes to
     /// `/completion` as is.
@@ -108,24 +123,25 @@ impl InferenceRun {
                     backend::completion(&self.client, base, &body, self.idle_timeout).await?,
                 ));
             }
+            InferenceInput::Generate { .. }
+                if let Some(PromptIds { ids, continues: true }) = &self.prompt =>
+            {
+                let body = backend::completion_body(
+                    json!(ids),
+                    &self.job.options,
+                    self.job.format.as_ref(),
+                    self.job.logprobs,
+                );
+                return Ok(Box::pin(
+                    backend::completion(&self.client, base, &body, self.idle_timeout).await?,
+                ));
+            }
             InferenceInput::Generate { prompt, system, images, .. } => {
-                let mut messages = Vec::new();
-                if let Some(system) = system {
-                    messages.push(ChatMessage::new("system", system.clone()));
-                }
-                let mut question = ChatMessage::new("user", prompt.clone());
-                question.images = images.clone();
-                messages.push(question);
-                messages
+                generate_messages(prompt, system.as_ref(), images)
             }
         };
-        let extras = backend::ChatExtras {
-            format: self.job.format.as_ref(),
-            logprobs: self.job.logprobs,
-            tools: &self.job.tools,
-            think: self.job.think.as_ref(),
-        };
-        let body = backend::chat_body(&messages, &self.job.options, extras);
+        let body =
+            backend::chat_body(&messages, &self.job.options, backend::ChatExtras::of(&self.job));
         Ok(Box::pin(backend::chat_completion(&self.client, base, &body, self.idle_timeout).await?))
     }
 
