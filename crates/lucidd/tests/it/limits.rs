@@ -144,7 +144,7 @@ type Body = Box<dyn Fn(usize) -> serde_json::Value + 'static>;
 /// Each count limit: the path, a body with `n` of the counted things, and the limit.
 fn count_cases() -> Vec<(&'static str, Body, usize)> {
     use lucidd::api::limits::{
-        MAX_EMBED_INPUTS, MAX_IMAGES, MAX_MESSAGES, MAX_STOP_STRINGS, MAX_TOOLS,
+        MAX_CONTEXT_TOKENS, MAX_EMBED_INPUTS, MAX_IMAGES, MAX_MESSAGES, MAX_STOP_STRINGS, MAX_TOOLS,
     };
     let user = || json!({"role": "user", "content": "hi"});
     let image =
@@ -193,6 +193,13 @@ fn count_cases() -> Vec<(&'static str, Body, usize)> {
             ),
             MAX_IMAGES,
         ),
+        (
+            "/api/generate",
+            Box::new(
+                |n| json!({"model": "echo", "stream": false, "prompt": "hi", "context": vec![65; n]}),
+            ),
+            MAX_CONTEXT_TOKENS,
+        ),
     ]
 }
 
@@ -212,7 +219,7 @@ async fn count_limits_refuse_one_past_each_and_serve_at_each() {
         assert!(refused_for_count(status, &error), "{path} with {} items: {error}", max + 1);
         assert!(error.to_string().contains(&max.to_string()), "{path}: names the limit: {error}");
         // At the limit, the count itself is not the problem (echo cannot call tools or see
-        // images, so those answer with their own 400).
+        // images, and its own context is smaller, so those answer with their own 400).
         let (status, answer) = d.post_json(path, body(*max)).await;
         assert!(!refused_for_count(status, &answer), "{path} at {max}: {answer}");
     }
@@ -236,7 +243,7 @@ fn any_count_is_refused_exactly_when_over_its_limit() {
         rng_seed: proptest::test_runner::RngSeed::Fixed(0xc0_u64 << 32 | 0x0075),
         ..ProptestConfig::default()
     };
-    proptest!(config, |(which in 0usize..7, fraction in 0.0f64..2.0)| {
+    proptest!(config, |(which in 0usize..8, fraction in 0.0f64..2.0)| {
         let (path, body, max) = &cases[which];
         let n = (*max as f64 * fraction) as usize;
         let (status, answer) = runtime.block_on(d.post_json(path, body(n)));

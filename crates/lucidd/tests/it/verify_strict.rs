@@ -162,7 +162,8 @@ async fn the_answer_is_bound_to_its_request() {
 #[tokio::test]
 async fn an_answer_from_a_created_model_verifies_under_its_name() {
     let d = Daemon::start().await;
-    let create = json!({"model": "kind-echo", "from": "echo", "system": "Be kind.", "stream": false});
+    let create =
+        json!({"model": "kind-echo", "from": "echo", "system": "Be kind.", "stream": false});
     assert_eq!(d.post_json("/api/create", create).await.0, 200);
     let chat = json!({"model": "kind-echo", "messages": [{"role": "user", "content": "The quick brown fox"}]});
     let generate = json!({"model": "kind-echo", "prompt": "The quick brown fox", "stream": false});
