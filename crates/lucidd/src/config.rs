@@ -234,12 +234,7 @@ impl ServeArgs {
 
 /// Where lucidd keeps its state when `--data-dir` is not given.
 pub fn default_data_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("phase").join("lucidd")
+    phase_node::home::default_data_dir("lucidd")
 }
 
 /// The llama-server to run: `explicit`, else the one scripts/setup installed in the cache,

@@ -1,19 +1,11 @@
 //! One job seen from the HTTP side: its events turned into text pieces, its output replayed into
 //! a commitment as it arrives, and its receipt verified, bound and logged before the answer ends.
 
-use futures::StreamExt;
-use phase_identity::PeerId;
-use phase_manifest::Sha256Hash;
-use phase_net::RemoteJob;
-use phase_protocol::{ChunkKind, Completion, Job, JobEvent, JobResult, Structured};
-use phase_receipt::{Commitment, SignedReceipt, verify_and_bind};
-use std::collections::VecDeque;
-use tokio_util::sync::CancellationToken;
+use phase_node::{Finished, Route, Step, Verdict, VerifiedJob};
+use phase_protocol::{ChunkKind, Completion, JobResult, OutputChunk, Structured};
+use phase_receipt::SignedReceipt;
 
 use crate::receipts::ReceiptLog;
-
-/// Where an answer was computed: `local`, or the PeerId of the node that served it.
-pub const ROUTED_LOCAL: &str = "local";
 
 /// A piece of a job's answer.
 #[derive(Debug)]
@@ -82,8 +74,10 @@ pub struct Finish {
     pub receipt: SignedReceipt<JobResult>,
     /// Whether `verify_and_bind` accepted it for the chunks received here.
     pub verified: bool,
-    /// `local`, or the serving peer.
-    pub routed_via: String,
+    /// What verify-and-bind said, typed.
+    pub verdict: Verdict,
+    /// Where it ran: shown as `local` or the serving peer's id.
+    pub routed_via: Route,
     /// How the text was cut into chunks, in order: a byte length for a `text` chunk,
     /// `{"len", "token_ids"}` for a `token` chunk. With the full text, enough to replay the
     /// commitment of a non-streamed answer (`lucidd receipt verify`).
@@ -144,25 +138,11 @@ impl Finish {
     }
 }
 
-/// Where a job's events come from.
-enum Source {
-    /// A worker on this node.
-    Local(Job),
-    /// A peer, over the job relay; the first events were read while choosing the peer.
-    Remote { job: Box<RemoteJob>, buffered: VecDeque<JobEvent> },
-}
-
 /// A running job, consumed piece by piece.
 pub struct JobRun {
-    source: Source,
+    job: VerifiedJob,
     accept_unverified: bool,
-    manifest_hash: Sha256Hash,
-    worker_peer: PeerId,
-    routed_via: String,
-    observed: Commitment,
     receipts: ReceiptLog,
-    shutdown: CancellationToken,
-    finished: bool,
     receipt_chunks: Vec<ChunkEntry>,
     /// Whether to keep `receipt_chunks` (only a single answer shows them).
     record_chunks: bool,
@@ -173,44 +153,18 @@ pub struct JobRun {
 }
 
 impl JobRun {
-    /// Wraps a started job whose receipt must bind to `manifest_hash` and `worker_peer`.
-    pub fn new(
-        job: Job,
-        manifest_hash: Sha256Hash,
-        worker_peer: PeerId,
-        routed_via: String,
-        receipts: ReceiptLog,
-        shutdown: CancellationToken,
-    ) -> Self {
-        Self::with_source(
-            Source::Local(job),
-            manifest_hash,
-            worker_peer,
-            routed_via,
+    /// Wraps a started job, checked as it runs; its receipt is logged to `receipts`.
+    pub fn new(job: VerifiedJob, receipts: ReceiptLog) -> Self {
+        Self {
+            job,
+            accept_unverified: false,
             receipts,
-            shutdown,
-        )
-    }
-
-    /// Wraps a job running on a peer whose identity is `worker_peer`; `buffered` are the events
-    /// already read from it.
-    pub fn remote(
-        job: RemoteJob,
-        buffered: VecDeque<JobEvent>,
-        manifest_hash: Sha256Hash,
-        worker_peer: PeerId,
-        receipts: ReceiptLog,
-        shutdown: CancellationToken,
-    ) -> Self {
-        let routed_via = job.peer().to_string();
-        Self::with_source(
-            Source::Remote { job: Box::new(job), buffered },
-            manifest_hash,
-            worker_peer,
-            routed_via,
-            receipts,
-            shutdown,
-        )
+            receipt_chunks: Vec::new(),
+            record_chunks: true,
+            pending_logprobs: None,
+            manifest: None,
+            context: None,
+        }
     }
 
     /// Lets an answer whose receipt does not verify through, marked unverified, instead of
@@ -218,32 +172,6 @@ impl JobRun {
     pub fn accept_unverified(mut self, accept: bool) -> Self {
         self.accept_unverified = accept;
         self
-    }
-
-    fn with_source(
-        source: Source,
-        manifest_hash: Sha256Hash,
-        worker_peer: PeerId,
-        routed_via: String,
-        receipts: ReceiptLog,
-        shutdown: CancellationToken,
-    ) -> Self {
-        Self {
-            source,
-            accept_unverified: false,
-            manifest_hash,
-            worker_peer,
-            routed_via,
-            observed: Commitment::new(),
-            receipts,
-            shutdown,
-            finished: false,
-            receipt_chunks: Vec::new(),
-            record_chunks: true,
-            pending_logprobs: None,
-            manifest: None,
-            context: None,
-        }
     }
 
     /// A streamed answer shows each chunk as a line: no need to keep where chunks sit.
@@ -275,155 +203,117 @@ impl JobRun {
     /// The next piece, or `None` after [`Piece::Done`]. When the daemon shuts down, the job is
     /// cancelled and ends with its receipt.
     pub async fn next(&mut self) -> Option<Piece> {
-        if self.finished {
-            return None;
-        }
         loop {
-            let event = match self.next_event().await {
-                Ok(event) => event,
-                Err(reason) => {
-                    self.finished = true;
-                    return Some(Piece::Broken(reason));
+            match self.job.next().await? {
+                Step::Output(chunk) => {
+                    if let Some(piece) = self.piece(chunk) {
+                        return Some(piece);
+                    }
                 }
-            };
-            match event? {
-                JobEvent::Output(chunk) => {
-                    self.observed.push(chunk.kind.as_str(), &chunk.data);
-                    return Some(match chunk.kind {
-                        ChunkKind::Embedding => {
-                            Piece::Embedding(chunk.embedding_vector().unwrap_or_default())
-                        }
-                        ChunkKind::Json if let Some(structured) = chunk.structured() => {
-                            // Chunk boundaries for `lucidd receipt verify`: a byte length of
-                            // `thinking`, or a number of `tool_calls`.
-                            match structured {
-                                Structured::PromptTokens(ids) => {
-                                    // Only as the first chunk: a saved answer shows it as the
-                                    // head of `context`, which a verifier replays first.
-                                    if self.observed.count() != 1 {
-                                        self.finished = true;
-                                        return Some(Piece::Broken(format!(
-                                            "{} sent its prompt's token ids after other output, \
-                                             breaking the protocol",
-                                            self.routed_via
-                                        )));
-                                    }
-                                    self.context = Some(ids);
-                                    continue;
-                                }
-                                Structured::Thinking { text, token_ids } => {
-                                    let token_ids = (!token_ids.is_empty()).then_some(token_ids);
-                                    self.extend_context(token_ids.as_ref());
-                                    self.record(|| ChunkEntry::Thinking {
-                                        thinking: text.len(),
-                                        token_ids: token_ids.clone(),
-                                    });
-                                    Piece::Thinking { text, token_ids }
-                                }
-                                Structured::ToolCalls(calls) => {
-                                    self.record(|| ChunkEntry::ToolCalls {
-                                        tool_calls: calls.len(),
-                                    });
-                                    Piece::ToolCalls(calls)
-                                }
-                            }
-                        }
-                        ChunkKind::Text | ChunkKind::Token | ChunkKind::Json => {
-                            let text = chunk.text_content().unwrap_or_default().to_string();
-                            let token_ids = chunk.token_ids().ok();
-                            self.extend_context(token_ids.as_ref());
-                            self.record(|| match &token_ids {
-                                Some(ids) => {
-                                    ChunkEntry::Token { len: text.len(), token_ids: ids.clone() }
-                                }
-                                None => ChunkEntry::Text(text.len()),
-                            });
-                            let logprobs = self.pending_logprobs.take();
-                            Piece::Text { text, logprobs, token_ids }
-                        }
-                        ChunkKind::Stdout | ChunkKind::Stderr => Piece::Text {
-                            text: String::from_utf8_lossy(&chunk.data).into_owned(),
-                            logprobs: None,
-                            token_ids: None,
-                        },
-                    });
-                }
-                JobEvent::Progress(_) => continue,
-                JobEvent::Annotation(annotation) => {
+                Step::Annotation(annotation) => {
                     if let Some(logprobs) = annotation.get("logprobs") {
                         self.pending_logprobs = Some(logprobs.clone());
                     }
-                    continue;
                 }
-                JobEvent::Final(receipt) => {
-                    self.finished = true;
-                    let mut rejected = None;
-                    let verified = match verify_and_bind(
-                        &receipt,
-                        &self.manifest_hash,
-                        &self.worker_peer,
-                        &self.observed,
-                    ) {
-                        Ok(()) => true,
-                        Err(e) => {
-                            tracing::warn!(error = %e, routed_via = %self.routed_via, "receipt did not verify");
-                            if !self.accept_unverified {
-                                rejected = Some(format!(
-                                    "the receipt from {} did not verify ({e}), so this answer cannot be trusted; send the header X-Lucid-Accept-Unverified: true to receive such answers marked unverified",
-                                    self.routed_via
-                                ));
-                            }
-                            false
-                        }
-                    };
-                    let unrecorded = match self.receipts.append(&receipt).await {
-                        Ok(()) => None,
-                        Err(e) => {
-                            tracing::error!(error = %e, "CANNOT RECORD RECEIPTS: answers end with an error until the receipt log can be written again (is the disk full?)");
-                            Some(format!(
-                                "this node could not record the answer's receipt ({e}), so the answer is not delivered as complete; the operator must free space in (or repair) lucidd's data directory"
-                            ))
-                        }
-                    };
-                    return Some(Piece::Done(Box::new(Finish {
-                        receipt: *receipt,
-                        verified,
-                        routed_via: self.routed_via.clone(),
-                        receipt_chunks: std::mem::take(&mut self.receipt_chunks),
-                        rejected,
-                        unrecorded,
-                        manifest: self.manifest.take(),
-                        context: self.context.take(),
-                    })));
+                Step::Broken(reason) => return Some(Piece::Broken(reason)),
+                Step::Done(finished) => {
+                    return Some(Piece::Done(Box::new(self.finish(*finished).await)));
                 }
             }
         }
     }
-}
 
-impl JobRun {
-    /// The next event: `Ok(None)` when a local stream ends, `Err` when a peer's stream breaks.
-    /// When the daemon shuts down, a local job is cancelled and still yields its receipt; a
-    /// remote one is abandoned (closing the stream cancels it on the peer).
-    async fn next_event(&mut self) -> Result<Option<JobEvent>, String> {
-        match &mut self.source {
-            Source::Local(job) => Ok(tokio::select! {
-                event = job.events.next() => event,
-                () = self.shutdown.cancelled(), if !job.handle.is_finished() => {
-                    job.handle.cancel();
-                    // Keep reading: the worker stops within a chunk and sends its receipt.
-                    job.events.next().await
+    /// What one output chunk shows; `None` for the prompt chunk, which shows in the context.
+    fn piece(&mut self, chunk: OutputChunk) -> Option<Piece> {
+        Some(match chunk.kind {
+            ChunkKind::Embedding => Piece::Embedding(chunk.embedding_vector().unwrap_or_default()),
+            ChunkKind::Json if let Some(structured) = chunk.structured() => match structured {
+                Structured::PromptTokens(ids) => {
+                    // Only as the first chunk: a saved answer shows it as the head of
+                    // `context`, which a verifier replays first.
+                    if self.job.chunks_received() != 1 {
+                        return Some(Piece::Broken(format!(
+                            "{} sent its prompt's token ids after other output, breaking the \
+                             protocol",
+                            self.job.route()
+                        )));
+                    }
+                    self.context = Some(ids);
+                    return None;
                 }
-            }),
-            Source::Remote { job, buffered } => {
-                if let Some(event) = buffered.pop_front() {
-                    return Ok(Some(event));
+                // Chunk boundaries for `lucidd receipt verify`: a byte length of `thinking`,
+                // or a number of `tool_calls`.
+                Structured::Thinking { text, token_ids } => {
+                    let token_ids = (!token_ids.is_empty()).then_some(token_ids);
+                    self.extend_context(token_ids.as_ref());
+                    self.record(|| ChunkEntry::Thinking {
+                        thinking: text.len(),
+                        token_ids: token_ids.clone(),
+                    });
+                    Piece::Thinking { text, token_ids }
                 }
-                tokio::select! {
-                    event = job.next_event() => event.map_err(|e| e.to_string()),
-                    () = self.shutdown.cancelled() => Err("lucidd is shutting down".to_string()),
+                Structured::ToolCalls(calls) => {
+                    self.record(|| ChunkEntry::ToolCalls { tool_calls: calls.len() });
+                    Piece::ToolCalls(calls)
                 }
+            },
+            ChunkKind::Text | ChunkKind::Token | ChunkKind::Json => {
+                let text = chunk.text_content().unwrap_or_default().to_string();
+                let token_ids = chunk.token_ids().ok();
+                self.extend_context(token_ids.as_ref());
+                self.record(|| match &token_ids {
+                    Some(ids) => ChunkEntry::Token { len: text.len(), token_ids: ids.clone() },
+                    None => ChunkEntry::Text(text.len()),
+                });
+                let logprobs = self.pending_logprobs.take();
+                Piece::Text { text, logprobs, token_ids }
             }
+            ChunkKind::Stdout | ChunkKind::Stderr => Piece::Text {
+                text: String::from_utf8_lossy(&chunk.data).into_owned(),
+                logprobs: None,
+                token_ids: None,
+            },
+        })
+    }
+
+    /// The ending: the verdict turned into what the answer may claim, the receipt logged.
+    async fn finish(&mut self, finished: Finished) -> Finish {
+        let Finished { receipt, verdict } = finished;
+        let route = self.job.route();
+        let rejected = match &verdict {
+            Verdict::Verified => None,
+            other => {
+                tracing::warn!(verdict = ?other, routed_via = %route, "receipt did not verify");
+                (!self.accept_unverified).then(|| {
+                    let why = match other {
+                        Verdict::Failed { reason, .. } | Verdict::Broken { reason } => reason,
+                        Verdict::Verified => unreachable!("matched above"),
+                    };
+                    format!(
+                        "the receipt from {route} did not verify ({why}), so this answer cannot be trusted; send the header X-Lucid-Accept-Unverified: true to receive such answers marked unverified"
+                    )
+                })
+            }
+        };
+        let unrecorded = match self.receipts.append(&receipt).await {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "CANNOT RECORD RECEIPTS: answers end with an error until the receipt log can be written again (is the disk full?)");
+                Some(format!(
+                    "this node could not record the answer's receipt ({e}), so the answer is not delivered as complete; the operator must free space in (or repair) lucidd's data directory"
+                ))
+            }
+        };
+        Finish {
+            receipt,
+            verified: verdict.is_verified(),
+            verdict,
+            routed_via: route,
+            receipt_chunks: std::mem::take(&mut self.receipt_chunks),
+            rejected,
+            unrecorded,
+            manifest: self.manifest.take(),
+            context: self.context.take(),
         }
     }
 }
@@ -432,11 +322,10 @@ impl Drop for JobRun {
     /// A job abandoned mid-answer (the client went away) is cancelled by dropping its stream;
     /// its receipt over the partial output is still logged.
     fn drop(&mut self) {
-        let Source::Local(job) = &self.source else { return };
-        if self.finished {
+        if self.job.is_finished() {
             return;
         }
-        let handle = job.handle.clone();
+        let Some(handle) = self.job.local_handle().cloned() else { return };
         let receipts = self.receipts.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {

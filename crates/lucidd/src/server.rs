@@ -28,15 +28,15 @@ fn seconds(value: f64, min: f64, max: f64) -> Duration {
 
 /// Loads (or creates) the node identity in `data_dir`.
 pub fn load_identity(data_dir: &Path) -> anyhow::Result<NodeIdentity> {
-    let path = data_dir.join("identity.key");
-    NodeIdentity::load_or_create(&path)
-        .with_context(|| format!("loading the node identity from {}", path.display()))
+    Ok(phase_node::home::load_identity(data_dir)?)
 }
 
 /// A running daemon.
 pub struct Running {
     /// The address actually bound.
     pub addr: SocketAddr,
+    /// What the node does: jobs with their verdicts, peers that failed.
+    pub events: phase_node::NodeEvents,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -127,8 +127,13 @@ pub async fn start_with_workers(
     let sensors = serving.sensors.clone();
     let network = crate::p2p::start(&args.p2p, &identity, serving).await?;
     // --local-only: this node may still serve others, but never sends a prompt away.
-    let remote = network.clone().filter(|_| !args.local_only).map(crate::remote::RemoteModels::new);
+    let events = phase_node::NodeEvents::new();
+    let remote = network
+        .clone()
+        .filter(|_| !args.local_only)
+        .map(|network| crate::remote::RemoteModels::new(network, events.clone()));
     let state = Arc::new(AppState {
+        events,
         policy,
         sensors,
         network,
@@ -161,12 +166,13 @@ pub async fn start_with_workers(
         header_timeout: seconds(args.header_timeout, 0.1, 3600.0),
         ..crate::http_server::HttpLimits::default()
     };
+    let events = state.events.clone();
     let task = tokio::spawn(async move {
         // The policy is reloaded on change for as long as the daemon runs.
         let _policy_watch = policy_watch;
         run(listener, app, http_limits, state, writer, stop_task, grace).await
     });
-    Ok(Running { addr, stop, task })
+    Ok(Running { addr, events, stop, task })
 }
 
 fn write_addr_file(path: &PathBuf, addr: SocketAddr) -> anyhow::Result<()> {

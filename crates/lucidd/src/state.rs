@@ -9,10 +9,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::error::ApiError;
-use crate::jobs::{JobRun, ROUTED_LOCAL};
+use crate::jobs::JobRun;
 use crate::receipts::ReceiptLog;
 use crate::registry::{Registry, ResolvedModel};
 use crate::remote::RemoteModels;
+use phase_node::{NodeEvents, VerifiedJob};
 
 /// How long a manifest this node signs for its own request stays valid. Long enough for a slow
 /// generation to start on a busy peer, short enough that a leaked manifest soon expires.
@@ -72,6 +73,8 @@ pub struct AppState {
     pub network: Option<phase_net::Network>,
     /// Models on other nodes, unless this node runs without p2p or with `--local-only`.
     pub remote: Option<RemoteModels>,
+    /// What the node does (jobs and their verdicts, peers that failed), for anyone to watch.
+    pub events: NodeEvents,
 }
 
 /// How a request wants its answer routed and checked.
@@ -174,30 +177,17 @@ impl AppState {
         } else {
             sign()?
         };
-        if let Some((worker, _)) = self.registry.workers().find(&model.base.name) {
+        let job = if let Some((worker, _)) = self.registry.workers().find(&model.base.name) {
             let job = worker.execute(manifest).await?;
-            return Ok(JobRun::new(
-                job,
-                hash,
-                self.peer_id.clone(),
-                ROUTED_LOCAL.to_string(),
-                self.receipts.clone(),
-                self.shutdown.clone(),
-            )
-            .with_manifest(carried));
-        }
-        let remote =
-            self.relaying().ok_or_else(|| ApiError::model_not_found(&model.name.to_string()))?;
-        let relayed = remote.start(&model.base.name.to_string(), &manifest).await?;
-        Ok(JobRun::remote(
-            relayed.job,
-            relayed.buffered,
-            hash,
-            relayed.worker,
-            self.receipts.clone(),
-            self.shutdown.clone(),
-        )
-        .with_manifest(carried)
-        .accept_unverified(route.accept_unverified))
+            VerifiedJob::local(job, hash, self.peer_id.clone(), &self.events)
+        } else {
+            let remote = self
+                .relaying()
+                .ok_or_else(|| ApiError::model_not_found(&model.name.to_string()))?;
+            remote.start(&model.base.name.to_string(), &manifest).await?
+        };
+        Ok(JobRun::new(job.stop_on(self.shutdown.clone()), self.receipts.clone())
+            .with_manifest(carried)
+            .accept_unverified(route.accept_unverified))
     }
 }

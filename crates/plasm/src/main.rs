@@ -173,12 +173,7 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 }
 
 fn default_data_dir() -> PathBuf {
-    std::env::var_os("XDG_DATA_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("phase/plasmd")
+    phase_node::home::default_data_dir("plasmd")
 }
 
 fn main() -> ExitCode {

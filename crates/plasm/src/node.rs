@@ -16,8 +16,8 @@ use phase_net::{
     Admission, JobService, ModelEntry, ModelKey, Multiaddr, NetConfig, Network, PeerId,
     SignerAllowlist,
 };
-use phase_protocol::{ChunkKind, Job, JobEvent, JobSpec, WasmJob, Worker, WorkerError};
-use phase_receipt::{Commitment, verify_and_bind};
+use phase_node::{NodeEvents, PeerSelector, Step, Verdict};
+use phase_protocol::{ChunkKind, Job, JobSpec, WasmJob, Worker, WorkerError};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -149,11 +149,11 @@ pub async fn start(options: StartOptions) -> anyhow::Result<()> {
 
 /// Loads (or creates) the node identity in `data_dir`.
 pub fn load_identity(data_dir: &std::path::Path) -> anyhow::Result<NodeIdentity> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
-    NodeIdentity::load_or_create(&data_dir.join("identity.key"))
-        .with_context(|| format!("loading the node identity in {}", data_dir.display()))
+    Ok(phase_node::home::load_identity(data_dir)?)
 }
+
+/// How long `submit` waits for the DHT to name a node that runs WebAssembly jobs.
+const FIND_WORKER_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Options of `plasmd submit`.
 pub struct SubmitOptions {
@@ -182,9 +182,15 @@ pub async fn submit(
     bootstrap.extend(options.peer.clone());
     let config = NetConfig { listen: Vec::new(), bootstrap, mdns: false, ..NetConfig::default() };
     let network = Network::start(&identity, config, None).await?;
+    let selector = PeerSelector::new(network, NodeEvents::new());
+    let key = ModelKey::Service(WASM_SERVICE.into());
     let peer = match &options.peer {
         Some(addr) => phase_net::bootstrap::peer_of(addr).map_err(anyhow::Error::msg)?,
-        None => find_worker(&network).await?,
+        None => *selector.candidates_within(&key, FIND_WORKER_DEADLINE).await.first().ok_or_else(
+            || anyhow::anyhow!(
+                "no node running WebAssembly jobs was found in the DHT; give --peer or another --bootstrap-peer"
+            ),
+        )?,
     };
     let artifacts = match options.artifacts {
         Some(url) => url,
@@ -193,46 +199,30 @@ pub async fn submit(
     let http = reqwest::Client::new();
     job.module = client::upload(&http, &artifacts, module).await?;
     let manifest = crate::worker::sign_job(&identity, job)?;
-    let hash = manifest.hash()?;
-    let mut remote = network.request_job(peer, &manifest.to_cbor()?).await?;
-    let (mut stdout, mut stderr, mut observed) = (Vec::new(), Vec::new(), Commitment::new());
-    let receipt = loop {
-        match remote.next_event().await? {
-            Some(JobEvent::Output(chunk)) => {
-                observed.push(chunk.kind.as_str(), &chunk.data);
+    // The module was uploaded to this peer's artifact server: no failover to another.
+    let mut run = selector.start_on(&key, vec![peer], &manifest).await?;
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    loop {
+        match run.next().await {
+            Some(Step::Output(chunk)) => {
                 if chunk.kind == ChunkKind::Stdout {
                     stdout.extend_from_slice(&chunk.data)
                 } else {
                     stderr.extend_from_slice(&chunk.data)
                 }
             }
-            Some(JobEvent::Final(receipt)) => break *receipt,
-            Some(_) => {}
+            Some(Step::Annotation(_)) => {}
+            Some(Step::Done(finished)) => match finished.verdict {
+                Verdict::Verified => return Ok(RunRecord::new(&stdout, &stderr, finished.receipt)),
+                Verdict::Failed { reason, .. } | Verdict::Broken { reason } => {
+                    anyhow::bail!("the receipt from {peer} does not verify: {reason}")
+                }
+            },
+            Some(Step::Broken(reason)) => {
+                anyhow::bail!("{peer} ended the job without a receipt: {reason}")
+            }
             None => anyhow::bail!("{peer} ended the job without a receipt"),
         }
-    };
-    let worker =
-        phase_net::to_phase_peer_id(&peer).context("the peer's identity is not an Ed25519 key")?;
-    verify_and_bind(&receipt, &hash, &worker, &observed)
-        .with_context(|| format!("the receipt from {peer} does not verify"))?;
-    Ok(RunRecord::new(&stdout, &stderr, receipt))
-}
-
-/// A node that announced the WebAssembly service in the DHT, the closest (lowest RTT) first.
-async fn find_worker(network: &Network) -> anyhow::Result<PeerId> {
-    let key = ModelKey::Service(WASM_SERVICE.into());
-    let until = Instant::now() + Duration::from_secs(15);
-    loop {
-        let mut found = network.find_providers(&key, Duration::from_secs(3)).await;
-        found.sort_by_key(|p| network.rtt(p).unwrap_or(Duration::MAX));
-        if let Some(peer) = found.first() {
-            return Ok(*peer);
-        }
-        anyhow::ensure!(
-            Instant::now() < until,
-            "no node running WebAssembly jobs was found in the DHT; give --peer or another --bootstrap-peer"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -107,7 +107,7 @@ impl Stats {
 pub fn receipt_fields(finish: &Finish) -> serde_json::Map<String, Value> {
     let mut out = serde_json::Map::new();
     out.insert("receipt".into(), serde_json::to_value(&finish.receipt).unwrap_or(Value::Null));
-    out.insert("routed_via".into(), json!(finish.routed_via));
+    out.insert("routed_via".into(), json!(finish.routed_via.to_string()));
     out.insert("receipt_verified".into(), json!(finish.verified));
     if let Some(manifest) = &finish.manifest {
         out.insert("manifest".into(), json!(manifest));
@@ -131,7 +131,7 @@ fn frame(framing: Framing, value: &Value) -> Bytes {
 /// Adds `X-Lucid-Routed-Via` and `X-Lucid-Receipt-Verified` to a non-streamed answer.
 pub fn with_receipt_headers(mut response: Response, finish: &Finish) -> Response {
     let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&finish.routed_via) {
+    if let Ok(v) = HeaderValue::from_str(&finish.routed_via.to_string()) {
         headers.insert(ROUTED_VIA_HEADER, v);
     }
     headers.insert(

@@ -17,6 +17,7 @@ mod llama_faults;
 mod llama_requests;
 mod models;
 mod netns;
+mod node_events;
 mod nodes;
 mod openai;
 mod p2p;
