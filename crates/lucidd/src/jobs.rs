@@ -5,6 +5,7 @@ use phase_node::{Finished, Route, Step, Verdict, VerifiedJob};
 use phase_protocol::{ChunkKind, Completion, JobResult, OutputChunk, Structured};
 use phase_receipt::SignedReceipt;
 
+use crate::error::AnswerFailure;
 use crate::receipts::ReceiptLog;
 
 /// A piece of a job's answer.
@@ -125,15 +126,14 @@ impl Finish {
         }
     }
 
-    /// The HTTP status of a failed answer: 502 when a peer's receipt did not verify, 507 when
-    /// the receipt could not be stored.
-    pub fn failure_status(&self) -> axum::http::StatusCode {
+    /// What kind of failure [`failure`](Self::failure) is, for the API to show.
+    pub fn failure_kind(&self) -> AnswerFailure {
         if self.unrecorded.is_some() {
-            axum::http::StatusCode::INSUFFICIENT_STORAGE
+            AnswerFailure::Unrecorded
         } else if self.rejected.is_some() {
-            axum::http::StatusCode::BAD_GATEWAY
+            AnswerFailure::Rejected
         } else {
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR
+            AnswerFailure::Failed
         }
     }
 }

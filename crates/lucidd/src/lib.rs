@@ -9,6 +9,7 @@
 pub mod api;
 pub mod config;
 pub mod durations;
+pub mod error;
 pub mod http_server;
 pub mod jobs;
 pub mod names;

@@ -2,7 +2,6 @@
 //! models are, and jobs for them sent through the node core's [`PeerSelector`] (provider
 //! records and catalogs, lowest latency first, failover before the first output).
 
-use axum::http::StatusCode;
 use phase_manifest::SignedManifest;
 use phase_net::{ModelEntry, ModelKey, Network, PeerId};
 use phase_node::{NodeEvents, PeerSelector, SelectError, VerifiedJob};
@@ -10,7 +9,7 @@ use phase_protocol::JobSpec;
 use std::collections::HashMap;
 use time::OffsetDateTime;
 
-use crate::api::error::ApiError;
+use crate::error::CoreError;
 use crate::names::ModelName;
 use crate::workers::ModelInfo;
 
@@ -74,27 +73,17 @@ impl RemoteModels {
         &self,
         model: &str,
         manifest: &SignedManifest<JobSpec>,
-    ) -> Result<VerifiedJob, ApiError> {
-        self.selector.start(&ModelKey::Name(model.to_string()), manifest).await.map_err(
-            |e| match &e {
-                SelectError::NoProviders(_) => ApiError::model_not_found(model),
-                SelectError::Encode(reason) => ApiError::internal(reason.clone()),
-                SelectError::AllFailed { failures, .. } => {
-                    let reasons: Vec<String> = failures.iter().map(ToString::to_string).collect();
-                    ApiError {
-                        status: if e.all_unauthorized() {
-                            StatusCode::FORBIDDEN
-                        } else {
-                            StatusCode::BAD_GATEWAY
-                        },
-                        message: format!(
-                            "no peer could run model '{model}': {}",
-                            reasons.join("; ")
-                        ),
-                    }
-                }
+    ) -> Result<VerifiedJob, CoreError> {
+        let key = ModelKey::Name(model.to_string());
+        self.selector.start(&key, manifest).await.map_err(|e| match &e {
+            SelectError::NoProviders(_) => CoreError::ModelNotFound(model.to_string()),
+            SelectError::Encode(reason) => CoreError::Internal(reason.clone()),
+            SelectError::AllFailed { failures, .. } => CoreError::NoPeer {
+                model: model.to_string(),
+                reasons: failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+                unauthorized: e.all_unauthorized(),
             },
-        )
+        })
     }
 }
 

@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::error::ApiError;
+use crate::error::CoreError;
 use crate::jobs::JobRun;
+use crate::names::ModelName;
 use crate::receipts::ReceiptLog;
 use crate::registry::{Registry, ResolvedModel};
 use crate::remote::RemoteModels;
@@ -85,25 +86,6 @@ pub struct RouteOptions {
     pub accept_unverified: bool,
 }
 
-/// The request header that accepts unverified answers.
-pub const ACCEPT_UNVERIFIED_HEADER: &str = "x-lucid-accept-unverified";
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RouteOptions {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        let accept_unverified = parts
-            .headers
-            .get(ACCEPT_UNVERIFIED_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
-        Ok(Self { accept_unverified })
-    }
-}
-
 impl AppState {
     /// Routing to other nodes, unless this node is local-only (`--local-only`, or
     /// `local_only = true` in the policy, read per request so an edit applies at once).
@@ -112,8 +94,11 @@ impl AppState {
     }
 
     /// Finds a model a job can run on: served here, or (unless local-only) by another node.
-    pub async fn resolve_for_job(&self, name: &str) -> Result<ResolvedModel, ApiError> {
-        let parsed = crate::api::ollama::validate::model_name(name)?;
+    pub async fn resolve_for_job(&self, name: &str) -> Result<ResolvedModel, CoreError> {
+        if name.trim().is_empty() {
+            return Err(CoreError::ModelRequired);
+        }
+        let parsed = ModelName::parse(name).map_err(|e| CoreError::BadModelName(e.to_string()))?;
         if let Some(model) = self.registry.resolve(&parsed) {
             return Ok(model);
         }
@@ -122,7 +107,7 @@ impl AppState {
         {
             return Ok(ResolvedModel { name: parsed, base, derived: None, remote: true });
         }
-        Err(ApiError::model_not_found(name))
+        Err(CoreError::ModelNotFound(name.to_string()))
     }
 
     /// Models other nodes serve that this one does not, each with the peers serving it (none
@@ -150,15 +135,15 @@ impl AppState {
         model: &ResolvedModel,
         spec: JobSpec,
         route: RouteOptions,
-    ) -> Result<JobRun, ApiError> {
+    ) -> Result<JobRun, CoreError> {
         let large = text_bytes(&spec) > BLOCKING_SIGN_BYTES;
         // Encoding, hashing and base64 of a large request is CPU work measured in milliseconds: off the
         // async threads, so one client's 8 MiB prompt does not stall everyone's requests.
         let identity = self.identity.clone();
         let sign = move || {
             let manifest = SignedManifest::sign(&identity, spec, MANIFEST_TTL, unix_time_ms())
-                .map_err(|e| ApiError::bad_request(format!("cannot encode the request: {e}")))?;
-            let hash = manifest.hash().map_err(|e| ApiError::internal(e.to_string()))?;
+                .map_err(|e| CoreError::Encode(e.to_string()))?;
+            let hash = manifest.hash().map_err(|e| CoreError::Internal(e.to_string()))?;
             // An inference answer carries its request, so a saved answer shows what it
             // answers. (Embeddings do not: their input can be large and no client shows it.)
             let carried = match &manifest.payload {
@@ -168,12 +153,12 @@ impl AppState {
                     .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes)),
                 _ => None,
             };
-            Ok::<_, ApiError>((manifest, hash, carried))
+            Ok::<_, CoreError>((manifest, hash, carried))
         };
         let (manifest, hash, carried) = if large {
             tokio::task::spawn_blocking(sign)
                 .await
-                .map_err(|e| ApiError::internal(format!("signing the request: {e}")))??
+                .map_err(|e| CoreError::Internal(format!("signing the request: {e}")))??
         } else {
             sign()?
         };
@@ -181,9 +166,8 @@ impl AppState {
             let job = worker.execute(manifest).await?;
             VerifiedJob::local(job, hash, self.peer_id.clone(), &self.events)
         } else {
-            let remote = self
-                .relaying()
-                .ok_or_else(|| ApiError::model_not_found(&model.name.to_string()))?;
+            let remote =
+                self.relaying().ok_or_else(|| CoreError::ModelNotFound(model.name.to_string()))?;
             remote.start(&model.base.name.to_string(), &manifest).await?
         };
         Ok(JobRun::new(job.stop_on(self.shutdown.clone()), self.receipts.clone())

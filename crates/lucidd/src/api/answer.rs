@@ -153,7 +153,10 @@ pub async fn respond<S: AnswerShape>(
     if let Some(Piece::Done(finish)) = &first
         && let Some(reason) = finish.failure()
     {
-        let error = ApiError { status: finish.failure_status(), message: reason.to_string() };
+        let error = ApiError {
+            status: ApiError::answer_failure_status(finish),
+            message: reason.to_string(),
+        };
         let response = match framing {
             Framing::Sse => error.openai().into_response(),
             Framing::NdJson => error.into_response(),
@@ -277,10 +280,11 @@ async fn collect<S: AnswerShape>(
             Some(Piece::Embedding(_)) => {}
             Some(Piece::Done(finish)) => {
                 let response = match finish.failure() {
-                    Some(reason) => {
-                        (finish.failure_status(), axum::Json(shape.error(reason, Some(&finish))))
-                            .into_response()
-                    }
+                    Some(reason) => (
+                        ApiError::answer_failure_status(&finish),
+                        axum::Json(shape.error(reason, Some(&finish))),
+                    )
+                        .into_response(),
                     None => {
                         let mut body = shape.done(&finish, Some(&answer), &stats);
                         if !logprobs.is_empty() {

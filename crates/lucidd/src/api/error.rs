@@ -5,6 +5,10 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use phase_protocol::WorkerError;
+
+use crate::error::{AnswerFailure, CoreError};
+use crate::jobs::Finish;
+use crate::state::RouteOptions;
 use serde_json::json;
 
 /// An error answer.
@@ -56,6 +60,54 @@ impl From<WorkerError> for ApiError {
     }
 }
 
+impl From<CoreError> for ApiError {
+    fn from(err: CoreError) -> Self {
+        match err {
+            CoreError::ModelRequired | CoreError::BadModelName(_) | CoreError::Encode(_) => {
+                Self::bad_request(err.to_string())
+            }
+            CoreError::ModelNotFound(name) => Self::model_not_found(&name),
+            CoreError::Worker(worker) => worker.into(),
+            CoreError::NoPeer { unauthorized, .. } => Self {
+                status: if unauthorized { StatusCode::FORBIDDEN } else { StatusCode::BAD_GATEWAY },
+                message: err.to_string(),
+            },
+            CoreError::Internal(message) => Self::internal(message),
+        }
+    }
+}
+
+impl ApiError {
+    /// The status of a finished answer that cannot be delivered as complete: 507 when its
+    /// receipt could not be stored, 502 when a peer's receipt did not verify, else 500.
+    pub fn answer_failure_status(finish: &Finish) -> StatusCode {
+        match finish.failure_kind() {
+            AnswerFailure::Unrecorded => StatusCode::INSUFFICIENT_STORAGE,
+            AnswerFailure::Rejected => StatusCode::BAD_GATEWAY,
+            AnswerFailure::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// The request header that accepts unverified answers.
+pub const ACCEPT_UNVERIFIED_HEADER: &str = "x-lucid-accept-unverified";
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RouteOptions {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let accept_unverified = parts
+            .headers
+            .get(ACCEPT_UNVERIFIED_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+        Ok(Self { accept_unverified })
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(json!({ "error": self.message }))).into_response()
@@ -69,6 +121,12 @@ pub struct OpenAiError(pub ApiError);
 impl From<ApiError> for OpenAiError {
     fn from(err: ApiError) -> Self {
         Self(err)
+    }
+}
+
+impl From<CoreError> for OpenAiError {
+    fn from(err: CoreError) -> Self {
+        Self(err.into())
     }
 }
 

@@ -60,7 +60,7 @@ pub async fn embed_texts(
             Piece::Done(finish) => {
                 if let Some(reason) = finish.failure() {
                     return Err(ApiError {
-                        status: finish.failure_status(),
+                        status: ApiError::answer_failure_status(&finish),
                         message: reason.into(),
                     });
                 }
