@@ -41,8 +41,11 @@ pub enum Piece {
 /// serialized as a byte length of text, `{"len", "token_ids"}`, `{"thinking", "token_ids"?}`
 /// or `{"tool_calls": count}` (SPEC §6, saved answers). Compact, because an answer can have
 /// as many chunks as tokens.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(untagged)]
+///
+/// The one type for both ends: written here, read back by `lucidd receipt verify`, which
+/// refuses an entry of any other shape.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
 pub enum ChunkEntry {
     /// A `text` chunk of this many bytes.
     Text(usize),
@@ -334,6 +337,39 @@ impl Drop for JobRun {
                     tracing::error!(error = %e, "could not record the receipt of a cancelled job");
                 }
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChunkEntry;
+    use serde_json::json;
+
+    #[test]
+    fn chunk_entries_read_back_exactly_as_written_and_nothing_else() {
+        let entries = vec![
+            ChunkEntry::Text(3),
+            ChunkEntry::Token { len: 2, token_ids: vec![7, 8] },
+            ChunkEntry::Thinking { thinking: 4, token_ids: None },
+            ChunkEntry::Thinking { thinking: 1, token_ids: Some(vec![9]) },
+            ChunkEntry::ToolCalls { tool_calls: 2 },
+        ];
+        let written = serde_json::to_value(&entries).expect("json");
+        assert_eq!(
+            written,
+            json!([3, {"len": 2, "token_ids": [7, 8]}, {"thinking": 4}, {"thinking": 1, "token_ids": [9]}, {"tool_calls": 2}])
+        );
+        let read: Vec<ChunkEntry> = serde_json::from_value(written).expect("read back");
+        assert_eq!(read, entries);
+        for other in [
+            json!({"len": 2, "token_ids": [1], "text": "x"}),
+            json!({"thinking": 1, "shown": true}),
+            json!({"tool_calls": 1, "calls": []}),
+            json!("3"),
+            json!(-1),
+        ] {
+            assert!(serde_json::from_value::<ChunkEntry>(other.clone()).is_err(), "{other}");
         }
     }
 }

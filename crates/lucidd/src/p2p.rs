@@ -63,7 +63,7 @@ pub fn model_entry(info: &ModelInfo) -> ModelEntry {
         quantization_level: info.quantization_level.clone(),
         context_length: info.context_length,
         embedding_length: info.embedding_length,
-        capabilities: info.capabilities.iter().map(|c| (*c).to_string()).collect(),
+        capabilities: info.capabilities.iter().map(|c| c.as_str().to_string()).collect(),
     }
 }
 

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use crate::error::CoreError;
 use crate::names::ModelName;
-use crate::workers::ModelInfo;
+use crate::workers::{Capability, ModelInfo};
 
 /// Finds and uses models served by other nodes.
 pub struct RemoteModels {
@@ -100,17 +100,11 @@ pub fn model_info(entry: &ModelEntry) -> ModelInfo {
         quantization_level: entry.quantization_level.clone(),
         context_length: entry.context_length,
         embedding_length: entry.embedding_length,
-        capabilities: entry.capabilities.iter().filter_map(|c| known_capability(c)).collect(),
+        capabilities: entry.capabilities.iter().filter_map(|c| Capability::from_name(c)).collect(),
         template: String::new(),
         model_info: serde_json::Map::new(),
         modified_at: OffsetDateTime::UNIX_EPOCH,
         problem: None,
         notes: Vec::new(),
     }
-}
-
-fn known_capability(name: &str) -> Option<&'static str> {
-    ["completion", "embedding", "tools", "thinking", "vision", "insert"]
-        .into_iter()
-        .find(|c| *c == name)
 }

@@ -144,14 +144,16 @@ pub async fn start_with_workers(
         receipts,
         shutdown: shutdown.clone(),
         blobs_dir: data_dir.join("models").join("blobs"),
-        blobs: Default::default(),
-        max_body_bytes: args.max_body_bytes,
-        body_timeout: seconds(args.body_timeout, 0.1, 86_400.0),
-        client_rate: (args.client_rate > 0.0)
-            .then(|| crate::api::ratelimit::ClientRate::new(args.client_rate)),
-        loopback_listener: addr.ip().is_loopback(),
+        http: api::HttpState {
+            blobs: Default::default(),
+            max_body_bytes: args.max_body_bytes,
+            body_timeout: seconds(args.body_timeout, 0.1, 86_400.0),
+            client_rate: (args.client_rate > 0.0)
+                .then(|| crate::api::ratelimit::ClientRate::new(args.client_rate)),
+            loopback_listener: addr.ip().is_loopback(),
+        },
     });
-    let guard = api::guard::GuardConfig::new(args.origins.as_deref(), state.loopback_listener);
+    let guard = api::guard::GuardConfig::new(args.origins.as_deref(), state.http.loopback_listener);
     let app = api::router(Arc::clone(&state), guard);
     tracing::info!(%addr, peer_id = %state.peer_id, data_dir = %data_dir.display(), "lucidd listening on http://{addr}");
     if let Some(path) = &args.addr_file {

@@ -56,16 +56,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Where uploaded blobs live.
     pub blobs_dir: PathBuf,
-    /// Blobs already re-hashed, and uploads under way per client.
-    pub blobs: crate::api::ollama::blobs::BlobState,
-    /// Largest JSON body.
-    pub max_body_bytes: usize,
-    /// How long a client may take to send a body.
-    pub body_timeout: std::time::Duration,
-    /// Per-client request rate limit, if any.
-    pub client_rate: Option<crate::api::ratelimit::ClientRate>,
-    /// Whether the listener is on a loopback address (then Host headers are checked).
-    pub loopback_listener: bool,
+    /// What only the HTTP edge uses: body and rate limits, upload state.
+    pub http: crate::api::HttpState,
     /// The operator's policy (reloaded when its file changes).
     pub policy: crate::policy::watch::PolicyHandle,
     /// Where power and temperature are read for the donation gates.

@@ -19,10 +19,13 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
         // A client trickling its body a byte at a time holds a connection; it gets this long.
-        let read = tokio::time::timeout(state.body_timeout, Bytes::from_request(req, state));
+        let read = tokio::time::timeout(state.http.body_timeout, Bytes::from_request(req, state));
         let bytes = read.await.map_err(|_| ApiError {
             status: StatusCode::REQUEST_TIMEOUT,
-            message: format!("the request body did not arrive within {:?}", state.body_timeout),
+            message: format!(
+                "the request body did not arrive within {:?}",
+                state.http.body_timeout
+            ),
         })?;
         let bytes = bytes.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {

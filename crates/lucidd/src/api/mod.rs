@@ -22,7 +22,22 @@ use ollama::{blobs, embed, inference, models};
 /// Largest blob upload (a model file).
 pub const MAX_BLOB_BYTES: usize = 64 * 1024 * 1024 * 1024;
 
-/// Builds the router.
+/// What only the HTTP edge keeps: limits on bodies and clients, and upload state. The core
+/// beside it ([`AppState`]) knows nothing of HTTP.
+pub struct HttpState {
+    /// Blobs already re-hashed, and uploads under way per client.
+    pub blobs: ollama::blobs::BlobState,
+    /// Largest JSON body.
+    pub max_body_bytes: usize,
+    /// How long a client may take to send a body.
+    pub body_timeout: std::time::Duration,
+    /// Per-client request rate limit, if any.
+    pub client_rate: Option<ratelimit::ClientRate>,
+    /// Whether the listener is on a loopback address (then Host headers are checked).
+    pub loopback_listener: bool,
+}
+
+/// The router of every endpoint, over `state`.
 pub fn router(state: Arc<AppState>, guard: guard::GuardConfig) -> Router {
     let api = Router::new()
         .route("/", get(models::root))
@@ -46,7 +61,7 @@ pub fn router(state: Arc<AppState>, guard: guard::GuardConfig) -> Router {
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{id}", get(openai::model))
-        .layer(DefaultBodyLimit::max(state.max_body_bytes));
+        .layer(DefaultBodyLimit::max(state.http.max_body_bytes));
     let blobs = Router::new()
         .route("/api/blobs/{digest}", head(blobs::head).post(blobs::upload))
         .layer(DefaultBodyLimit::max(MAX_BLOB_BYTES));

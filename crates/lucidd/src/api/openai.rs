@@ -16,6 +16,7 @@ use super::error::{ApiError, OpenAiError};
 use super::ollama::{embed, validate};
 use crate::jobs::Finish;
 use crate::state::{AppState, RouteOptions};
+use crate::workers::Capability;
 
 /// `POST /v1/chat/completions` and `/v1/completions` share these fields.
 #[derive(Debug, Default, Deserialize)]
@@ -292,7 +293,7 @@ pub async fn completions(
         Some(Value::String(s)) => s.clone(),
         _ => return Err(ApiError::bad_request("prompt must be a string").into()),
     };
-    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) && !model.base.can("insert") {
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) && !model.base.can(Capability::Insert) {
         return Err(
             ApiError::bad_request(format!("\"{}\" does not support insert", model.name)).into()
         );

@@ -59,7 +59,7 @@ impl ClientRate {
 /// The middleware: passes requests while the client has tokens.
 pub async fn limit(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     if let (Some(rate), Some(client)) =
-        (&state.client_rate, crate::http_server::client_addr(&request))
+        (&state.http.client_rate, crate::http_server::client_addr(&request))
         && let Err(wait) = rate.take(client.ip())
     {
         let mut response = ApiError {

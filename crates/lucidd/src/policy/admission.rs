@@ -125,7 +125,7 @@ impl Admission for PolicyAdmission {
         let running = self.running();
         let gates = gates::evaluate(&policy, &self.sensors, gates::local_minute_of_day(), running);
         if let Some(closed) = gates.iter().find(|g| !g.open) {
-            let code = if closed.name == "concurrency" {
+            let code = if closed.kind == gates::GateKind::Concurrency {
                 RefusalCode::Busy
             } else {
                 RefusalCode::Unavailable

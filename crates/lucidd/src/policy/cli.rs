@@ -45,7 +45,7 @@ pub fn report(policy: &Policy, sensors: &Sensors, minute_of_day: u16) -> String 
     for gate in &gates {
         out.push_str(&format!(
             "{:<12} {:<6} {}\n",
-            gate.name,
+            gate.kind.as_str(),
             if gate.open { "open" } else { "CLOSED" },
             gate.reason
         ));

@@ -7,11 +7,39 @@ use std::path::{Path, PathBuf};
 
 use super::Policy;
 
+/// A donation gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GateKind {
+    /// The operator paused serving (`manual_pause`).
+    ManualPause,
+    /// The machine runs on battery.
+    Battery,
+    /// The machine is too hot.
+    Temperature,
+    /// Outside the hours the operator allows.
+    Hours,
+    /// As many remote jobs run as the operator allows.
+    Concurrency,
+}
+
+impl GateKind {
+    /// The gate's name, as the policy file and status pages say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ManualPause => "manual_pause",
+            Self::Battery => "battery",
+            Self::Temperature => "temperature",
+            Self::Hours => "hours",
+            Self::Concurrency => "concurrency",
+        }
+    }
+}
+
 /// One gate's state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gate {
     /// Which gate.
-    pub name: &'static str,
+    pub kind: GateKind,
     /// Whether it lets remote jobs through.
     pub open: bool,
     /// Why, for people.
@@ -89,7 +117,7 @@ fn read(path: &Path) -> Option<String> {
 pub fn evaluate(policy: &Policy, sensors: &Sensors, minute_of_day: u16, running: u32) -> Vec<Gate> {
     let mut gates = Vec::new();
     gates.push(Gate {
-        name: "manual_pause",
+        kind: GateKind::ManualPause,
         open: !policy.manual_pause,
         reason: if policy.manual_pause {
             "paused by the operator (manual_pause = true)".into()
@@ -100,55 +128,67 @@ pub fn evaluate(policy: &Policy, sensors: &Sensors, minute_of_day: u16, running:
     let battery = sensors.on_battery();
     gates.push(match (policy.auto_pause.on_battery, battery) {
         (false, _) => Gate {
-            name: "battery",
+            kind: GateKind::Battery,
             open: true,
             reason: "not checked (auto_pause.on_battery = false)".into(),
         },
         (true, Some(true)) => Gate {
-            name: "battery",
+            kind: GateKind::Battery,
             open: false,
             reason: "running on battery (auto_pause.on_battery)".into(),
         },
         (true, Some(false)) => {
-            Gate { name: "battery", open: true, reason: "on external power".into() }
+            Gate { kind: GateKind::Battery, open: true, reason: "on external power".into() }
         }
-        (true, None) => Gate { name: "battery", open: true, reason: "no battery reported".into() },
+        (true, None) => {
+            Gate { kind: GateKind::Battery, open: true, reason: "no battery reported".into() }
+        }
     });
     let temperature = sensors.max_temperature();
     gates.push(match (policy.auto_pause.max_temp_celsius, temperature) {
-        (None, _) => Gate { name: "temperature", open: true, reason: "not checked".into() },
+        (None, _) => Gate { kind: GateKind::Temperature, open: true, reason: "not checked".into() },
         (Some(max), Some(t)) if t > max => Gate {
-            name: "temperature",
+            kind: GateKind::Temperature,
             open: false,
             reason: format!(
                 "{t:.1} °C is over the limit of {max:.1} °C (auto_pause.max_temp_celsius)"
             ),
         },
         (Some(max), Some(t)) => Gate {
-            name: "temperature",
+            kind: GateKind::Temperature,
             open: true,
             reason: format!("{t:.1} °C, limit {max:.1} °C"),
         },
-        (Some(_), None) => {
-            Gate { name: "temperature", open: true, reason: "no thermal zone reported".into() }
-        }
+        (Some(_), None) => Gate {
+            kind: GateKind::Temperature,
+            open: true,
+            reason: "no thermal zone reported".into(),
+        },
     });
     let windows = policy.windows();
     let now = format!("{:02}:{:02}", minute_of_day / 60, minute_of_day % 60);
     gates.push(if windows.is_empty() {
-        Gate { name: "hours", open: true, reason: "any time (auto_pause.hours is empty)".into() }
+        Gate {
+            kind: GateKind::Hours,
+            open: true,
+            reason: "any time (auto_pause.hours is empty)".into(),
+        }
     } else if windows.iter().any(|w| w.contains(minute_of_day)) {
-        Gate { name: "hours", open: true, reason: format!("{now} is inside auto_pause.hours") }
+        Gate {
+            kind: GateKind::Hours,
+            open: true,
+            reason: format!("{now} is inside auto_pause.hours"),
+        }
     } else {
         Gate {
-            name: "hours",
+            kind: GateKind::Hours,
             open: false,
             reason: format!("{now} local time is outside auto_pause.hours"),
         }
     });
     let max = policy.max_concurrent_remote_jobs;
     gates.push(Gate {
-        name: "concurrency",
+        kind: GateKind::Concurrency,
         open: running < max,
         reason: format!("{running} of {max} remote jobs running (max_concurrent_remote_jobs)"),
     });
@@ -172,7 +212,7 @@ mod tests {
     }
 
     fn closed(gates: &[Gate]) -> Vec<&'static str> {
-        gates.iter().filter(|g| !g.open).map(|g| g.name).collect()
+        gates.iter().filter(|g| !g.open).map(|g| g.kind.as_str()).collect()
     }
 
     #[test]

@@ -27,6 +27,7 @@ use phase_receipt::{Commitment, SignedReceipt, verify_and_bind};
 use serde_json::Value;
 use std::io::Read;
 
+use crate::jobs::ChunkEntry;
 pub use displayed::{displayed_strings, shows_only_what_was_signed};
 use shapes::{Api, Ending, Shown};
 
@@ -374,14 +375,11 @@ fn split_single_answer(
     text: &str,
     thinking: &str,
     calls: &[Value],
-    entries: &[Value],
+    entries: &[ChunkEntry],
 ) -> anyhow::Result<Vec<Shown>> {
     let mut out = Vec::with_capacity(entries.len());
     let (mut text_at, mut thinking_at, mut calls_at) = (0usize, 0usize, 0usize);
-    let take = |from: &str, at: &mut usize, len: Option<u64>| -> anyhow::Result<String> {
-        let len = usize::try_from(
-            len.ok_or_else(|| anyhow!("receipt_chunks entries must give byte lengths"))?,
-        )?;
+    let take = |from: &str, at: &mut usize, len: usize| -> anyhow::Result<String> {
         let end = at.checked_add(len).ok_or_else(|| anyhow!("a chunk length overflows"))?;
         let piece = from
             .get(*at..end)
@@ -390,27 +388,24 @@ fn split_single_answer(
         Ok(piece.to_string())
     };
     for entry in entries {
-        let shown = if let Some(len) = entry.get("thinking") {
-            let piece = take(thinking, &mut thinking_at, len.as_u64())?;
-            Shown::Thinking(piece, shapes::token_ids(entry.get("token_ids"))?.unwrap_or_default())
-        } else if let Some(count) = entry.get("tool_calls") {
-            let count = count.as_u64().ok_or_else(|| anyhow!("tool_calls counts are numbers"))?;
-            let end = calls_at.saturating_add(usize::try_from(count)?);
-            let these = calls
-                .get(calls_at..end)
-                .ok_or_else(|| anyhow!("the answer has fewer tool calls than its chunks"))?;
-            calls_at = end;
-            Shown::ToolCalls(these.to_vec())
-        } else {
-            let (len, ids) = match entry {
-                Value::Object(o) => {
-                    (o.get("len").and_then(Value::as_u64), shapes::token_ids(o.get("token_ids"))?)
-                }
-                other => (other.as_u64(), None),
-            };
-            Shown::Text(take(text, &mut text_at, len)?, ids)
-        };
-        out.push(shown);
+        out.push(match entry {
+            ChunkEntry::Text(len) => Shown::Text(take(text, &mut text_at, *len)?, None),
+            ChunkEntry::Token { len, token_ids } => {
+                Shown::Text(take(text, &mut text_at, *len)?, Some(token_ids.clone()))
+            }
+            ChunkEntry::Thinking { thinking: len, token_ids } => Shown::Thinking(
+                take(thinking, &mut thinking_at, *len)?,
+                token_ids.clone().unwrap_or_default(),
+            ),
+            ChunkEntry::ToolCalls { tool_calls } => {
+                let end = calls_at.saturating_add(*tool_calls);
+                let these = calls
+                    .get(calls_at..end)
+                    .ok_or_else(|| anyhow!("the answer has fewer tool calls than its chunks"))?;
+                calls_at = end;
+                Shown::ToolCalls(these.to_vec())
+            }
+        });
     }
     ensure!(
         text_at == text.len() && thinking_at == thinking.len() && calls_at == calls.len(),

@@ -7,6 +7,8 @@
 use anyhow::{Context, anyhow, bail, ensure};
 use serde_json::{Map, Value};
 
+use crate::jobs::ChunkEntry;
+
 /// One committed chunk as a line (or a single answer) shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Shown {
@@ -47,7 +49,7 @@ pub struct Ending {
     /// Statistics shown beside the receipt: (field, value).
     pub stats: Vec<(&'static str, u64)>,
     /// For a single answer: how its fields split into chunks.
-    pub receipt_chunks: Option<Vec<Value>>,
+    pub receipt_chunks: Option<Vec<ChunkEntry>>,
     /// A generate answer's `context`: the prompt's token ids, then the answer's.
     pub context: Option<Vec<u32>>,
 }
@@ -406,12 +408,13 @@ pub fn last_line(
         return Ok((ending, None));
     }
     let receipt_chunks = if single {
-        Some(
-            map.get("receipt_chunks")
-                .and_then(Value::as_array)
-                .cloned()
-                .ok_or_else(|| anyhow!("a single answer must carry receipt_chunks"))?,
-        )
+        let entries = map
+            .get("receipt_chunks")
+            .ok_or_else(|| anyhow!("a single answer must carry receipt_chunks"))?;
+        Some(serde_json::from_value::<Vec<ChunkEntry>>(entries.clone()).context(
+            "receipt_chunks must list chunks as lucidd writes them (a byte length, or \
+             {len, token_ids}, {thinking, token_ids?}, {tool_calls})",
+        )?)
     } else {
         ensure!(!map.contains_key("receipt_chunks"), "{what}: receipt_chunks in a stream");
         None

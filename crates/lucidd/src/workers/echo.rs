@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
-use super::{ModelInfo, ModelWorker};
+use super::{Capability, ModelInfo, ModelWorker};
 use crate::names::ModelName;
 
 /// The echo model's name.
@@ -66,7 +66,7 @@ impl EchoWorker {
             quantization_level: "none".into(),
             context_length: CONTEXT_WORDS as u64,
             embedding_length: EMBEDDING_DIMENSIONS as u64,
-            capabilities: vec!["completion", "embedding"],
+            capabilities: vec![Capability::Completion, Capability::Embedding],
             template: "{{ .Prompt }}".into(),
             model_info,
             // Built into the binary: it is as new as this daemon.

@@ -32,8 +32,8 @@ pub struct ModelInfo {
     pub context_length: u64,
     /// Embedding width.
     pub embedding_length: u64,
-    /// Ollama capabilities: `completion`, `embedding`, `tools`, `thinking`, ...
-    pub capabilities: Vec<&'static str>,
+    /// What the model can do (Ollama's capabilities).
+    pub capabilities: Vec<Capability>,
     /// Prompt template text.
     pub template: String,
     /// Model metadata in GGUF key form (`general.architecture`, `<arch>.context_length`).
@@ -48,10 +48,57 @@ pub struct ModelInfo {
     pub notes: Vec<String>,
 }
 
+/// Something a model can do, as Ollama names it in `/api/show`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    /// Continue text (`/api/generate`, chat).
+    Completion,
+    /// Embed text.
+    Embedding,
+    /// Call tools.
+    Tools,
+    /// Reason apart from its answer (`think`).
+    Thinking,
+    /// See images.
+    Vision,
+    /// Fill in the middle (`suffix`).
+    Insert,
+}
+
+impl Capability {
+    /// Every capability.
+    pub const ALL: [Self; 6] = [
+        Self::Completion,
+        Self::Embedding,
+        Self::Tools,
+        Self::Thinking,
+        Self::Vision,
+        Self::Insert,
+    ];
+
+    /// Ollama's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completion => "completion",
+            Self::Embedding => "embedding",
+            Self::Tools => "tools",
+            Self::Thinking => "thinking",
+            Self::Vision => "vision",
+            Self::Insert => "insert",
+        }
+    }
+
+    /// The capability Ollama calls `name`, if it is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+}
+
 impl ModelInfo {
-    /// True when the model has the Ollama capability `name`.
-    pub fn can(&self, name: &str) -> bool {
-        self.capabilities.contains(&name)
+    /// True when the model can do `capability`.
+    pub fn can(&self, capability: Capability) -> bool {
+        self.capabilities.contains(&capability)
     }
 }
 

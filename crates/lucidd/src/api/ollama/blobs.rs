@@ -102,7 +102,7 @@ pub async fn head(
     Path(digest): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let hex_digest = parse_digest(&digest)?;
-    Ok(if intact(&state.blobs, &blob_path(&state, &hex_digest), &hex_digest).await? {
+    Ok(if intact(&state.http.blobs, &blob_path(&state, &hex_digest), &hex_digest).await? {
         StatusCode::OK
     } else {
         StatusCode::NOT_FOUND
@@ -147,12 +147,12 @@ pub async fn upload(
 ) -> Result<StatusCode, ApiError> {
     let expected = parse_digest(&digest)?;
     let path = blob_path(&state, &expected);
-    if intact(&state.blobs, &path, &expected).await? {
+    if intact(&state.http.blobs, &path, &expected).await? {
         return Ok(StatusCode::OK);
     }
     let client = crate::http_server::client_addr(&request).map(|a| a.ip());
     let _slot = match client {
-        Some(ip) => Some(UploadSlot::take(&state.blobs, ip).ok_or_else(|| ApiError {
+        Some(ip) => Some(UploadSlot::take(&state.http.blobs, ip).ok_or_else(|| ApiError {
             status: StatusCode::TOO_MANY_REQUESTS,
             message: format!(
                 "{ip} already has {UPLOADS_PER_CLIENT} uploads under way; wait for one to finish"
@@ -173,7 +173,7 @@ pub async fn upload(
     let mut hasher = Sha256::new();
     let mut stream = Body::new(request.into_body()).into_data_stream();
     let started = Instant::now();
-    let idle = state.body_timeout;
+    let idle = state.http.body_timeout;
     let result: Result<(), ApiError> = async {
         let mut received = 0u64;
         loop {

@@ -16,6 +16,7 @@ use crate::api::limits;
 use crate::jobs::{Finish, Piece};
 use crate::registry::ResolvedModel;
 use crate::state::{AppState, RouteOptions};
+use crate::workers::Capability;
 
 /// The vectors of an embedding job and how it finished.
 pub struct Embedded {
@@ -35,7 +36,7 @@ pub async fn embed_texts(
     options: serde_json::Map<String, Value>,
     route: RouteOptions,
 ) -> Result<Embedded, ApiError> {
-    if !model.base.can("embedding") {
+    if !model.base.can(Capability::Embedding) {
         return Err(ApiError::bad_request(format!(
             "\"{}\" does not support embeddings",
             model.name

@@ -18,6 +18,7 @@ use crate::durations::KeepAlive;
 use crate::jobs::Finish;
 use crate::registry::ResolvedModel;
 use crate::state::{AppState, RouteOptions};
+use crate::workers::Capability;
 
 const ROLES: &[&str] = &["system", "user", "assistant", "tool"];
 
@@ -90,7 +91,7 @@ pub async fn generate(
             "raw mode does not support template, system, or context",
         ));
     }
-    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) && !model.base.can("insert") {
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) && !model.base.can(Capability::Insert) {
         return Err(ApiError::bad_request(format!(
             "registry.ollama.ai/library/{} does not support insert",
             model.name

@@ -117,7 +117,7 @@ pub async fn policy(State(state): State<Arc<AppState>>) -> Json<Value> {
         "path": state.policy.path().display().to_string(),
         "policy": policy.to_toml(),
         "last_error": state.policy.last_error(),
-        "gates": gates.iter().map(|g| json!({"name": g.name, "open": g.open, "reason": g.reason})).collect::<Vec<_>>(),
+        "gates": gates.iter().map(|g| json!({"name": g.kind.as_str(), "open": g.open, "reason": g.reason})).collect::<Vec<_>>(),
     }))
 }
 

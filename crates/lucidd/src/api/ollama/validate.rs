@@ -11,6 +11,7 @@ use crate::durations::{DEFAULT_KEEP_ALIVE, KeepAlive};
 use crate::names::ModelName;
 use crate::registry::ResolvedModel;
 use crate::state::AppState;
+use crate::workers::Capability;
 
 /// Parses a required model name.
 pub fn model_name(name: &str) -> Result<ModelName, ApiError> {
@@ -128,7 +129,7 @@ pub fn think(model: &ResolvedModel, value: Option<&Value>) -> Result<Option<Valu
             )));
         }
     };
-    if truthy && !model.base.can("thinking") {
+    if truthy && !model.base.can(Capability::Thinking) {
         return Err(ApiError::bad_request(format!("\"{}\" does not support thinking", model.name)));
     }
     Ok(Some(value.clone()))
@@ -184,7 +185,7 @@ pub fn tools(model: &ResolvedModel, tools: Option<&Vec<Value>>) -> Result<Vec<Va
             )));
         }
     }
-    if !tools.is_empty() && !model.base.can("tools") {
+    if !tools.is_empty() && !model.base.can(Capability::Tools) {
         return Err(ApiError::bad_request(format!(
             "registry.ollama.ai/library/{} does not support tools",
             model.name

@@ -26,12 +26,12 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
-use super::{ModelInfo, ModelWorker};
+use super::{Capability, ModelInfo, ModelWorker};
 use crate::durations::{DEFAULT_KEEP_ALIVE, KeepAlive};
 use crate::names::ModelName;
 use catalog::ModelFile;
 use run::InferenceRun;
-use supervisor::{ModelSupervisor, ServerSpec, SupervisorError};
+use supervisor::{ModelSupervisor, ServerMode, ServerSpec, SupervisorError};
 
 /// Context per request when the request does not set `num_ctx` (Ollama's default).
 pub const DEFAULT_NUM_CTX: u32 = 4096;
@@ -86,7 +86,7 @@ pub struct LlamaCppWorker {
     config: LlamaCppConfig,
     client: reqwest::Client,
     models: Vec<ModelFile>,
-    servers: Mutex<HashMap<(ModelName, bool), Arc<Loaded>>>,
+    servers: Mutex<HashMap<(ModelName, ServerMode), Arc<Loaded>>>,
 }
 
 impl LlamaCppWorker {
@@ -116,9 +116,11 @@ impl LlamaCppWorker {
     pub async fn preload(&self) {
         for model in &self.models {
             if model.metadata.is_ok() {
-                let loaded = self.loaded(&model.name, false);
-                if let Err(e) =
-                    loaded.supervisor.ensure(&self.spec(model, DEFAULT_NUM_CTX, false)).await
+                let loaded = self.loaded(&model.name, ServerMode::Generate);
+                if let Err(e) = loaded
+                    .supervisor
+                    .ensure(&self.spec(model, DEFAULT_NUM_CTX, ServerMode::Generate))
+                    .await
                 {
                     tracing::error!(model = %model.name, error = %e, "preload failed");
                 }
@@ -128,28 +130,30 @@ impl LlamaCppWorker {
 
     /// The PID of the chat server of `model`, if running (for tests).
     pub async fn server_pid(&self, model: &ModelName) -> Option<u32> {
-        let loaded = self.servers.lock().get(&(model.clone(), false)).cloned()?;
+        let loaded = self.servers.lock().get(&(model.clone(), ServerMode::Generate)).cloned()?;
         loaded.supervisor.pid().await
     }
 
-    fn spec(&self, model: &ModelFile, ctx: u32, embedding: bool) -> ServerSpec {
+    fn spec(&self, model: &ModelFile, ctx: u32, mode: ServerMode) -> ServerSpec {
         ServerSpec {
             model: model.path.clone(),
             ctx_per_slot: ctx,
             parallel: self.config.parallel,
             threads: self.config.threads,
-            embedding,
+            mode,
             chat_template: model.template.as_ref().map(|t| t.path.clone()),
             projector: model.projector.clone(),
         }
     }
 
-    fn loaded(&self, name: &ModelName, embedding: bool) -> Arc<Loaded> {
+    fn loaded(&self, name: &ModelName, mode: ServerMode) -> Arc<Loaded> {
         let mut servers = self.servers.lock();
-        Arc::clone(servers.entry((name.clone(), embedding)).or_insert_with(|| {
-            let mode = if embedding { "embed" } else { "chat" };
-            let log =
-                self.config.state_dir.join(format!("llama-server-{}-{mode}.log", name.model()));
+        Arc::clone(servers.entry((name.clone(), mode)).or_insert_with(|| {
+            let log = self.config.state_dir.join(format!(
+                "llama-server-{}-{}.log",
+                name.model(),
+                mode.as_str()
+            ));
             Arc::new(Loaded {
                 supervisor: ModelSupervisor::new(self.config.binary.clone(), log),
                 last_used: Mutex::new(Instant::now()),
@@ -189,12 +193,12 @@ impl LlamaCppWorker {
         model: &ModelFile,
         loaded: &Arc<Loaded>,
         ctx: u32,
-        embedding: bool,
+        mode: ServerMode,
     ) -> Result<String, String> {
         if !loaded.supervisor.is_running().await {
             self.make_room(loaded).await;
         }
-        let spec = self.spec(model, ctx, embedding);
+        let spec = self.spec(model, ctx, mode);
         // This job holds one count: alone means no other answer runs on the server.
         let alone = || loaded.in_use.load(Ordering::SeqCst) <= 1;
         let mut waited = false;
@@ -289,14 +293,14 @@ impl ModelWorker for LlamaCppWorker {
 
     fn is_loaded(&self, model: &ModelName) -> Option<bool> {
         let servers = self.servers.lock();
-        Some([false, true].iter().any(|embedding| {
-            servers.get(&(model.clone(), *embedding)).is_some_and(|l| l.supervisor.is_running_now())
+        Some(ServerMode::ALL.iter().any(|mode| {
+            servers.get(&(model.clone(), *mode)).is_some_and(|l| l.supervisor.is_running_now())
         }))
     }
 
     fn keep_alive(&self, model: &ModelName, keep_alive: KeepAlive) {
-        for embedding in [false, true] {
-            let loaded = self.servers.lock().get(&(model.clone(), embedding)).cloned();
+        for mode in ServerMode::ALL {
+            let loaded = self.servers.lock().get(&(model.clone(), mode)).cloned();
             if let Some(loaded) = loaded {
                 *loaded.keep_alive.lock() = keep_alive;
                 *loaded.last_used.lock() = Instant::now();
@@ -332,18 +336,18 @@ fn model_info(file: &ModelFile) -> ModelInfo {
         info.context_length = meta.arch_uint("context_length").unwrap_or(0);
         info.embedding_length = meta.arch_uint("embedding_length").unwrap_or(0);
         info.template = file.chat_template().to_string();
-        info.capabilities = vec!["completion", "embedding"];
+        info.capabilities = vec![Capability::Completion, Capability::Embedding];
         if template::supports_tools(&info.template) {
-            info.capabilities.push("tools");
+            info.capabilities.push(Capability::Tools);
         }
         if template::supports_thinking(&info.template) {
-            info.capabilities.push("thinking");
+            info.capabilities.push(Capability::Thinking);
         }
         if meta.has_fill_in_the_middle() {
-            info.capabilities.push("insert");
+            info.capabilities.push(Capability::Insert);
         }
         if file.projector.is_some() {
-            info.capabilities.push("vision");
+            info.capabilities.push(Capability::Vision);
         }
         info.model_info = meta.entries.clone();
         info.model_info.remove("tokenizer.chat_template");
@@ -401,11 +405,11 @@ impl Worker for LlamaCppWorker {
                         });
                     }
                     let ctx = num_ctx(&job.options, &file)?;
-                    let loaded = self.loaded(&file.name, false);
+                    let loaded = self.loaded(&file.name, ServerMode::Generate);
                     loaded.in_use.fetch_add(1, Ordering::SeqCst);
                     let (emitter, handle) = job_channel(self.identity.clone(), hash);
                     let loading = Instant::now();
-                    let base = self.server_for(&file, &loaded, ctx, false).await;
+                    let base = self.server_for(&file, &loaded, ctx, ServerMode::Generate).await;
                     let prompt = match &base {
                         Ok(url) => match self.prepare_prompt(url, job, &file, ctx).await {
                             Ok(prompt) => prompt,
@@ -422,7 +426,7 @@ impl Worker for LlamaCppWorker {
                         client: self.client.clone(),
                         job: job.clone(),
                         loaded: Arc::clone(&loaded),
-                        spec: self.spec(&file, ctx, false),
+                        spec: self.spec(&file, ctx, ServerMode::Generate),
                         load_duration: loading.elapsed(),
                         prompt,
                     };
@@ -475,11 +479,11 @@ impl LlamaCppWorker {
             });
         }
         let ctx = num_ctx(&job.options, &file)?;
-        let loaded = self.loaded(&file.name, true);
+        let loaded = self.loaded(&file.name, ServerMode::Embed);
         loaded.in_use.fetch_add(1, Ordering::SeqCst);
         let result = async {
             let base = self
-                .server_for(&file, &loaded, ctx, true)
+                .server_for(&file, &loaded, ctx, ServerMode::Embed)
                 .await
                 .map_err(|reason| WorkerError::Unavailable { reason })?;
             let started = Instant::now();

@@ -28,6 +28,28 @@ const MAX_LOG_BYTES: u64 = 16 * 1024 * 1024;
 /// First restart delay after a crash; doubles with each further recent crash.
 pub const RESTART_BACKOFF: Duration = Duration::from_millis(250);
 
+/// What a llama-server is started for: each model has at most one of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServerMode {
+    /// Chat and completions.
+    Generate,
+    /// Embeddings (`--embeddings --pooling mean`, one batch per input).
+    Embed,
+}
+
+impl ServerMode {
+    /// Both modes.
+    pub const ALL: [Self; 2] = [Self::Generate, Self::Embed];
+
+    /// A short name, for log file names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Generate => "chat",
+            Self::Embed => "embed",
+        }
+    }
+}
+
 /// How a server is started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerSpec {
@@ -39,8 +61,8 @@ pub struct ServerSpec {
     pub parallel: u32,
     /// CPU threads (0 = llama-server's default).
     pub threads: u32,
-    /// Started for embeddings (`--embeddings --pooling mean`).
-    pub embedding: bool,
+    /// What it is started for.
+    pub mode: ServerMode,
     /// A chat template file that replaces the model's (`--chat-template-file`).
     pub chat_template: Option<PathBuf>,
     /// The multimodal projector, for images (`--mmproj`).
@@ -136,7 +158,7 @@ impl ModelSupervisor {
             match running.child.try_wait() {
                 Ok(None)
                     if running.spec.ctx_per_slot >= spec.ctx_per_slot
-                        && running.spec.embedding == spec.embedding =>
+                        && running.spec.mode == spec.mode =>
                 {
                     return Ok(running.base_url.clone());
                 }
@@ -268,13 +290,15 @@ impl ModelSupervisor {
         if let Some(template) = &spec.chat_template {
             command.arg("--chat-template-file").arg(template);
         }
-        if let Some(projector) = spec.projector.as_ref().filter(|_| !spec.embedding) {
+        if let Some(projector) =
+            spec.projector.as_ref().filter(|_| spec.mode == ServerMode::Generate)
+        {
             command.arg("--mmproj").arg(projector);
         }
         if spec.threads > 0 {
             command.args(["-t", &spec.threads.to_string()]);
         }
-        if spec.embedding {
+        if spec.mode == ServerMode::Embed {
             // An embedding input must fit in one physical batch, so the batch is the context.
             let batch = spec.ctx_per_slot.to_string();
             command.args(["--embeddings", "--pooling", "mean", "-b", &batch, "-ub", &batch]);
@@ -284,7 +308,7 @@ impl ModelSupervisor {
             reason: e.to_string(),
         })?;
         let base_url = format!("http://127.0.0.1:{port}");
-        tracing::info!(model = %spec.model.display(), %base_url, embedding = spec.embedding, "starting llama-server");
+        tracing::info!(model = %spec.model.display(), %base_url, mode = spec.mode.as_str(), "starting llama-server");
         let client = reqwest::Client::new();
         let deadline = Instant::now() + LOAD_TIMEOUT;
         loop {
