@@ -22,6 +22,7 @@ pub mod config;
 pub mod frame;
 pub mod keys;
 mod node;
+pub mod rate;
 pub mod relay;
 mod swarm;
 #[cfg(feature = "test-faults")]

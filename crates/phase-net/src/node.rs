@@ -238,7 +238,7 @@ impl Network {
                 limits: config.relay,
                 stats: Arc::clone(&stats),
                 faults: Arc::clone(&faults),
-                recent: Mutex::new(relay::PeerWindow::default()),
+                recent: crate::rate::RateLimiter::new(relay::RATE_PEERS),
             });
             let stop_relay = stop.clone();
             let relay_control = control.clone();

@@ -10,6 +10,7 @@
 //! side ends and the job is dropped, which cancels it within one chunk (the job stream holds at
 //! most one undelivered event). When the server goes away, the requester's next read fails.
 
+use crate::rate::{Rate, RateLimiter};
 use futures::future::BoxFuture;
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
@@ -176,40 +177,11 @@ pub(crate) struct RelayServer {
     pub limits: RelayLimits,
     pub stats: Arc<RelayStats>,
     pub faults: Arc<Faults>,
-    pub recent: Mutex<PeerWindow>,
+    pub recent: RateLimiter<PeerId>,
 }
 
-/// Job requests per peer in the last minute, bounded in the peers it remembers.
-#[derive(Default)]
-pub(crate) struct PeerWindow {
-    requests: std::collections::HashMap<PeerId, std::collections::VecDeque<std::time::Instant>>,
-}
-
-impl PeerWindow {
-    const PEERS: usize = 4096;
-
-    /// Records a request from `peer`; false when it is over `per_minute`.
-    fn admit(&mut self, peer: PeerId, per_minute: u32) -> bool {
-        let now = std::time::Instant::now();
-        let minute = Duration::from_secs(60);
-        if self.requests.len() >= Self::PEERS && !self.requests.contains_key(&peer) {
-            self.requests
-                .retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) < minute));
-            if self.requests.len() >= Self::PEERS {
-                return false;
-            }
-        }
-        let times = self.requests.entry(peer).or_default();
-        while times.front().is_some_and(|t| now.duration_since(*t) >= minute) {
-            times.pop_front();
-        }
-        if times.len() >= per_minute as usize {
-            return false;
-        }
-        times.push_back(now);
-        true
-    }
-}
+/// Peers whose job-request rate the relay remembers at most.
+pub(crate) const RATE_PEERS: usize = 4096;
 
 impl RelayServer {
     /// Accepts job streams until the control is dropped.
@@ -260,7 +232,7 @@ impl RelayServer {
     /// Every check, in order, then the worker.
     async fn start(&self, peer: PeerId, stream: &mut Stream) -> Result<(Job, Running), Refusal> {
         let per_minute = self.limits.max_requests_per_peer_per_minute;
-        if !self.recent.lock().admit(peer, per_minute) {
+        if self.recent.take(&peer, Rate::per_minute(per_minute)).is_err() {
             return Err(Refusal::new(
                 RefusalCode::Busy,
                 format!("more than {per_minute} job requests from {peer} in a minute; slow down"),

@@ -16,6 +16,9 @@ pub mod home;
 pub mod peers;
 pub mod verified;
 
+/// The one rate limiter (it lives in phase-net, whose job relay needs it too).
+pub use phase_net::rate;
+
 pub use events::{NodeEvent, NodeEvents};
 pub use peers::{PeerSelector, SelectError};
 pub use verified::{Finished, Route, Step, Verdict, VerifiedJob};

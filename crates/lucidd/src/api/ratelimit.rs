@@ -5,11 +5,9 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use parking_lot::Mutex;
-use std::collections::HashMap;
+use phase_node::rate::{Rate, RateLimiter};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::error::ApiError;
 use crate::state::AppState;
@@ -19,40 +17,20 @@ const MAX_CLIENTS: usize = 65_536;
 
 /// Token buckets by client address.
 pub struct ClientRate {
-    per_second: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    /// Requests a second per client.
+    pub per_second: f64,
+    limiter: RateLimiter<IpAddr>,
 }
 
 impl ClientRate {
     /// `per_second` requests per second per client, in bursts of up to twice that.
     pub fn new(per_second: f64) -> Self {
-        Self { per_second, burst: (per_second * 2.0).max(1.0), buckets: Mutex::new(HashMap::new()) }
+        Self { per_second, limiter: RateLimiter::new(MAX_CLIENTS) }
     }
 
     /// Takes a token for `client`; `Err(seconds)` says how long until the next one.
     pub fn take(&self, client: IpAddr) -> Result<(), f64> {
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock();
-        if buckets.len() >= MAX_CLIENTS && !buckets.contains_key(&client) {
-            let (rate, burst) = (self.per_second, self.burst);
-            buckets.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
-            });
-            if buckets.len() >= MAX_CLIENTS {
-                return Err(1.0);
-            }
-        }
-        let (tokens, at) = buckets.entry(client).or_insert((self.burst, now));
-        *tokens =
-            (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err((1.0 - *tokens) / self.per_second)
-        }
+        self.limiter.take(&client, Rate::per_second(self.per_second)).map_err(|d| d.as_secs_f64())
     }
 }
 

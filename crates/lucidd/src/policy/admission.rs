@@ -7,10 +7,10 @@ use phase_manifest::Sha256Hash;
 use phase_net::{
     Admission, AdmissionRequest, AdmissionTicket, Refusal, RefusalCode, SignerAllowlist,
 };
-use std::collections::{HashMap, HashSet, VecDeque};
+use phase_node::rate::{Rate, RateLimiter};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
 
 use super::gates::{self, Sensors};
 use super::watch::PolicyHandle;
@@ -18,7 +18,6 @@ use crate::names::ModelName;
 
 /// Signers tracked by the rate limiter at most; beyond this the quietest are forgotten.
 const MAX_TRACKED_SIGNERS: usize = 10_000;
-const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 /// The policy gate for remote jobs.
 pub struct PolicyAdmission {
@@ -28,7 +27,7 @@ pub struct PolicyAdmission {
     command_line: SignerAllowlist,
     sensors: Sensors,
     running: Arc<AtomicU32>,
-    recent: Mutex<HashMap<phase_identity::PeerId, VecDeque<Instant>>>,
+    recent: RateLimiter<phase_identity::PeerId>,
     grants: Arc<Grants>,
 }
 
@@ -63,7 +62,7 @@ impl PolicyAdmission {
             command_line,
             sensors,
             running: Arc::new(AtomicU32::new(0)),
-            recent: Mutex::new(HashMap::new()),
+            recent: RateLimiter::new(MAX_TRACKED_SIGNERS),
             grants: Arc::new(Grants::default()),
         }
     }
@@ -79,25 +78,7 @@ impl PolicyAdmission {
     }
 
     fn within_rate(&self, signer: &phase_identity::PeerId, per_minute: u32) -> bool {
-        let now = Instant::now();
-        let mut recent = self.recent.lock();
-        if recent.len() >= MAX_TRACKED_SIGNERS && !recent.contains_key(signer) {
-            recent.retain(|_, times| {
-                times.back().is_some_and(|t| now.duration_since(*t) < RATE_WINDOW)
-            });
-            if recent.len() >= MAX_TRACKED_SIGNERS {
-                return false;
-            }
-        }
-        let times = recent.entry(signer.clone()).or_default();
-        while times.front().is_some_and(|t| now.duration_since(*t) >= RATE_WINDOW) {
-            times.pop_front();
-        }
-        if times.len() >= per_minute as usize {
-            return false;
-        }
-        times.push_back(now);
-        true
+        self.recent.take(signer, Rate::per_minute(per_minute)).is_ok()
     }
 }
 
@@ -195,7 +176,8 @@ mod tests {
             dimensions: None,
             options: Default::default(),
         });
-        SignedManifest::sign(signer, spec, Duration::from_secs(60), unix_time_ms()).expect("sign")
+        SignedManifest::sign(signer, spec, std::time::Duration::from_secs(60), unix_time_ms())
+            .expect("sign")
     }
 
     fn gate(policy: &str) -> PolicyAdmission {
