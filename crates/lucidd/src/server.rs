@@ -128,6 +128,9 @@ pub async fn start_with_workers(
     let network = crate::p2p::start(&args.p2p, &identity, serving).await?;
     // --local-only: this node may still serve others, but never sends a prompt away.
     let events = phase_node::NodeEvents::new();
+    if let Some(network) = &network {
+        events.follow(network);
+    }
     let remote = network
         .clone()
         .filter(|_| !args.local_only)

@@ -37,4 +37,5 @@ pub use relay::{
     Admission, AdmissionRequest, AdmissionTicket, JobService, RelayError, RelayStats, RemoteJob,
     SignerAllowlist,
 };
+pub use swarm::NetEvent;
 pub use wire::{ModelEntry, Refusal, RefusalCode};

@@ -7,7 +7,7 @@ use phase_manifest::ReplayGuard;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -18,7 +18,7 @@ use crate::keys::{ModelKey, libp2p_keypair};
 use crate::relay::{
     self, Admission, Faults, JobService, RelayError, RelayServer, RelayStats, RemoteJob,
 };
-use crate::swarm::{Command, Shared, SwarmTask};
+use crate::swarm::{Command, NetEvent, Shared, SwarmTask};
 use crate::wire::ModelEntry;
 
 /// Streams one connection may have open at once (Yamux and QUIC): a peer cannot pile up
@@ -29,6 +29,8 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 const MODEL_SCAN_INTERVAL: Duration = Duration::from_secs(15);
 /// How often bootstrap peers that are not connected are dialled again.
 pub(crate) const REDIAL_INTERVAL: Duration = Duration::from_secs(30);
+/// Network events kept for a subscriber that has not read them yet.
+const NET_EVENTS: usize = 256;
 
 /// Why the network could not start.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +129,8 @@ struct Inner {
     commands: mpsc::UnboundedSender<Command>,
     control: libp2p_stream::Control,
     shared: Arc<Mutex<Shared>>,
+    changed: Arc<tokio::sync::Notify>,
+    events: tokio::sync::broadcast::Sender<NetEvent>,
     stats: Arc<RelayStats>,
     faults: Arc<Faults>,
     limits: crate::config::RelayLimits,
@@ -199,9 +203,13 @@ impl Network {
         let faults = Arc::new(Faults::default());
         let stop = CancellationToken::new();
         let (commands, command_rx) = mpsc::unbounded_channel();
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let events = tokio::sync::broadcast::channel(NET_EVENTS).0;
         let task = SwarmTask {
             swarm,
             shared: Arc::clone(&shared),
+            changed: Arc::clone(&changed),
+            events: events.clone(),
             control: control.clone(),
             commands: command_rx,
             provided: BTreeSet::new(),
@@ -289,6 +297,8 @@ impl Network {
                 commands,
                 control,
                 shared,
+                changed,
+                events,
                 stats,
                 faults,
                 limits: config.relay,
@@ -323,13 +333,33 @@ impl Network {
 
     /// Waits until the node listens on at least one address, at most `deadline`.
     pub async fn wait_listening(&self, deadline: Duration) -> Vec<Multiaddr> {
-        let until = Instant::now() + deadline;
-        loop {
+        self.wait_until(deadline, || {
             let addrs = self.status().listen_addrs;
-            if !addrs.is_empty() || Instant::now() >= until {
-                return addrs;
+            (!addrs.is_empty()).then_some(addrs)
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Connections opening and closing, and new listen addresses, from now on.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<NetEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// The first `Some` of `check`, re-checked each time the swarm changes (never by polling
+    /// on a timer), or `None` after `deadline`.
+    async fn wait_until<T>(&self, deadline: Duration, check: impl Fn() -> Option<T>) -> Option<T> {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            // Registered before the check, so a change between the check and the wait is not
+            // missed.
+            let changed = self.inner.changed.notified();
+            if let Some(found) = check() {
+                return Some(found);
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            if tokio::time::timeout_at(until, changed).await.is_err() {
+                return check();
+            }
         }
     }
 
@@ -395,14 +425,7 @@ impl Network {
             return true;
         }
         let _ = self.inner.commands.send(Command::DialPeer(peer));
-        let until = Instant::now() + deadline;
-        while Instant::now() < until {
-            if self.is_connected(&peer) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        false
+        self.wait_until(deadline, || self.is_connected(&peer).then_some(())).await.is_some()
     }
 
     /// Sends a job (the wire form of its signed manifest) to `peer`.

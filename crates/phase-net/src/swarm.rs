@@ -58,9 +58,24 @@ pub(crate) enum Command {
     DialPeer(PeerId),
 }
 
+/// What the network saw happen, for subscribers of [`Network::events`](crate::Network::events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetEvent {
+    /// A first connection to this peer opened.
+    PeerConnected(PeerId),
+    /// The last connection to this peer closed.
+    PeerDisconnected(PeerId),
+    /// The node listens on a new address.
+    Listening(Multiaddr),
+}
+
 pub(crate) struct SwarmTask {
     pub swarm: Swarm<Behaviour>,
     pub shared: Arc<Mutex<Shared>>,
+    /// Woken after every change to `shared`, so waiters need not poll it.
+    pub changed: Arc<tokio::sync::Notify>,
+    /// Connections and listeners, as they happen.
+    pub events: tokio::sync::broadcast::Sender<NetEvent>,
     pub control: libp2p_stream::Control,
     pub commands: mpsc::UnboundedReceiver<Command>,
     pub provided: BTreeSet<ModelKey>,
@@ -87,7 +102,10 @@ impl SwarmTask {
                     Some(command) => self.command(command),
                     None => return,
                 },
-                event = self.swarm.select_next_some() => self.event(event),
+                event = self.swarm.select_next_some() => {
+                    self.event(event);
+                    self.changed.notify_waiters();
+                }
                 _ = reprovide_tick.tick() => {
                     if std::mem::take(&mut self.reprovide) {
                         for key in &self.provided {
@@ -172,13 +190,17 @@ impl SwarmTask {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
                 tracing::debug!("listening on {full}");
-                self.shared.lock().listen_addrs.push(full);
+                self.shared.lock().listen_addrs.push(full.clone());
+                let _ = self.events.send(NetEvent::Listening(full));
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 let mut shared = self.shared.lock();
                 shared.listen_addrs.retain(|a| !a.to_string().starts_with(&address.to_string()));
             }
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
+                if num_established.get() == 1 {
+                    let _ = self.events.send(NetEvent::PeerConnected(peer_id));
+                }
                 let mut shared = self.shared.lock();
                 let status = shared.peer(peer_id);
                 status.connected = true;
@@ -189,6 +211,7 @@ impl SwarmTask {
                 self.reprovide = true;
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                let _ = self.events.send(NetEvent::PeerDisconnected(peer_id));
                 let mut shared = self.shared.lock();
                 let status = shared.peer(peer_id);
                 status.connected = false;
@@ -281,10 +304,14 @@ impl SwarmTask {
     fn fetch_catalog(&self, peer: PeerId) {
         let mut control = self.control.clone();
         let shared = Arc::clone(&self.shared);
+        let changed = Arc::clone(&self.changed);
         let max_frame = self.max_frame;
         tokio::spawn(async move {
             match relay::fetch_catalog(&mut control, peer, max_frame).await {
-                Ok(models) => shared.lock().peer(peer).models = models,
+                Ok(models) => {
+                    shared.lock().peer(peer).models = models;
+                    changed.notify_waiters();
+                }
                 Err(e) => tracing::debug!(%peer, error = %e, "could not read a peer's catalog"),
             }
         });

@@ -5,7 +5,7 @@
 //! events (it is told how many) rather than slowing the node down.
 
 use phase_manifest::Sha256Hash;
-use phase_net::{PeerId, RefusalCode};
+use phase_net::{NetEvent, PeerId, RefusalCode};
 use phase_protocol::Completion;
 use tokio::sync::broadcast;
 
@@ -36,6 +36,10 @@ pub enum NodeEvent {
         /// How the worker says it ended, when a receipt arrived.
         completion: Option<Completion>,
     },
+    /// A first connection to a peer opened.
+    PeerJoined(PeerId),
+    /// The last connection to a peer closed.
+    PeerLeft(PeerId),
     /// A peer refused a job this node sent, or failed before its first output.
     PeerFailed {
         /// The peer.
@@ -73,6 +77,27 @@ impl NodeEvents {
     /// Every event published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
         self.sender.subscribe()
+    }
+
+    /// Publishes the peers `network` connects to and loses, for as long as it runs.
+    pub fn follow(&self, network: &phase_net::Network) {
+        let mut seen = network.events();
+        let events = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = match seen.recv().await {
+                    Ok(NetEvent::PeerConnected(peer)) => NodeEvent::PeerJoined(peer),
+                    Ok(NetEvent::PeerDisconnected(peer)) => NodeEvent::PeerLeft(peer),
+                    Ok(NetEvent::Listening(_)) => continue,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::debug!(missed, "node events fell behind the network's");
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                events.publish(event);
+            }
+        });
     }
 }
 

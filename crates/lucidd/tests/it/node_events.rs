@@ -1,6 +1,7 @@
 //! Node events: a requester subscribed to its node core sees a peer's answer end with a
 //! verified verdict, and a tampering peer's (the `test-faults` build) with the bind step that
-//! failed: the verdict is a typed event, not only a log line or a status code.
+//! failed: the verdict is a typed event, not only a log line or a status code; and hears when
+//! the peer leaves.
 
 use crate::nodes::{Node, chat, peer_id};
 use lucidd::config::ServeArgs;
@@ -82,6 +83,18 @@ async fn a_subscriber_sees_a_verified_peer_and_the_bind_step_a_tampering_peer_fa
             assert_eq!(step, BindStep::Commitment, "{reason}");
         } else {
             assert_eq!(verdict, Verdict::Verified);
+        }
+        // The peer goes away: subscribers hear of it.
+        let Route::Peer(serving) = route else { unreachable!("matched above") };
+        let mut peer = peer;
+        peer.child.kill().expect("kill the peer");
+        let until = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match tokio::time::timeout_at(until, events.recv()).await {
+                Ok(Ok(NodeEvent::PeerLeft(left))) if left == serving => break,
+                Ok(Ok(_)) => continue,
+                other => panic!("never heard that the peer left: {other:?}"),
+            }
         }
         running.stop();
         running.wait().await.expect("stops");
