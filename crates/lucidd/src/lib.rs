@@ -12,6 +12,7 @@ pub mod durations;
 pub mod error;
 pub mod http_server;
 pub mod jobs;
+pub mod model_entry;
 pub mod names;
 pub mod p2p;
 pub mod policy;

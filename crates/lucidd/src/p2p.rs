@@ -5,8 +5,8 @@ use anyhow::Context;
 use futures::future::BoxFuture;
 use phase_identity::NodeIdentity;
 use phase_manifest::SignedManifest;
-use phase_net::{Admission, JobService, ModelEntry, NetConfig, Network, PeerId, SignerAllowlist};
-use phase_protocol::{ContentId, Job, JobSpec, WorkerError};
+use phase_net::{Admission, CatalogEntry, JobService, NetConfig, Network, PeerId, SignerAllowlist};
+use phase_protocol::{Job, JobSpec, WorkerError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +17,7 @@ use crate::policy::admission::{Grants, PolicyAdmission};
 use crate::policy::gates::Sensors;
 use crate::policy::watch::PolicyHandle;
 use crate::receipts::ReceiptLog;
-use crate::workers::{LocalWorkers, ModelInfo};
+use crate::workers::LocalWorkers;
 
 /// Serves this node's local models to other nodes.
 pub struct LocalService {
@@ -45,36 +45,14 @@ pub struct Serving {
     pub sensors: Sensors,
 }
 
-/// A model as other nodes see it in this node's catalog.
-pub fn model_entry(info: &ModelInfo) -> ModelEntry {
-    let cid = hex::decode(&info.digest)
-        .ok()
-        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-        .map(|digest| ContentId::from_sha256(digest).to_string())
-        .unwrap_or_default();
-    ModelEntry {
-        name: info.name.to_string(),
-        digest: info.digest.clone(),
-        cid,
-        size: info.size,
-        format: info.format.clone(),
-        family: info.family.clone(),
-        parameter_size: info.parameter_size.clone(),
-        quantization_level: info.quantization_level.clone(),
-        context_length: info.context_length,
-        embedding_length: info.embedding_length,
-        capabilities: info.capabilities.iter().map(|c| c.as_str().to_string()).collect(),
-    }
-}
-
 impl JobService for LocalService {
-    fn models(&self) -> Vec<ModelEntry> {
+    fn catalog(&self) -> Vec<CatalogEntry> {
         let policy = self.policy.current();
         self.workers
             .models()
             .iter()
             .filter(|m| m.problem.is_none() && policy.serves_model(&m.name.to_string()))
-            .map(model_entry)
+            .map(crate::model_entry::to_entry)
             .collect()
     }
 

@@ -3,15 +3,15 @@
 //! records and catalogs, lowest latency first, failover before the first output).
 
 use phase_manifest::SignedManifest;
-use phase_net::{ModelEntry, ModelKey, Network, PeerId};
+use phase_net::{ModelKey, Network, PeerId};
 use phase_node::{NodeEvents, PeerSelector, SelectError, VerifiedJob};
 use phase_protocol::JobSpec;
 use std::collections::HashMap;
-use time::OffsetDateTime;
 
 use crate::error::CoreError;
+use crate::model_entry;
 use crate::names::ModelName;
-use crate::workers::{Capability, ModelInfo};
+use crate::workers::ModelInfo;
 
 /// Finds and uses models served by other nodes.
 pub struct RemoteModels {
@@ -30,33 +30,34 @@ impl RemoteModels {
     }
 
     /// Models listed by connected peers, each with the peers that list it.
-    pub fn catalog(&self) -> Vec<(ModelEntry, Vec<PeerId>)> {
-        let mut by_name: HashMap<String, (ModelEntry, Vec<PeerId>)> = HashMap::new();
+    pub fn catalog(&self) -> Vec<(ModelInfo, Vec<PeerId>)> {
+        let mut by_name: HashMap<String, (ModelInfo, Vec<PeerId>)> = HashMap::new();
         for peer in self.network().status().peers.into_iter().filter(|p| p.connected) {
-            for model in peer.models {
+            for model in peer.catalog.iter().filter_map(model_entry::from_entry) {
                 by_name
-                    .entry(model.name.clone())
+                    .entry(model.name.to_string())
                     .or_insert_with(|| (model, Vec::new()))
                     .1
                     .push(peer.peer);
             }
         }
         let mut all: Vec<_> = by_name.into_values().collect();
-        all.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        all.sort_by_key(|(model, _)| model.name.to_string());
         all
     }
 
     /// What the network says about `name`, if any node serves it.
     pub async fn describe(&self, name: &ModelName) -> Option<ModelInfo> {
         let wanted = name.to_string();
-        if let Some((entry, _)) = self.catalog().into_iter().find(|(m, _)| m.name == wanted) {
-            return Some(model_info(&entry));
+        if let Some((model, _)) = self.catalog().into_iter().find(|(m, _)| &m.name == name) {
+            return Some(model);
         }
         for peer in self.providers(&wanted).await {
-            if let Ok(models) = self.network().catalog_of(peer).await
-                && let Some(entry) = models.into_iter().find(|m| m.name == wanted)
+            if let Ok(entries) = self.network().catalog_of(peer).await
+                && let Some(model) =
+                    entries.iter().filter_map(model_entry::from_entry).find(|m| &m.name == name)
             {
-                return Some(model_info(&entry));
+                return Some(model);
             }
         }
         None
@@ -84,27 +85,5 @@ impl RemoteModels {
                 unauthorized: e.all_unauthorized(),
             },
         })
-    }
-}
-
-/// A remote model described for `/api/show` and validation, from its catalog entry.
-pub fn model_info(entry: &ModelEntry) -> ModelInfo {
-    ModelInfo {
-        name: ModelName::parse(&entry.name)
-            .unwrap_or_else(|_| ModelName::parse("unknown").expect("valid name")),
-        digest: entry.digest.clone(),
-        size: entry.size,
-        format: entry.format.clone(),
-        family: entry.family.clone(),
-        parameter_size: entry.parameter_size.clone(),
-        quantization_level: entry.quantization_level.clone(),
-        context_length: entry.context_length,
-        embedding_length: entry.embedding_length,
-        capabilities: entry.capabilities.iter().filter_map(|c| Capability::from_name(c)).collect(),
-        template: String::new(),
-        model_info: serde_json::Map::new(),
-        modified_at: OffsetDateTime::UNIX_EPOCH,
-        problem: None,
-        notes: Vec::new(),
     }
 }

@@ -109,8 +109,7 @@ impl AppState {
         remote
             .catalog()
             .into_iter()
-            .map(|(entry, peers)| {
-                let base = crate::remote::model_info(&entry);
+            .map(|(base, peers)| {
                 (
                     ResolvedModel { name: base.name.clone(), base, derived: None, remote: true },
                     peers,

@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use phase_identity::NodeIdentity;
 use phase_manifest::SignedManifest;
 use phase_net::{
-    Admission, JobService, ModelEntry, ModelKey, NetConfig, Network, PeerId, SignerAllowlist,
+    Admission, CatalogEntry, JobService, ModelKey, NetConfig, Network, PeerId, SignerAllowlist,
 };
 use phase_protocol::{Job, JobSpec, WorkerError};
 use std::sync::Arc;
@@ -20,19 +20,13 @@ const LOOKUPS: usize = 300;
 struct OneModel(String);
 
 impl JobService for OneModel {
-    fn models(&self) -> Vec<ModelEntry> {
-        vec![ModelEntry {
+    fn catalog(&self) -> Vec<CatalogEntry> {
+        vec![CatalogEntry {
+            kind: "model".into(),
             name: self.0.clone(),
-            digest: String::new(),
             cid: format!("cid-{}", self.0),
             size: 0,
-            format: "none".into(),
-            family: "none".into(),
-            parameter_size: String::new(),
-            quantization_level: String::new(),
-            context_length: 0,
-            embedding_length: 0,
-            capabilities: Vec::new(),
+            attributes: Default::default(),
         }]
     }
 

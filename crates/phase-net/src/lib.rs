@@ -12,12 +12,17 @@
 //!   [`JobEvent`](phase_protocol::JobEvent) back as it is produced, in length-prefixed frames
 //!   ([`frame`]) with a hard size cap; the last frame carries the signed receipt. Closing the
 //!   stream on either side cancels the job.
-//! * **The model catalog** (`/phase/models/1`): what a peer serves, for listing remote models.
+//! * **The model catalog** (`/phase/models/1`, `catalog`): what a peer serves, for listing
+//!   remote models.
+//! * **Admission** ([`admission`]): the gate a verified manifest passes before a worker sees
+//!   it; daemons plug their policy in.
 //! * **Bootstrap** ([`bootstrap`]): pinned `/p2p/<PeerId>` multiaddrs, given directly or read
 //!   from DNS TXT records.
 
+pub mod admission;
 mod behaviour;
 pub mod bootstrap;
+mod catalog;
 pub mod config;
 pub mod frame;
 pub mod keys;
@@ -29,13 +34,11 @@ mod swarm;
 pub mod testing;
 pub mod wire;
 
+pub use admission::{Admission, AdmissionRequest, AdmissionTicket, SignerAllowlist};
 pub use config::{NetConfig, RelayLimits};
 pub use keys::{ModelKey, libp2p_keypair, to_libp2p_peer_id, to_phase_peer_id};
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{MAX_STREAMS_PER_CONNECTION, NetError, NetStatus, Network, PeerStatus};
-pub use relay::{
-    Admission, AdmissionRequest, AdmissionTicket, JobService, RelayError, RelayStats, RemoteJob,
-    SignerAllowlist,
-};
+pub use relay::{JobService, RelayError, RelayStats, RemoteJob};
 pub use swarm::NetEvent;
-pub use wire::{ModelEntry, Refusal, RefusalCode};
+pub use wire::{CatalogEntry, Refusal, RefusalCode};

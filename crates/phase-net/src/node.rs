@@ -11,15 +11,14 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::admission::Admission;
 use crate::behaviour::Behaviour;
 use crate::bootstrap;
 use crate::config::NetConfig;
 use crate::keys::{ModelKey, libp2p_keypair};
-use crate::relay::{
-    self, Admission, Faults, JobService, RelayError, RelayServer, RelayStats, RemoteJob,
-};
+use crate::relay::{self, Faults, JobService, RelayError, RelayServer, RelayStats, RemoteJob};
 use crate::swarm::{Command, NetEvent, Shared, SwarmTask};
-use crate::wire::ModelEntry;
+use crate::wire::CatalogEntry;
 
 /// Streams one connection may have open at once (Yamux and QUIC): a peer cannot pile up
 /// protocol streams on one connection.
@@ -70,7 +69,7 @@ pub struct PeerStatus {
     /// Its identify agent string.
     pub agent: Option<String>,
     /// The models it listed in its catalog.
-    pub models: Vec<ModelEntry>,
+    pub catalog: Vec<CatalogEntry>,
 }
 
 /// A snapshot of the node's network.
@@ -263,7 +262,7 @@ impl Network {
             tokio::spawn(async move {
                 tokio::select! {
                     () = stop_catalog.cancelled() => {}
-                    () = relay::serve_catalog(catalog_service, catalog_control, max_frame) => {}
+                    () = crate::catalog::serve_catalog(catalog_service, catalog_control, max_frame) => {}
                 }
             });
             let stop_announce = stop.clone();
@@ -277,9 +276,13 @@ impl Network {
                         _ = tick.tick() => {}
                     }
                     let keys: BTreeSet<ModelKey> = service
-                        .models()
+                        .catalog()
                         .into_iter()
-                        .flat_map(|m| [ModelKey::Name(m.name), ModelKey::Cid(m.cid)])
+                        .flat_map(|entry| {
+                            let name = Some(entry.name).filter(|n| !n.is_empty());
+                            let cid = Some(entry.cid).filter(|c| !c.is_empty());
+                            name.map(ModelKey::Name).into_iter().chain(cid.map(ModelKey::Cid))
+                        })
                         .chain(service.provides())
                         .collect();
                     if last.as_ref() != Some(&keys) {
@@ -397,15 +400,15 @@ impl Network {
         shared
             .peers
             .values()
-            .filter(|p| p.connected && p.models.iter().any(|m| m.name == model))
+            .filter(|p| p.connected && p.catalog.iter().any(|m| m.name == model))
             .map(|p| p.peer)
             .collect()
     }
 
     /// Asks `peer` for the models it serves.
-    pub async fn catalog_of(&self, peer: PeerId) -> Result<Vec<ModelEntry>, String> {
+    pub async fn catalog_of(&self, peer: PeerId) -> Result<Vec<CatalogEntry>, String> {
         let mut control = self.inner.control.clone();
-        relay::fetch_catalog(&mut control, peer, self.inner.limits.max_frame_bytes).await
+        crate::catalog::fetch_catalog(&mut control, peer, self.inner.limits.max_frame_bytes).await
     }
 
     /// The last measured round-trip time to `peer`.

@@ -15,22 +15,19 @@ use futures::future::BoxFuture;
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use parking_lot::Mutex;
-use phase_identity::PublicKey;
 use phase_manifest::{
     ManifestError, ReplayError, ReplayGuard, SignedManifest, VerifyLimits, unix_time_ms,
 };
 use phase_protocol::{Job, JobEvent, JobSpec, WorkerError};
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
+use crate::admission::{Admission, AdmissionRequest, AdmissionTicket};
 use crate::config::RelayLimits;
 use crate::frame::{self, FrameError};
-use crate::wire::{
-    JOB_PROTOCOL, MAX_CATALOG_MODELS, ModelEntry, Refusal, RefusalCode, ServerFrame,
-};
+use crate::wire::{CatalogEntry, JOB_PROTOCOL, Refusal, RefusalCode, ServerFrame};
 
 /// How long opening a stream to a peer may take (dial included) before it counts as
 /// unreachable.
@@ -38,8 +35,9 @@ pub const OPEN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What a node serves to others.
 pub trait JobService: Send + Sync + 'static {
-    /// The models this node serves now (announced in the DHT and listed in its catalog).
-    fn models(&self) -> Vec<ModelEntry>;
+    /// What this node offers now: listed in its catalog, each entry's name and CID announced
+    /// in the DHT.
+    fn catalog(&self) -> Vec<CatalogEntry>;
 
     /// Other things to announce in the DHT (blobs held, kinds of work done).
     fn provides(&self) -> Vec<crate::keys::ModelKey> {
@@ -52,101 +50,6 @@ pub trait JobService: Send + Sync + 'static {
         from: PeerId,
         manifest: SignedManifest<JobSpec>,
     ) -> BoxFuture<'_, Result<Job, WorkerError>>;
-}
-
-/// A job that passed the checks, as the admission gate sees it.
-#[derive(Debug)]
-pub struct AdmissionRequest<'a> {
-    /// Who signed the manifest.
-    pub signer: &'a phase_identity::PeerId,
-    /// The peer that sent it.
-    pub from: &'a PeerId,
-    /// The verified manifest.
-    pub manifest: &'a SignedManifest<JobSpec>,
-    /// Size of the manifest's wire form, in bytes.
-    pub wire_bytes: usize,
-}
-
-/// Held for as long as an admitted job runs; dropping it tells the gate the job is over (a
-/// concurrency slot, for instance).
-pub type AdmissionTicket = Box<dyn Send + Sync>;
-
-/// Decides whether a verified manifest may run here.
-pub trait Admission: Send + Sync + 'static {
-    /// A ticket to run the job; otherwise the refusal sent back.
-    fn admit(&self, request: &AdmissionRequest<'_>) -> Result<AdmissionTicket, Refusal>;
-}
-
-/// The simplest gate: a set of allowed signers, or anyone. Default deny.
-#[derive(Debug, Clone, Default)]
-pub struct SignerAllowlist {
-    any: bool,
-    allowed: HashSet<phase_identity::PeerId>,
-}
-
-impl SignerAllowlist {
-    /// Nobody may use this node.
-    pub fn deny_all() -> Self {
-        Self::default()
-    }
-
-    /// Anyone may use this node (must be asked for explicitly).
-    pub fn allow_any() -> Self {
-        Self { any: true, allowed: HashSet::new() }
-    }
-
-    /// Allows one signer, given as a PeerId or a hex Ed25519 public key.
-    pub fn allow(&mut self, signer: &str) -> Result<(), String> {
-        let peer = if let Ok(peer) = signer.parse::<phase_identity::PeerId>() {
-            peer
-        } else if let Ok(key) = signer.parse::<PublicKey>() {
-            phase_identity::PeerId::from_public_key(&key)
-        } else {
-            return Err(format!(
-                "{signer:?} is neither a PeerId (12D3Koo…) nor a hex Ed25519 public key"
-            ));
-        };
-        self.allowed.insert(peer);
-        Ok(())
-    }
-
-    /// Whether anyone may use this node.
-    pub fn allows_any(&self) -> bool {
-        self.any
-    }
-}
-
-impl SignerAllowlist {
-    /// Whether `signer` may use this node.
-    pub fn allows(&self, signer: &phase_identity::PeerId) -> bool {
-        self.any || self.allowed.contains(signer)
-    }
-
-    /// The refusal for a signer that is not allowed.
-    pub fn refusal(signer: &phase_identity::PeerId) -> Refusal {
-        Refusal::new(
-            RefusalCode::NotAuthorized,
-            format!(
-                "signer {signer} is not allowed to use this node; its operator can add it with --allow-signer {signer}"
-            ),
-        )
-    }
-}
-
-impl Admission for SignerAllowlist {
-    fn admit(&self, request: &AdmissionRequest<'_>) -> Result<AdmissionTicket, Refusal> {
-        let signer = request.signer;
-        if self.allows(signer) {
-            Ok(Box::new(()))
-        } else {
-            Err(Refusal::new(
-                RefusalCode::NotAuthorized,
-                format!(
-                    "signer {signer} is not allowed to use this node; its operator can add it with --allow-signer {signer}"
-                ),
-            ))
-        }
-    }
 }
 
 /// Counters of the relay, for status pages and tests.
@@ -521,50 +424,4 @@ impl RemoteJob {
             }
         }
     }
-}
-
-/// Serves this node's model catalog.
-pub(crate) async fn serve_catalog(
-    service: Arc<dyn JobService>,
-    mut control: libp2p_stream::Control,
-    max_frame: usize,
-) {
-    let mut incoming = match control.accept(StreamProtocol::new(crate::wire::MODELS_PROTOCOL)) {
-        Ok(incoming) => incoming,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot serve the model catalog");
-            return;
-        }
-    };
-    while let Some((_, mut stream)) = incoming.next().await {
-        let models = service.models();
-        tokio::spawn(async move {
-            let _ = frame::write_value(&mut stream, &models, max_frame).await;
-            let _ = stream.close().await;
-        });
-    }
-}
-
-/// Asks `peer` for its model catalog.
-pub(crate) async fn fetch_catalog(
-    control: &mut libp2p_stream::Control,
-    peer: PeerId,
-    max_frame: usize,
-) -> Result<Vec<ModelEntry>, String> {
-    let mut stream = tokio::time::timeout(
-        OPEN_TIMEOUT,
-        control.open_stream(peer, StreamProtocol::new(crate::wire::MODELS_PROTOCOL)),
-    )
-    .await
-    .map_err(|_| "timed out".to_string())?
-    .map_err(|e| e.to_string())?;
-    let models: Vec<ModelEntry> =
-        tokio::time::timeout(OPEN_TIMEOUT, frame::read_value(&mut stream, max_frame))
-            .await
-            .map_err(|_| "timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-    if models.len() > MAX_CATALOG_MODELS {
-        return Err(format!("{} models is over the limit of {MAX_CATALOG_MODELS}", models.len()));
-    }
-    Ok(models)
 }

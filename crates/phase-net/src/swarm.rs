@@ -18,8 +18,7 @@ use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::bootstrap;
 use crate::keys::ModelKey;
 use crate::node::{PeerStatus, REDIAL_INTERVAL};
-use crate::relay;
-use crate::wire::MODELS_PROTOCOL;
+use crate::wire::CATALOG_PROTOCOL;
 
 #[derive(Default)]
 pub(crate) struct Shared {
@@ -38,7 +37,7 @@ impl Shared {
             rtt: None,
             addrs: Vec::new(),
             agent: None,
-            models: Vec::new(),
+            catalog: Vec::new(),
         })
     }
 
@@ -215,7 +214,7 @@ impl SwarmTask {
                 let mut shared = self.shared.lock();
                 let status = shared.peer(peer_id);
                 status.connected = false;
-                status.models.clear();
+                status.catalog.clear();
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 if let DialError::WrongPeerId { obtained, address } = &error {
@@ -256,7 +255,7 @@ impl SwarmTask {
                     }
                 }
                 self.shared.lock().peer(peer_id).agent = Some(info.agent_version.clone());
-                if info.protocols.iter().any(|p| p.as_ref() == MODELS_PROTOCOL) {
+                if info.protocols.iter().any(|p| p.as_ref() == CATALOG_PROTOCOL) {
                     self.fetch_catalog(peer_id);
                 }
             }
@@ -307,9 +306,9 @@ impl SwarmTask {
         let changed = Arc::clone(&self.changed);
         let max_frame = self.max_frame;
         tokio::spawn(async move {
-            match relay::fetch_catalog(&mut control, peer, max_frame).await {
+            match crate::catalog::fetch_catalog(&mut control, peer, max_frame).await {
                 Ok(models) => {
-                    shared.lock().peer(peer).models = models;
+                    shared.lock().peer(peer).catalog = models;
                     changed.notify_waiters();
                 }
                 Err(e) => tracing::debug!(%peer, error = %e, "could not read a peer's catalog"),

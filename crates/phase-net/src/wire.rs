@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// protocol negotiation, and the requester says so.
 pub const JOB_PROTOCOL: &str = "/phase/job/1";
 /// The model catalog protocol.
-pub const MODELS_PROTOCOL: &str = "/phase/models/1";
+pub const CATALOG_PROTOCOL: &str = "/phase/catalog/1";
 /// Kademlia for Phase nodes only, apart from the public IPFS DHT.
 pub const KAD_PROTOCOL: &str = "/phase/kad/1.0.0";
 /// Identify's protocol version string.
@@ -80,32 +80,26 @@ impl std::fmt::Display for RefusalCode {
     }
 }
 
-/// A model a node serves, as its catalog lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelEntry {
-    /// `name:tag`.
+/// Something a node offers, as its catalog lists it: named by content, with attributes its
+/// daemon defines. The network knows no model API: lucidd keeps a model's family, context
+/// length and capabilities in `attributes`, and reads them back itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CatalogEntry {
+    /// What it is (`model`).
+    pub kind: String,
+    /// Its name for people and lookups (`gemma3:latest`), announced in the DHT.
     pub name: String,
-    /// SHA-256 of the model's bytes, hex.
-    pub digest: String,
-    /// CID of the model's bytes.
+    /// CID of its bytes (§8 of the SPEC), announced in the DHT.
     pub cid: String,
     /// Size in bytes.
     pub size: u64,
-    /// File format (`gguf`).
-    pub format: String,
-    /// Architecture family.
-    pub family: String,
-    /// Parameter count for people.
-    pub parameter_size: String,
-    /// Quantization.
-    pub quantization_level: String,
-    /// Context length in tokens.
-    pub context_length: u64,
-    /// Embedding width.
-    pub embedding_length: u64,
-    /// Ollama capabilities (`completion`, `embedding`, ...).
-    pub capabilities: Vec<String>,
+    /// What the daemon says about it, at most [`MAX_ENTRY_ATTRIBUTES`] keys.
+    #[serde(default)]
+    pub attributes: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
+/// Most attributes one catalog entry may carry; more is a malformed answer.
+pub const MAX_ENTRY_ATTRIBUTES: usize = 64;
+
 /// Most models a catalog may list; more is a malformed answer.
-pub const MAX_CATALOG_MODELS: usize = 4096;
+pub const MAX_CATALOG_ENTRIES: usize = 4096;

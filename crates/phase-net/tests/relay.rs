@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use phase_identity::NodeIdentity;
 use phase_manifest::{SignedManifest, unix_time_ms};
 use phase_net::{
-    Admission, JobService, ModelEntry, ModelKey, NetConfig, Network, PeerId, RefusalCode,
+    Admission, CatalogEntry, JobService, ModelKey, NetConfig, Network, PeerId, RefusalCode,
     RelayError, SignerAllowlist,
 };
 use phase_protocol::{
@@ -29,19 +29,13 @@ struct Counter {
 }
 
 impl JobService for Counter {
-    fn models(&self) -> Vec<ModelEntry> {
-        vec![ModelEntry {
+    fn catalog(&self) -> Vec<CatalogEntry> {
+        vec![CatalogEntry {
+            kind: "model".into(),
             name: "counter:latest".into(),
-            digest: "00".repeat(32),
             cid: "bafkreicounter".into(),
             size: 0,
-            format: "builtin".into(),
-            family: "counter".into(),
-            parameter_size: "0".into(),
-            quantization_level: "none".into(),
-            context_length: 0,
-            embedding_length: 0,
-            capabilities: vec!["completion".into()],
+            attributes: [("family".to_string(), serde_json::json!("counter"))].into(),
         }]
     }
 
@@ -199,6 +193,14 @@ async fn providers_are_found_and_tokens_stream_before_the_job_ends() {
     })
     .await;
     assert_eq!(listed, vec![server.net.peer_id()], "the catalog lists the model");
+    // The entry arrives as the service wrote it, attributes and all, for the daemon to read.
+    let entries = client.catalog_of(server.net.peer_id()).await.expect("the catalog");
+    assert_eq!(entries.len(), 1);
+    assert_eq!((entries[0].kind.as_str(), entries[0].cid.as_str()), ("model", "bafkreicounter"));
+    assert_eq!(entries[0].attributes["family"], "counter");
+    let cid = ModelKey::Cid("bafkreicounter".into());
+    let found = client.find_providers(&cid, Duration::from_secs(2)).await;
+    assert_eq!(found, vec![server.net.peer_id()], "announced by CID too");
 
     let manifest = manifest(&identity, "3");
     let mut job = client

@@ -13,7 +13,7 @@ use phase_artifact::{BlobStore, client, server};
 use phase_identity::NodeIdentity;
 use phase_manifest::SignedManifest;
 use phase_net::{
-    Admission, JobService, ModelEntry, ModelKey, Multiaddr, NetConfig, Network, PeerId,
+    Admission, CatalogEntry, JobService, ModelKey, Multiaddr, NetConfig, Network, PeerId,
     SignerAllowlist,
 };
 use phase_node::{NodeEvents, PeerSelector, Step, Verdict};
@@ -33,12 +33,28 @@ struct WasmService {
     store: BlobStore,
 }
 
+/// The catalog kind of a blob in the artifact store.
+pub const BLOB_KIND: &str = "blob";
+
 /// The DHT key under which nodes that run WebAssembly jobs announce themselves.
 pub const WASM_SERVICE: &str = "wasm";
 
 impl JobService for WasmService {
-    fn models(&self) -> Vec<ModelEntry> {
-        Vec::new()
+    /// The modules (and other blobs) this node holds, by CID, so a peer can see what it
+    /// need not upload again.
+    fn catalog(&self) -> Vec<CatalogEntry> {
+        self.store
+            .list()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(cid, size)| CatalogEntry {
+                kind: BLOB_KIND.into(),
+                name: String::new(),
+                cid: cid.to_string(),
+                size,
+                attributes: Default::default(),
+            })
+            .collect()
     }
 
     /// The service itself, and every blob held (so others can find who has a module).

@@ -137,7 +137,7 @@ pub async fn network(State(state): State<Arc<AppState>>) -> Json<Value> {
                 "rtt_ms": p.rtt.map(|d| d.as_secs_f64() * 1000.0),
                 "addrs": p.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "agent": p.agent,
-                "models": p.models.iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
+                "models": p.catalog.iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
             })
         })
         .collect();
