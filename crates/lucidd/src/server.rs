@@ -146,7 +146,12 @@ pub async fn start_with_workers(
         registry,
         receipts,
         shutdown: shutdown.clone(),
-        blobs_dir: data_dir.join("models").join("blobs"),
+        blobs: phase_artifact::BlobStore::open_named(
+            data_dir.join("models").join("blobs"),
+            api::MAX_BLOB_BYTES as u64,
+            phase_artifact::Naming::Sha256Dash,
+        )
+        .with_context(|| format!("opening the blob store in {}", data_dir.display()))?,
         http: api::HttpState {
             blobs: Default::default(),
             max_body_bytes: args.max_body_bytes,

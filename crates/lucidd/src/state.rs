@@ -4,7 +4,6 @@ use base64::Engine;
 use phase_identity::{NodeIdentity, PeerId};
 use phase_manifest::{SignedManifest, unix_time_ms};
 use phase_protocol::JobSpec;
-use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -54,8 +53,8 @@ pub struct AppState {
     pub receipts: ReceiptLog,
     /// Cancelled when the daemon shuts down: running jobs stop and sign their receipts.
     pub shutdown: CancellationToken,
-    /// Where uploaded blobs live.
-    pub blobs_dir: PathBuf,
+    /// Content-addressed blobs (uploads; later, pulled model files), named as Ollama names them.
+    pub blobs: phase_artifact::BlobStore,
     /// What only the HTTP edge uses: body and rate limits, upload state.
     pub http: crate::api::HttpState,
     /// The operator's policy (reloaded when its file changes).

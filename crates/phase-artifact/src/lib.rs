@@ -15,4 +15,4 @@ pub mod server;
 mod store;
 
 pub use phase_protocol::ContentId;
-pub use store::{BlobStore, StoreError};
+pub use store::{BlobStore, Naming, StoreError};

@@ -1,5 +1,6 @@
-//! `HEAD`/`POST /api/blobs/{digest}`: content-addressed uploads, verified against the digest
-//! while streaming to disk, and published atomically (temp file, fsync, rename).
+//! `HEAD`/`POST /api/blobs/{digest}`: content-addressed uploads into the node's blob store
+//! (phase-artifact's, named as Ollama names blob files), verified against the digest while
+//! streaming to disk, and published atomically (temp file, fsync, rename).
 //!
 //! Every upload writes its own temp file, so two uploads of one digest cannot mix. A client
 //! may run a few uploads at once ([`UPLOADS_PER_CLIENT`]); an upload that stalls longer than
@@ -13,14 +14,11 @@ use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use futures::StreamExt;
 use parking_lot::Mutex;
-use sha2::{Digest, Sha256};
+use phase_artifact::{ContentId, StoreError};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime};
-use tokio::io::AsyncWriteExt;
+use std::time::Instant;
 
 use crate::api::error::ApiError;
 use crate::state::AppState;
@@ -44,56 +42,24 @@ pub fn parse_digest(digest: &str) -> Result<String, ApiError> {
     Ok(hex_part.to_ascii_lowercase())
 }
 
-fn blob_path(state: &AppState, hex_digest: &str) -> PathBuf {
-    state.blobs_dir.join(format!("sha256-{hex_digest}"))
+/// The content a `sha256:` digest names.
+fn content_id(hex_digest: &str) -> Result<ContentId, ApiError> {
+    let bytes = hex::decode(hex_digest).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let digest: [u8; 32] =
+        bytes.try_into().map_err(|_| ApiError::bad_request("a digest is 32 bytes"))?;
+    Ok(ContentId::from_sha256(digest))
 }
 
 /// What the blob endpoints remember between requests (one per daemon, in its state).
 #[derive(Debug, Default)]
 pub struct BlobState {
-    /// Blobs hashed since they last changed: path → (size, mtime).
-    verified: Mutex<HashMap<PathBuf, (u64, SystemTime)>>,
     /// Uploads under way per client address.
     uploads: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// Whether the blob at `path` exists and its bytes hash to `hex_digest`.
-async fn intact(
-    blobs: &BlobState,
-    path: &std::path::Path,
-    hex_digest: &str,
-) -> Result<bool, ApiError> {
-    let Ok(meta) = tokio::fs::metadata(path).await else { return Ok(false) };
-    let stamp = (meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
-    if blobs.verified.lock().get(path) == Some(&stamp) {
-        return Ok(true);
-    }
-    let file = path.to_path_buf();
-    let digest = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        use std::io::Read;
-        let mut hasher = Sha256::new();
-        let mut reader = std::fs::File::open(&file)?;
-        let mut buffer = vec![0u8; 1 << 20];
-        loop {
-            match reader.read(&mut buffer)? {
-                0 => break,
-                n => hasher.update(&buffer[..n]),
-            }
-        }
-        Ok(hex::encode(hasher.finalize()))
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("hashing a blob: {e}")))?
-    .map_err(|e| ApiError::internal(format!("reading a blob: {e}")))?;
-    if digest == hex_digest {
-        blobs.verified.lock().insert(path.to_path_buf(), stamp);
-        return Ok(true);
-    }
-    // Not what its name says: keep the bytes for the operator, out of the way.
-    let aside = path.with_extension(format!("corrupt-{digest}"));
-    tracing::error!(blob = %path.display(), aside = %aside.display(), "a stored blob does not match its digest; moved aside");
-    let _ = tokio::fs::rename(path, &aside).await;
-    Ok(false)
+/// Whether the store holds the blob, with bytes that still match it.
+async fn intact(state: &AppState, cid: &ContentId) -> Result<bool, ApiError> {
+    state.blobs.verify(cid).await.map_err(|e| ApiError::internal(format!("reading a blob: {e}")))
 }
 
 /// `HEAD /api/blobs/{digest}`.
@@ -101,12 +67,8 @@ pub async fn head(
     State(state): State<Arc<AppState>>,
     Path(digest): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let hex_digest = parse_digest(&digest)?;
-    Ok(if intact(&state.http.blobs, &blob_path(&state, &hex_digest), &hex_digest).await? {
-        StatusCode::OK
-    } else {
-        StatusCode::NOT_FOUND
-    })
+    let cid = content_id(&parse_digest(&digest)?)?;
+    Ok(if intact(&state, &cid).await? { StatusCode::OK } else { StatusCode::NOT_FOUND })
 }
 
 /// One upload under way for a client address; the slot is given back when the guard drops.
@@ -146,8 +108,8 @@ pub async fn upload(
     request: Request,
 ) -> Result<StatusCode, ApiError> {
     let expected = parse_digest(&digest)?;
-    let path = blob_path(&state, &expected);
-    if intact(&state.http.blobs, &path, &expected).await? {
+    let cid = content_id(&expected)?;
+    if intact(&state, &cid).await? {
         return Ok(StatusCode::OK);
     }
     let client = crate::http_server::client_addr(&request).map(|a| a.ip());
@@ -160,55 +122,62 @@ pub async fn upload(
         })?),
         None => None,
     };
-    let io_err = |e: std::io::Error| ApiError::internal(format!("storing blob: {e}"));
-    tokio::fs::create_dir_all(&state.blobs_dir).await.map_err(io_err)?;
-    // Its own temp file: a second upload of the same digest never writes into this one.
-    static UPLOAD_SEQ: AtomicU64 = AtomicU64::new(0);
-    let tmp = state.blobs_dir.join(format!(
-        ".upload-{expected}-{}-{}",
-        std::process::id(),
-        UPLOAD_SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err)?;
-    let mut hasher = Sha256::new();
-    let mut stream = Body::new(request.into_body()).into_data_stream();
-    let started = Instant::now();
+    // The store hashes and writes; this stream only enforces the HTTP edge's pace: a stall or
+    // a trickle ends it with the reason kept for the answer.
     let idle = state.http.body_timeout;
-    let result: Result<(), ApiError> = async {
-        let mut received = 0u64;
-        loop {
-            let next = tokio::time::timeout(idle, stream.next()).await.map_err(|_| ApiError {
-                status: StatusCode::REQUEST_TIMEOUT,
-                message: format!("the upload stalled: nothing arrived for {idle:?}"),
-            })?;
-            let Some(chunk) = next else { break };
-            let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading upload: {e}")))?;
-            received += chunk.len() as u64;
-            let elapsed = started.elapsed();
-            if elapsed > idle && (received as f64) < MIN_UPLOAD_BYTES_PER_SEC * elapsed.as_secs_f64() {
-                return Err(ApiError {
+    let started = Instant::now();
+    let cut_off: Arc<Mutex<Option<ApiError>>> = Arc::default();
+    let body = Body::new(request.into_body()).into_data_stream();
+    let paced = futures::stream::unfold(
+        (body, 0u64, Arc::clone(&cut_off)),
+        move |(mut body, received, cut_off)| async move {
+            let fail = |error: ApiError| {
+                let message = error.message.clone();
+                *cut_off.lock() = Some(error);
+                Err::<bytes::Bytes, String>(message)
+            };
+            let item = match tokio::time::timeout(idle, body.next()).await {
+                Err(_) => fail(ApiError {
                     status: StatusCode::REQUEST_TIMEOUT,
-                    message: format!(
-                        "the upload is too slow: {received} bytes in {elapsed:.0?}; at least {} KiB/s is needed",
-                        MIN_UPLOAD_BYTES_PER_SEC / 1024.0
-                    ),
-                });
-            }
-            hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(io_err)?;
-        }
-        let got = hex::encode(hasher.finalize());
-        if got != expected {
-            return Err(ApiError::bad_request(format!(
-                "digest mismatch, expected \"sha256:{expected}\", got \"sha256:{got}\""
-            )));
-        }
-        file.sync_all().await.map_err(io_err)?;
-        tokio::fs::rename(&tmp, &path).await.map_err(io_err)
+                    message: format!("the upload stalled: nothing arrived for {idle:?}"),
+                }),
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => fail(ApiError::bad_request(format!("reading upload: {e}"))),
+                Ok(Some(Ok(chunk))) => {
+                    let received = received + chunk.len() as u64;
+                    let elapsed = started.elapsed();
+                    if elapsed > idle
+                        && (received as f64) < MIN_UPLOAD_BYTES_PER_SEC * elapsed.as_secs_f64()
+                    {
+                        fail(ApiError {
+                            status: StatusCode::REQUEST_TIMEOUT,
+                            message: format!(
+                                "the upload is too slow: {received} bytes in {elapsed:.0?}; at least {} KiB/s is needed",
+                                MIN_UPLOAD_BYTES_PER_SEC / 1024.0
+                            ),
+                        })
+                    } else {
+                        return Some((Ok(chunk), (body, received, cut_off)));
+                    }
+                }
+            };
+            Some((item, (body, received, cut_off)))
+        },
+    );
+    match state.blobs.put_stream(paced, Some(cid)).await {
+        Ok(_) => Ok(StatusCode::CREATED),
+        Err(StoreError::Mismatch { actual, .. }) => Err(ApiError::bad_request(format!(
+            "digest mismatch, expected \"sha256:{expected}\", got \"sha256:{}\"",
+            hex::encode(actual.sha256())
+        ))),
+        Err(StoreError::TooLarge { limit }) => Err(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("the blob is larger than the limit of {limit} bytes"),
+        }),
+        Err(StoreError::Source(reason)) => Err(cut_off
+            .lock()
+            .take()
+            .unwrap_or_else(|| ApiError::bad_request(format!("reading upload: {reason}")))),
+        Err(StoreError::Io(e)) => Err(ApiError::internal(format!("storing blob: {e}"))),
     }
-    .await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
-    }
-    result.map(|()| StatusCode::CREATED)
 }
