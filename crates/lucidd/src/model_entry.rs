@@ -14,6 +14,23 @@ use crate::workers::{Capability, ModelInfo};
 
 /// The catalog kind of a model.
 pub const MODEL_KIND: &str = "model";
+/// The catalog source of the models the workers serve.
+pub const FROM_WORKERS: phase_node::catalog::Source = "workers";
+/// The catalog source of models made with `/api/create` and `/api/copy`.
+pub const MADE_HERE: phase_node::catalog::Source = "made here";
+/// The catalog kind of an uploaded blob.
+pub const BLOB_KIND: &str = "blob";
+
+/// A blob of the store as the catalog lists it (unnamed, by CID).
+pub fn blob_entry(cid: &ContentId, size: u64) -> CatalogEntry {
+    CatalogEntry {
+        kind: BLOB_KIND.into(),
+        name: String::new(),
+        cid: cid.to_string(),
+        size,
+        attributes: BTreeMap::new(),
+    }
+}
 
 /// `info` as this node's catalog lists it.
 pub fn to_entry(info: &ModelInfo) -> CatalogEntry {

@@ -21,6 +21,7 @@ use crate::workers::LocalWorkers;
 
 /// Serves this node's local models to other nodes.
 pub struct LocalService {
+    catalog: phase_node::Catalog,
     workers: LocalWorkers,
     receipts: ReceiptLog,
     shutdown: CancellationToken,
@@ -31,6 +32,8 @@ pub struct LocalService {
 
 /// What the p2p node needs from the rest of the daemon.
 pub struct Serving {
+    /// What this node holds and has made; its models from workers are offered to others.
+    pub catalog: phase_node::Catalog,
     /// The local workers, served to others.
     pub workers: LocalWorkers,
     /// Where receipts of jobs for others go.
@@ -46,14 +49,23 @@ pub struct Serving {
 }
 
 impl JobService for LocalService {
+    /// The workers' models the policy offers (not models made here, which are this node's
+    /// own settings over a base model, nor blobs).
     fn catalog(&self) -> Vec<CatalogEntry> {
         let policy = self.policy.current();
-        self.workers
-            .models()
-            .iter()
-            .filter(|m| m.problem.is_none() && policy.serves_model(&m.name.to_string()))
-            .map(crate::model_entry::to_entry)
+        self.catalog
+            .entries()
+            .into_iter()
+            .filter(|e| {
+                e.kind == crate::model_entry::MODEL_KIND
+                    && !e.attributes.contains_key("made_from")
+                    && policy.serves_model(&e.name)
+            })
             .collect()
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.catalog.changes())
     }
 
     fn execute(
@@ -177,6 +189,7 @@ pub async fn start(
         || !policy.grants.is_empty();
     let admission = PolicyAdmission::new(serving.policy.clone(), admission, serving.sensors);
     let service: Arc<dyn JobService> = Arc::new(LocalService {
+        catalog: serving.catalog,
         workers: serving.workers,
         receipts: serving.receipts,
         shutdown: serving.shutdown,

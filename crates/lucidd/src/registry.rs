@@ -109,14 +109,20 @@ struct Loaded {
 /// The model registry.
 pub struct Registry {
     workers: LocalWorkers,
+    catalog: phase_node::Catalog,
     path: PathBuf,
     derived: Mutex<BTreeMap<ModelName, DerivedModel>>,
     loaded: Mutex<BTreeMap<ModelName, Loaded>>,
 }
 
 impl Registry {
-    /// Loads the registry file in `dir` (a missing file is an empty registry).
-    pub fn open(dir: PathBuf, workers: LocalWorkers) -> anyhow::Result<Self> {
+    /// Loads the registry file in `dir` (a missing file is an empty registry); its models are
+    /// kept in `catalog`.
+    pub fn open(
+        dir: PathBuf,
+        workers: LocalWorkers,
+        catalog: phase_node::Catalog,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("registry.json");
         let derived: BTreeMap<String, DerivedModel> = match std::fs::read(&path) {
@@ -133,12 +139,45 @@ impl Registry {
             .into_iter()
             .filter_map(|(k, v)| Some((ModelName::parse(&k).ok()?, v)))
             .collect();
-        Ok(Self {
+        let registry = Self {
             workers,
+            catalog,
             path,
             derived: Mutex::new(derived),
             loaded: Mutex::new(BTreeMap::new()),
-        })
+        };
+        registry.refresh_catalog();
+        Ok(registry)
+    }
+
+    /// Makes the catalog hold exactly the workers' usable models and the models made here
+    /// (marked `made_from` their base). Called when either changes.
+    pub fn refresh_catalog(&self) {
+        let served: Vec<_> = self
+            .workers
+            .models()
+            .iter()
+            .filter(|m| m.problem.is_none())
+            .map(crate::model_entry::to_entry)
+            .collect();
+        self.catalog.sync(crate::model_entry::FROM_WORKERS, served);
+        let made = self
+            .list()
+            .into_iter()
+            .filter_map(|model| {
+                let derived = model.derived.as_ref()?;
+                let mut entry = crate::model_entry::to_entry(&model.base);
+                entry.name = model.name.to_string();
+                entry.attributes.insert("made_from".into(), serde_json::json!(derived.base));
+                Some(entry)
+            })
+            .collect();
+        self.catalog.sync(crate::model_entry::MADE_HERE, made);
+    }
+
+    /// The catalog the registry's models are kept in.
+    pub fn catalog(&self) -> &phase_node::Catalog {
+        &self.catalog
     }
 
     /// The node's workers.
@@ -184,7 +223,10 @@ impl Registry {
         }
         let mut derived = self.derived.lock();
         derived.insert(name, model);
-        self.save(&derived)
+        self.save(&derived)?;
+        drop(derived);
+        self.refresh_catalog();
+        Ok(())
     }
 
     /// Deletes a derived model.
@@ -195,7 +237,10 @@ impl Registry {
         let mut derived = self.derived.lock();
         derived.remove(name).ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
         self.loaded.lock().remove(name);
-        self.save(&derived)
+        self.save(&derived)?;
+        drop(derived);
+        self.refresh_catalog();
+        Ok(())
     }
 
     fn save(&self, derived: &BTreeMap<ModelName, DerivedModel>) -> Result<(), RegistryError> {

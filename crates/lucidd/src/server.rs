@@ -105,7 +105,20 @@ pub async fn start_with_workers(
     for worker in extra {
         workers.add(worker);
     }
-    let registry = Registry::open(data_dir.join("models"), workers)?;
+    let events = phase_node::NodeEvents::new();
+    let catalog = phase_node::Catalog::new(&events);
+    let blobs = phase_artifact::BlobStore::open_named(
+        data_dir.join("models").join("blobs"),
+        api::MAX_BLOB_BYTES as u64,
+        phase_artifact::Naming::Sha256Dash,
+    )
+    .with_context(|| format!("opening the blob store in {}", data_dir.display()))?;
+    let held = blobs.list().unwrap_or_default();
+    catalog.sync(
+        crate::model_entry::BLOB_KIND,
+        held.iter().map(|(cid, size)| crate::model_entry::blob_entry(cid, *size)).collect(),
+    );
+    let registry = Registry::open(data_dir.join("models"), workers, catalog.clone())?;
     let (receipts, writer) = ReceiptLog::open(&data_dir.join("receipts"))
         .with_context(|| format!("opening the receipt log in {}", data_dir.display()))?;
     let listener = TcpListener::bind(addr).await.with_context(|| {
@@ -116,7 +129,16 @@ pub async fn start_with_workers(
     let policy_path = args.policy.clone().unwrap_or_else(|| data_dir.join("policy.toml"));
     let policy = PolicyHandle::load_or_create(&policy_path)?;
     let policy_watch = policy.watch()?;
+    // What this node offers others depends on the policy too: a change is a catalog change.
+    let mut policy_changes = policy.changes();
+    let touched = catalog.clone();
+    tokio::spawn(async move {
+        while policy_changes.changed().await.is_ok() {
+            touched.touch();
+        }
+    });
     let serving = crate::p2p::Serving {
+        catalog: catalog.clone(),
         workers: registry.workers().clone(),
         receipts: receipts.clone(),
         receipts_dir: data_dir.join("receipts"),
@@ -127,7 +149,6 @@ pub async fn start_with_workers(
     let sensors = serving.sensors.clone();
     let network = crate::p2p::start(&args.p2p, &identity, serving).await?;
     // --local-only: this node may still serve others, but never sends a prompt away.
-    let events = phase_node::NodeEvents::new();
     if let Some(network) = &network {
         events.follow(network);
     }
@@ -146,12 +167,7 @@ pub async fn start_with_workers(
         registry,
         receipts,
         shutdown: shutdown.clone(),
-        blobs: phase_artifact::BlobStore::open_named(
-            data_dir.join("models").join("blobs"),
-            api::MAX_BLOB_BYTES as u64,
-            phase_artifact::Naming::Sha256Dash,
-        )
-        .with_context(|| format!("opening the blob store in {}", data_dir.display()))?,
+        blobs,
         http: api::HttpState {
             blobs: Default::default(),
             max_body_bytes: args.max_body_bytes,
@@ -161,6 +177,17 @@ pub async fn start_with_workers(
             loopback_listener: addr.ip().is_loopback(),
         },
     });
+    // A model file added to or removed from a worker's directory updates the catalog (and
+    // with it what peers are told) at once.
+    for mut changes in state.registry.workers().changes() {
+        let state = Arc::downgrade(&state);
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let Some(state) = state.upgrade() else { return };
+                state.registry.refresh_catalog();
+            }
+        });
+    }
     let guard = api::guard::GuardConfig::new(args.origins.as_deref(), state.http.loopback_listener);
     let app = api::router(Arc::clone(&state), guard);
     tracing::info!(%addr, peer_id = %state.peer_id, data_dir = %data_dir.display(), "lucidd listening on http://{addr}");

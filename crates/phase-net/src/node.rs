@@ -25,7 +25,6 @@ use crate::wire::CatalogEntry;
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 
 /// How often the served models are checked for changes (and announced if they changed).
-const MODEL_SCAN_INTERVAL: Duration = Duration::from_secs(15);
 /// How often bootstrap peers that are not connected are dialled again.
 pub(crate) const REDIAL_INTERVAL: Duration = Duration::from_secs(30);
 /// Network events kept for a subscriber that has not read them yet.
@@ -212,7 +211,7 @@ impl Network {
             control: control.clone(),
             commands: command_rx,
             provided: BTreeSet::new(),
-            reprovide: false,
+            reprovide_at: None,
             lookups: HashMap::new(),
             bootstrap: bootstrap_peers,
             max_frame: config.relay.max_frame_bytes,
@@ -268,13 +267,9 @@ impl Network {
             let stop_announce = stop.clone();
             let announce = commands.clone();
             tokio::spawn(async move {
+                let mut changes = service.changes();
                 let mut last = None;
-                let mut tick = tokio::time::interval(MODEL_SCAN_INTERVAL);
                 loop {
-                    tokio::select! {
-                        () = stop_announce.cancelled() => return,
-                        _ = tick.tick() => {}
-                    }
                     let keys: BTreeSet<ModelKey> = service
                         .catalog()
                         .into_iter()
@@ -290,6 +285,20 @@ impl Network {
                         if announce.send(Command::Provide(keys)).is_err() {
                             return;
                         }
+                    }
+                    // Announce again when the service says something changed; never on a timer.
+                    let changed = async {
+                        let more = match &mut changes {
+                            Some(rx) => rx.changed().await.is_ok(),
+                            None => false,
+                        };
+                        if !more {
+                            std::future::pending::<()>().await;
+                        }
+                    };
+                    tokio::select! {
+                        () = stop_announce.cancelled() => return,
+                        () = changed => {}
                     }
                 }
             });

@@ -44,6 +44,12 @@ pub trait JobService: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Moves on whenever [`catalog`](Self::catalog) or [`provides`](Self::provides) may have
+    /// changed, so the node announces again; `None` when they never change.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// Starts a job whose manifest has passed every check. `from` is the peer that sent it.
     fn execute(
         &self,

@@ -78,7 +78,9 @@ pub(crate) struct SwarmTask {
     pub control: libp2p_stream::Control,
     pub commands: mpsc::UnboundedReceiver<Command>,
     pub provided: BTreeSet<ModelKey>,
-    pub reprovide: bool,
+    /// When to announce the provided keys again: set by what makes it worth it (a new key, a
+    /// new peer), a moment later so a burst of such events announces once.
+    pub reprovide_at: Option<tokio::time::Instant>,
     pub lookups: HashMap<QueryId, mpsc::UnboundedSender<PeerId>>,
     pub bootstrap: Vec<Multiaddr>,
     pub max_frame: usize,
@@ -86,12 +88,22 @@ pub(crate) struct SwarmTask {
     pub joined: bool,
 }
 
+/// How long a burst of reasons to re-announce is gathered before announcing once.
+const REPROVIDE_DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// Resolves at `deadline`; never without one.
+async fn at(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl SwarmTask {
     pub(crate) async fn run(mut self, stop: CancellationToken) {
         for addr in self.bootstrap.clone() {
             self.dial(addr);
         }
-        let mut reprovide_tick = tokio::time::interval(Duration::from_secs(1));
         let mut redial_tick = tokio::time::interval(REDIAL_INTERVAL);
         redial_tick.reset();
         loop {
@@ -105,18 +117,21 @@ impl SwarmTask {
                     self.event(event);
                     self.changed.notify_waiters();
                 }
-                _ = reprovide_tick.tick() => {
-                    if std::mem::take(&mut self.reprovide) {
-                        for key in &self.provided {
-                            if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key.record_key()) {
-                                tracing::warn!(%key, error = ?e, "cannot announce a model");
-                            }
+                () = at(self.reprovide_at) => {
+                    self.reprovide_at = None;
+                    for key in &self.provided {
+                        if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key.record_key()) {
+                            tracing::warn!(%key, error = ?e, "cannot announce a model");
                         }
                     }
                 }
                 _ = redial_tick.tick() => self.redial(),
             }
         }
+    }
+
+    fn want_reprovide(&mut self) {
+        self.reprovide_at.get_or_insert_with(|| tokio::time::Instant::now() + REPROVIDE_DEBOUNCE);
     }
 
     fn command(&mut self, command: Command) {
@@ -126,7 +141,7 @@ impl SwarmTask {
                     self.swarm.behaviour_mut().kad.stop_providing(&gone.record_key());
                 }
                 self.provided = keys;
-                self.reprovide = true;
+                self.want_reprovide();
             }
             Command::FindProviders { key, found } => {
                 let id = self.swarm.behaviour_mut().kad.get_providers(key);
@@ -200,14 +215,16 @@ impl SwarmTask {
                 if num_established.get() == 1 {
                     let _ = self.events.send(NetEvent::PeerConnected(peer_id));
                 }
-                let mut shared = self.shared.lock();
-                let status = shared.peer(peer_id);
-                status.connected = true;
-                let addr = endpoint.get_remote_address().clone();
-                if !status.addrs.contains(&addr) {
-                    status.addrs.push(addr);
+                {
+                    let mut shared = self.shared.lock();
+                    let status = shared.peer(peer_id);
+                    status.connected = true;
+                    let addr = endpoint.get_remote_address().clone();
+                    if !status.addrs.contains(&addr) {
+                        status.addrs.push(addr);
+                    }
                 }
-                self.reprovide = true;
+                self.want_reprovide();
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 let _ = self.events.send(NetEvent::PeerDisconnected(peer_id));
@@ -294,7 +311,7 @@ impl SwarmTask {
                 }
             }
             BehaviourEvent::Kad(kad::Event::RoutingUpdated { is_new_peer: true, .. }) => {
-                self.reprovide = true;
+                self.want_reprovide();
             }
             _ => {}
         }

@@ -36,6 +36,10 @@ pub enum NodeEvent {
         /// How the worker says it ended, when a receipt arrived.
         completion: Option<Completion>,
     },
+    /// Something was added to this node's catalog (a model found or made, a blob stored).
+    CatalogAdded(phase_net::CatalogEntry),
+    /// Something left this node's catalog.
+    CatalogRemoved(phase_net::CatalogEntry),
     /// A first connection to a peer opened.
     PeerJoined(PeerId),
     /// The last connection to a peer closed.

@@ -6,11 +6,13 @@
 //!   forgetting the ones that failed;
 //! - [`events`]: a typed broadcast of what the node does (jobs started and finished with their
 //!   verdicts, refusals, peers), for logs, metrics and dashboards;
+//! - [`catalog`]: what the node offers, named by content, mutable, with a watch;
 //! - [`home`]: the data directory and the node identity in it.
 //!
 //! Nothing here knows HTTP or a model API: the daemons (lucidd, plasmd) map these types to
 //! their own edges.
 
+pub mod catalog;
 pub mod events;
 pub mod home;
 pub mod peers;
@@ -19,6 +21,7 @@ pub mod verified;
 /// The one rate limiter (it lives in phase-net, whose job relay needs it too).
 pub use phase_net::rate;
 
+pub use catalog::Catalog;
 pub use events::{NodeEvent, NodeEvents};
 pub use peers::{PeerSelector, SelectError};
 pub use verified::{Finished, Route, Step, Verdict, VerifiedJob};

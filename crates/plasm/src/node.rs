@@ -65,6 +65,11 @@ impl JobService for WasmService {
             .collect()
     }
 
+    /// A module uploaded to the artifact server is announced at once.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.store.changes())
+    }
+
     fn execute(
         &self,
         _from: PeerId,

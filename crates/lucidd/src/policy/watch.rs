@@ -21,6 +21,8 @@ const DEBOUNCE: Duration = Duration::from_millis(150);
 #[derive(Clone)]
 pub struct PolicyHandle {
     current: Arc<RwLock<Arc<Policy>>>,
+    /// Moves on each time a reload changes the policy.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
     last_error: Arc<Mutex<Option<String>>>,
     path: PathBuf,
 }
@@ -58,6 +60,7 @@ impl PolicyHandle {
     pub fn fixed_at(policy: Policy, path: &Path) -> Self {
         Self {
             current: Arc::new(RwLock::new(Arc::new(policy))),
+            changes: Arc::new(tokio::sync::watch::channel(0).0),
             last_error: Arc::new(Mutex::new(None)),
             path: path.to_path_buf(),
         }
@@ -66,6 +69,11 @@ impl PolicyHandle {
     /// The policy in force now.
     pub fn current(&self) -> Arc<Policy> {
         Arc::clone(&self.current.read())
+    }
+
+    /// Moves on each time a reload changes the policy, from now on.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Why the last edit was refused, until a good one replaces it.
@@ -92,6 +100,7 @@ impl PolicyHandle {
                 *self.last_error.lock() = None;
                 if changed {
                     tracing::info!(path = %self.path.display(), "policy reloaded");
+                    self.changes.send_modify(|v| *v += 1);
                 }
             }
             Err(e) => {

@@ -116,6 +116,12 @@ pub trait ModelWorker: Worker {
     fn is_loaded(&self, _model: &ModelName) -> Option<bool> {
         None
     }
+
+    /// Moves on whenever [`models`](Self::models) changed (a model file added or removed);
+    /// `None` for a worker whose models never change.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// The workers of this node, looked up by model.
@@ -125,6 +131,11 @@ pub struct LocalWorkers {
 }
 
 impl LocalWorkers {
+    /// The change watches of every worker whose models can change.
+    pub fn changes(&self) -> Vec<tokio::sync::watch::Receiver<u64>> {
+        self.workers.iter().filter_map(|w| w.changes()).collect()
+    }
+
     /// Adds a worker.
     pub fn add(&mut self, worker: Arc<dyn ModelWorker>) {
         self.workers.push(worker);

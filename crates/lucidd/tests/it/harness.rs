@@ -59,6 +59,11 @@ impl Daemon {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The daemon's node events.
+    pub fn events(&self) -> phase_node::NodeEvents {
+        self.running.as_ref().expect("running").events.clone()
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client.get(self.url(path)).send().await.expect("GET")
     }

@@ -3,6 +3,7 @@
 mod harness;
 
 mod blob_uploads;
+mod catalog;
 mod chat_generate;
 mod cli;
 mod embeddings;

@@ -165,7 +165,12 @@ pub async fn upload(
         },
     );
     match state.blobs.put_stream(paced, Some(cid)).await {
-        Ok(_) => Ok(StatusCode::CREATED),
+        Ok(cid) => {
+            let size = state.blobs.size(&cid).unwrap_or_default();
+            let entry = crate::model_entry::blob_entry(&cid, size);
+            state.registry.catalog().put(crate::model_entry::BLOB_KIND, entry);
+            Ok(StatusCode::CREATED)
+        }
         Err(StoreError::Mismatch { actual, .. }) => Err(ApiError::bad_request(format!(
             "digest mismatch, expected \"sha256:{expected}\", got \"sha256:{}\"",
             hex::encode(actual.sha256())

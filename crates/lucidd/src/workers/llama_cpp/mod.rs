@@ -6,12 +6,13 @@ pub mod catalog;
 pub mod chat;
 pub mod gguf;
 mod prompt;
+mod rescan;
 mod run;
 pub mod supervisor;
 pub mod template;
 
 use futures::future::BoxFuture;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use phase_identity::NodeIdentity;
 use phase_manifest::SignedManifest;
 use phase_protocol::{
@@ -85,7 +86,12 @@ pub struct LlamaCppWorker {
     identity: NodeIdentity,
     config: LlamaCppConfig,
     client: reqwest::Client,
-    models: Vec<ModelFile>,
+    /// The model directory as last scanned; replaced whole by a rescan.
+    models: RwLock<Arc<Vec<ModelFile>>>,
+    /// Moves on after each rescan that changed the models.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// Keeps the model directory watched for as long as the worker lives.
+    _watch: Mutex<Option<notify::RecommendedWatcher>>,
     servers: Mutex<HashMap<(ModelName, ServerMode), Arc<Loaded>>>,
 }
 
@@ -105,16 +111,49 @@ impl LlamaCppWorker {
             identity,
             config,
             client: reqwest::Client::new(),
-            models,
+            models: RwLock::new(Arc::new(models)),
+            changes: tokio::sync::watch::channel(0).0,
+            _watch: Mutex::new(None),
             servers: Mutex::new(HashMap::new()),
         });
         tokio::spawn(reap_idle(Arc::downgrade(&worker)));
+        match rescan::watch(Arc::downgrade(&worker), &worker.config.model_dir) {
+            Ok(watcher) => *worker._watch.lock() = Some(watcher),
+            Err(e) => {
+                tracing::warn!(dir = %worker.config.model_dir.display(), error = %e, "cannot watch the model directory; models added later need a restart")
+            }
+        }
         Ok(worker)
+    }
+
+    /// The models as last scanned.
+    fn files(&self) -> Arc<Vec<ModelFile>> {
+        Arc::clone(&self.models.read())
+    }
+
+    /// Reads the model directory again; says so when the models changed.
+    fn rescan(&self) {
+        let cache = self.config.state_dir.join("hash-cache.json");
+        match catalog::scan(&self.config.model_dir, &cache) {
+            Ok(models) => {
+                let names = |m: &[ModelFile]| -> Vec<(ModelName, String)> {
+                    m.iter().map(|f| (f.name.clone(), f.sha256.clone())).collect()
+                };
+                if names(&models) != names(&self.files()) {
+                    tracing::info!(dir = %self.config.model_dir.display(), models = models.len(), "the model directory changed");
+                    *self.models.write() = Arc::new(models);
+                    self.changes.send_modify(|v| *v += 1);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(dir = %self.config.model_dir.display(), error = %e, "rescanning the model directory failed; keeping the models found before")
+            }
+        }
     }
 
     /// Loads every model now instead of on first use.
     pub async fn preload(&self) {
-        for model in &self.models {
+        for model in self.files().iter() {
             if model.metadata.is_ok() {
                 let loaded = self.loaded(&model.name, ServerMode::Generate);
                 if let Err(e) = loaded
@@ -221,18 +260,18 @@ impl LlamaCppWorker {
         }
     }
 
-    fn model_file(&self, name: &str) -> Result<&ModelFile, WorkerError> {
+    fn model_file(&self, name: &str) -> Result<ModelFile, WorkerError> {
         let parsed = ModelName::parse(name)
             .map_err(|e| WorkerError::InvalidJob { reason: e.to_string() })?;
-        let file = self
-            .models
+        let files = self.files();
+        let file = files
             .iter()
             .find(|m| m.name == parsed)
             .ok_or_else(|| WorkerError::ModelNotFound { model: name.into() })?;
         if let Err(problem) = &file.metadata {
             return Err(WorkerError::InvalidJob { reason: problem.clone() });
         }
-        Ok(file)
+        Ok(file.clone())
     }
 }
 
@@ -288,7 +327,11 @@ async fn reap_idle(worker: Weak<LlamaCppWorker>) {
 
 impl ModelWorker for LlamaCppWorker {
     fn models(&self) -> Vec<ModelInfo> {
-        self.models.iter().map(model_info).collect()
+        self.files().iter().map(model_info).collect()
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.changes.subscribe())
     }
 
     fn is_loaded(&self, model: &ModelName) -> Option<bool> {
@@ -377,7 +420,7 @@ impl Worker for LlamaCppWorker {
             match &manifest.payload {
                 JobSpec::Wasm(_) => Err(WorkerError::UnsupportedJob { kind: "wasm" }),
                 JobSpec::Inference(job) => {
-                    let file = self.model_file(&job.model)?.clone();
+                    let file = self.model_file(&job.model)?;
                     let images = match &job.input {
                         InferenceInput::Chat { messages } => {
                             messages.iter().any(|m| !m.images.is_empty())
@@ -465,7 +508,7 @@ impl LlamaCppWorker {
         job: &EmbeddingJob,
         hash: phase_manifest::Sha256Hash,
     ) -> Result<Job, WorkerError> {
-        let file = self.model_file(&job.model)?.clone();
+        let file = self.model_file(&job.model)?;
         let native =
             file.metadata.as_ref().ok().and_then(|m| m.arch_uint("embedding_length")).unwrap_or(0)
                 as u32;
