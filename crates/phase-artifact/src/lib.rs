@@ -9,8 +9,11 @@
 //!   match is refused and nothing is stored.
 //! * [`discovery`]: announces and finds artifact servers on the LAN with mDNS.
 
+#[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "discovery")]
 pub mod discovery;
+#[cfg(feature = "server")]
 pub mod server;
 mod store;
 
