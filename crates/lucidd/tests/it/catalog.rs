@@ -1,5 +1,5 @@
 //! The node's catalog is mutable: a model file copied into the model directory is served
-//! without a restart and one removed is no longer listed; models made with `/api/create` and
+//! without a restart, one removed is no longer listed, a template put beside one changes it; models made with `/api/create` and
 //! uploaded blobs join it too; every change is a node event.
 
 use crate::harness::Daemon;
@@ -50,6 +50,16 @@ async fn a_model_file_added_or_removed_changes_the_catalog_without_a_restart() {
     std::fs::remove_file(&second).expect("remove it");
     assert_eq!(next_change(&mut events).await, "-model:second:latest");
     assert!(!listed(&d).await.contains(&"second:latest".to_string()));
+    // A template put beside a model changes what it can do: the same model, changed.
+    let tools = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/real_model/templates/tools.jinja");
+    std::fs::copy(tools, dir.path().join("models/tiny.jinja")).expect("add a template");
+    assert_eq!(next_change(&mut events).await, "-model:tiny:latest");
+    assert_eq!(next_change(&mut events).await, "+model:tiny:latest");
+    let (_, show) = d.post_json("/api/show", json!({"model": "tiny"})).await;
+    assert!(
+        show["capabilities"].as_array().expect("capabilities").contains(&json!("tools")),
+        "{show}"
+    );
     d.assert_still_serving().await;
 }
 

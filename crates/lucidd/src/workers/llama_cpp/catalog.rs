@@ -47,6 +47,17 @@ impl ModelFile {
             (None, Err(_)) => "",
         }
     }
+
+    /// What the model's files are now — the GGUF's digest, the template's text, the
+    /// projector — in one number: a rescan that finds it changed has a changed model, and a
+    /// server started from other files is restarted.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (&self.name.to_string(), &self.sha256, &self.projector).hash(&mut hasher);
+        self.template.as_ref().map(|t| (&t.path, &t.text)).hash(&mut hasher);
+        hasher.finish()
+    }
 }
 
 /// What ends the stem of a projector file: `NAME.mmproj.gguf`.

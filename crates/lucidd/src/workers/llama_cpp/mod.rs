@@ -136,10 +136,10 @@ impl LlamaCppWorker {
         let cache = self.config.state_dir.join("hash-cache.json");
         match catalog::scan(&self.config.model_dir, &cache) {
             Ok(models) => {
-                let names = |m: &[ModelFile]| -> Vec<(ModelName, String)> {
-                    m.iter().map(|f| (f.name.clone(), f.sha256.clone())).collect()
+                let fingerprints = |m: &[ModelFile]| -> Vec<u64> {
+                    m.iter().map(ModelFile::fingerprint).collect()
                 };
-                if names(&models) != names(&self.files()) {
+                if fingerprints(&models) != fingerprints(&self.files()) {
                     tracing::info!(dir = %self.config.model_dir.display(), models = models.len(), "the model directory changed");
                     *self.models.write() = Arc::new(models);
                     self.changes.send_modify(|v| *v += 1);
@@ -182,6 +182,7 @@ impl LlamaCppWorker {
             mode,
             chat_template: model.template.as_ref().map(|t| t.path.clone()),
             projector: model.projector.clone(),
+            files: model.fingerprint(),
         }
     }
 

@@ -67,6 +67,29 @@ pub struct ServerSpec {
     pub chat_template: Option<PathBuf>,
     /// The multimodal projector, for images (`--mmproj`).
     pub projector: Option<PathBuf>,
+    /// The model's files as they were ([`ModelFile::fingerprint`](super::catalog::ModelFile::fingerprint)).
+    pub files: u64,
+}
+
+impl ServerSpec {
+    /// Whether a server started as `self` can serve `wanted`: started from the same files with
+    /// the same settings, and with at least its context.
+    fn serves(&self, wanted: &ServerSpec) -> bool {
+        // Every field named, so a new one cannot be forgotten here.
+        let Self { model, ctx_per_slot, parallel, threads, mode, chat_template, projector, files } =
+            self;
+        *ctx_per_slot >= wanted.ctx_per_slot
+            && (model, parallel, threads, mode, chat_template, projector, files)
+                == (
+                    &wanted.model,
+                    &wanted.parallel,
+                    &wanted.threads,
+                    &wanted.mode,
+                    &wanted.chat_template,
+                    &wanted.projector,
+                    &wanted.files,
+                )
+    }
 }
 
 /// Why a server is not available.
@@ -156,15 +179,12 @@ impl ModelSupervisor {
         let mut state = self.state.lock().await;
         if let Some(running) = state.running.as_mut() {
             match running.child.try_wait() {
-                Ok(None)
-                    if running.spec.ctx_per_slot >= spec.ctx_per_slot
-                        && running.spec.mode == spec.mode =>
-                {
+                Ok(None) if running.spec.serves(spec) => {
                     return Ok(running.base_url.clone());
                 }
                 Ok(None) if !may_restart() => return Err(SupervisorError::InUse),
                 Ok(None) => {
-                    tracing::info!(model = %spec.model.display(), ctx = spec.ctx_per_slot, "restarting llama-server with a larger context");
+                    tracing::info!(model = %spec.model.display(), ctx = spec.ctx_per_slot, "restarting llama-server with a larger context or changed model files");
                     let _ = running.child.kill().await;
                 }
                 Ok(Some(status)) => {
@@ -363,4 +383,29 @@ fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(8)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_serves_a_smaller_context_but_not_other_files() {
+        let running = ServerSpec {
+            model: "m.gguf".into(),
+            ctx_per_slot: 8192,
+            parallel: 2,
+            threads: 0,
+            mode: ServerMode::Generate,
+            chat_template: None,
+            projector: None,
+            files: 1,
+        };
+        assert!(running.serves(&ServerSpec { ctx_per_slot: 4096, ..running.clone() }));
+        assert!(!running.serves(&ServerSpec { ctx_per_slot: 16384, ..running.clone() }));
+        assert!(!running.serves(&ServerSpec { files: 2, ..running.clone() }), "a changed file");
+        let template = Some(PathBuf::from("m.jinja"));
+        assert!(!running.serves(&ServerSpec { chat_template: template, ..running.clone() }));
+        assert!(!running.serves(&ServerSpec { mode: ServerMode::Embed, ..running.clone() }));
+    }
 }
