@@ -285,17 +285,11 @@ impl JobRun {
         let route = self.job.route();
         let rejected = match &verdict {
             Verdict::Verified => None,
-            other => {
-                tracing::warn!(verdict = ?other, routed_via = %route, "receipt did not verify");
-                (!self.accept_unverified).then(|| {
-                    let why = match other {
-                        Verdict::Failed { reason, .. } | Verdict::Broken { reason } => reason,
-                        Verdict::Verified => unreachable!("matched above"),
-                    };
-                    format!(
-                        "the receipt from {route} did not verify ({why}), so this answer cannot be trusted; send the header X-Lucid-Accept-Unverified: true to receive such answers marked unverified"
-                    )
-                })
+            Verdict::Failed { reason, .. } | Verdict::Broken { reason } => {
+                tracing::warn!(verdict = ?verdict, routed_via = %route, "receipt did not verify");
+                (!self.accept_unverified).then(|| format!(
+                    "the receipt from {route} did not verify ({reason}), so this answer cannot be trusted; send the header X-Lucid-Accept-Unverified: true to receive such answers marked unverified"
+                ))
             }
         };
         let unrecorded = match self.receipts.append(&receipt).await {

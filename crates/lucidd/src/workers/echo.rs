@@ -262,7 +262,9 @@ fn prompt_ids(input: &InferenceInput) -> Result<Option<Vec<u32>>, WorkerError> {
     let InferenceInput::Generate { prompt, context, return_context, raw: false, .. } = input else {
         return Ok(None);
     };
-    if !return_context && context.is_empty() {
+    // The echo model reads nothing but its prompt, so without `return_context` there is
+    // nothing to commit.
+    if !return_context {
         return Ok(None);
     }
     let invalid = |reason: String| Err(WorkerError::InvalidJob { reason });

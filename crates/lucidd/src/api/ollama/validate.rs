@@ -225,7 +225,7 @@ pub fn context(context: Option<&Vec<i64>>) -> Result<Vec<u32>, ApiError> {
     context
         .iter()
         .map(|&id| {
-            u32::try_from(id).ok().filter(|id| i32::try_from(*id).is_ok()).ok_or_else(|| {
+            i32::try_from(id).ok().and_then(|id| u32::try_from(id).ok()).ok_or_else(|| {
                 ApiError::bad_request(format!(
                     "invalid context: {id} is not a token id; pass back the context of an \
                      earlier answer as it came"

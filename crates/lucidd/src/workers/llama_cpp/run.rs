@@ -71,12 +71,16 @@ impl InferenceRun {
         emitter.finish(completion, metrics);
     }
 
-    /// Commits the prompt's token ids first, when the job answers with its context. False when
-    /// the job was cancelled meanwhile.
+    /// Commits the prompt's token ids first, when the job asks to answer with its context (a
+    /// job that only continues one reads the ids without committing them). False when the job
+    /// was cancelled meanwhile.
     async fn send_prompt(&self, emitter: &mut JobEmitter) -> bool {
+        let asked = matches!(self.job.input, InferenceInput::Generate { return_context: true, .. });
         match &self.prompt {
-            Some(prompt) => emitter.output(OutputChunk::prompt_tokens(&prompt.ids)).await.is_ok(),
-            None => true,
+            Some(prompt) if asked => {
+                emitter.output(OutputChunk::prompt_tokens(&prompt.ids)).await.is_ok()
+            }
+            _ => true,
         }
     }
 
