@@ -454,15 +454,15 @@ impl Worker for LlamaCppWorker {
                     let (emitter, handle) = job_channel(self.identity.clone(), hash);
                     let loading = Instant::now();
                     let base = self.server_for(&file, &loaded, ctx, ServerMode::Generate).await;
-                    let prompt = match &base {
-                        Ok(url) => match self.prepare_prompt(url, job, &file, ctx).await {
-                            Ok(prompt) => prompt,
+                    let (base, prompt) = match base {
+                        Ok(url) => match self.prepare_prompt(url, job, &file, ctx, &loaded).await {
+                            Ok((url, prompt)) => (Ok(url), prompt),
                             Err(e) => {
                                 loaded.release();
                                 return Err(e);
                             }
                         },
-                        Err(_) => None,
+                        Err(e) => (Err(e), None),
                     };
                     let run = InferenceRun {
                         manifest_hash: hash.0,
@@ -484,24 +484,44 @@ impl Worker for LlamaCppWorker {
 }
 
 impl LlamaCppWorker {
-    /// [`prompt::prepare`], given up on when llama-server hangs.
+    /// [`prompt::prepare`] on the server at `base`, given up on when it hangs. A server that
+    /// cannot be reached (it died since its last use) is restarted and asked once more, as a
+    /// job's first attempt is. Returns the server the prompt was prepared on.
     async fn prepare_prompt(
         &self,
-        base: &str,
+        base: String,
         job: &phase_protocol::InferenceJob,
         file: &ModelFile,
         ctx: u32,
-    ) -> Result<Option<prompt::PromptIds>, WorkerError> {
-        tokio::time::timeout(
-            self.config.idle_timeout,
-            prompt::prepare(&self.client, base, job, file, ctx),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(WorkerError::Unavailable {
-                reason: "llama-server did not render and tokenize the prompt in time".into(),
-            })
-        })
+        loaded: &Loaded,
+    ) -> Result<(String, Option<prompt::PromptIds>), WorkerError> {
+        let once = |base: String| async move {
+            let prepared = tokio::time::timeout(
+                self.config.idle_timeout,
+                prompt::prepare(&self.client, &base, job, file, ctx),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(prompt::PrepareError::Job(WorkerError::Unavailable {
+                    reason: "llama-server did not render and tokenize the prompt in time".into(),
+                }))
+            });
+            (base, prepared)
+        };
+        match once(base).await {
+            (base, Err(prompt::PrepareError::Unreachable(_))) => {
+                loaded.supervisor.report_failure(&base).await;
+                let spec = self.spec(file, ctx, ServerMode::Generate);
+                let restarted = loaded
+                    .supervisor
+                    .ensure(&spec)
+                    .await
+                    .map_err(|e| WorkerError::Unavailable { reason: e.to_string() })?;
+                let (base, prepared) = once(restarted).await;
+                Ok((base, prepared?))
+            }
+            (base, prepared) => Ok((base, prepared?)),
+        }
     }
 
     async fn embed(

@@ -22,6 +22,36 @@ pub(super) struct PromptIds {
     pub continues: bool,
 }
 
+/// Why the prompt could not be prepared.
+#[derive(Debug)]
+pub(super) enum PrepareError {
+    /// The job cannot run as asked (or llama-server refused the prompt).
+    Job(WorkerError),
+    /// llama-server could not be reached (it died since its last use): worth a restart and
+    /// one more try.
+    Unreachable(String),
+}
+
+impl From<backend::BackendError> for PrepareError {
+    fn from(e: backend::BackendError) -> Self {
+        match e {
+            backend::BackendError::Unreachable(reason) => Self::Unreachable(reason),
+            other => Self::Job(WorkerError::Unavailable { reason: other.to_string() }),
+        }
+    }
+}
+
+impl From<PrepareError> for WorkerError {
+    fn from(e: PrepareError) -> Self {
+        match e {
+            PrepareError::Job(e) => e,
+            PrepareError::Unreachable(reason) => WorkerError::Unavailable {
+                reason: format!("llama-server is unreachable: {reason}"),
+            },
+        }
+    }
+}
+
 /// The messages of a templated generate job: its system prompt, then its prompt and images.
 pub(super) fn generate_messages(
     prompt: &str,
@@ -47,7 +77,7 @@ pub(super) async fn prepare(
     job: &InferenceJob,
     model: &ModelFile,
     ctx: u32,
-) -> Result<Option<PromptIds>, WorkerError> {
+) -> Result<Option<PromptIds>, PrepareError> {
     let InferenceInput::Generate {
         prompt,
         suffix,
@@ -60,7 +90,7 @@ pub(super) async fn prepare(
     else {
         return Ok(None);
     };
-    let invalid = |reason: String| Err(WorkerError::InvalidJob { reason });
+    let invalid = |reason: String| Err(PrepareError::Job(WorkerError::InvalidJob { reason }));
     let with_suffix = suffix.as_deref().is_some_and(|s| !s.is_empty());
     if context.is_empty() {
         // Fill-in-the-middle and images make prompts of their own (FIM tokens, image
@@ -95,12 +125,9 @@ pub(super) async fn prepare(
     }
     let messages = generate_messages(prompt, system.as_ref(), images);
     let body = backend::chat_body(&messages, &job.options, backend::ChatExtras::of(job));
-    let unavailable = |e: backend::BackendError| WorkerError::Unavailable { reason: e.to_string() };
-    let text = backend::apply_template(client, base, &body).await.map_err(unavailable)?;
+    let text = backend::apply_template(client, base, &body).await?;
     // A conversation's first tokens (BOS) are already in its context.
-    let prompt_ids = backend::tokenize_with(client, base, &text, context.is_empty())
-        .await
-        .map_err(unavailable)?;
+    let prompt_ids = backend::tokenize_with(client, base, &text, context.is_empty()).await?;
     let total = context.len() + prompt_ids.len();
     if total >= ctx as usize {
         return invalid(format!(
