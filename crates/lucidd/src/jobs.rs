@@ -6,7 +6,9 @@ use phase_protocol::{ChunkKind, Completion, JobResult, OutputChunk, Structured};
 use phase_receipt::SignedReceipt;
 
 use crate::error::AnswerFailure;
+use crate::policy::VerifyPolicy;
 use crate::receipts::ReceiptLog;
+use crate::spot_check::{self, SpotCheck, SpotChecker, VerifyMode};
 
 /// A piece of a job's answer.
 #[derive(Debug)]
@@ -97,6 +99,24 @@ pub struct Finish {
     /// The conversation's token ids (Ollama's `context`), when the worker committed to the ids
     /// of its prompt: those, then the ids of every answer chunk, in order.
     pub context: Option<Vec<u32>>,
+    /// How a spot check of a peer's answer came out (`None` for an answer computed here).
+    pub spot_check: Option<SpotCheck>,
+}
+
+/// What a spot check of a peer's answer needs besides the answer.
+pub struct SpotContext {
+    /// Re-scores with this node's models.
+    pub checker: std::sync::Arc<SpotChecker>,
+    /// How often and how much.
+    pub policy: VerifyPolicy,
+    /// What the request asked for.
+    pub mode: VerifyMode,
+    /// The job the peer answered.
+    pub job: phase_protocol::InferenceJob,
+    /// The serving peer.
+    pub peer: phase_net::PeerId,
+    /// The model file the peer's catalog lists under the job's model name.
+    pub peer_digest: Option<String>,
 }
 
 impl Finish {
@@ -153,6 +173,12 @@ pub struct JobRun {
     manifest: Option<String>,
     /// The prompt's token ids, then the answer's, once the worker sent its prompt chunk.
     context: Option<Vec<u32>>,
+    /// How long the committed prompt is, at the head of `context`.
+    prompt_len: usize,
+    /// A peer's answer to check, and with what.
+    spot: Option<SpotContext>,
+    /// The answer's token ids so far, while every chunk carried its ids (for a spot check).
+    answer_ids: Option<Vec<u32>>,
 }
 
 impl JobRun {
@@ -167,6 +193,27 @@ impl JobRun {
             pending_logprobs: None,
             manifest: None,
             context: None,
+            prompt_len: 0,
+            spot: None,
+            answer_ids: Some(Vec::new()),
+        }
+    }
+
+    /// Spot-checks the peer's answer before it ends (see `crate::spot_check`).
+    pub fn spot_checked(mut self, spot: Option<SpotContext>) -> Self {
+        self.spot = spot;
+        self
+    }
+
+    /// Keeps the answer's ids for a spot check; an output chunk without ids makes the answer
+    /// uncheckable.
+    fn note_answer_ids(&mut self, ids: Option<&Vec<u32>>) {
+        if self.spot.is_none() {
+            return;
+        }
+        match (ids, &mut self.answer_ids) {
+            (Some(ids), Some(all)) => all.extend_from_slice(ids),
+            _ => self.answer_ids = None,
         }
     }
 
@@ -241,6 +288,7 @@ impl JobRun {
                             self.job.route()
                         )));
                     }
+                    self.prompt_len = ids.len();
                     self.context = Some(ids);
                     return None;
                 }
@@ -249,6 +297,7 @@ impl JobRun {
                 Structured::Thinking { text, token_ids } => {
                     let token_ids = (!token_ids.is_empty()).then_some(token_ids);
                     self.extend_context(token_ids.as_ref());
+                    self.note_answer_ids(token_ids.as_ref());
                     self.record(|| ChunkEntry::Thinking {
                         thinking: text.len(),
                         token_ids: token_ids.clone(),
@@ -256,6 +305,7 @@ impl JobRun {
                     Piece::Thinking { text, token_ids }
                 }
                 Structured::ToolCalls(calls) => {
+                    self.note_answer_ids(None);
                     self.record(|| ChunkEntry::ToolCalls { tool_calls: calls.len() });
                     Piece::ToolCalls(calls)
                 }
@@ -264,6 +314,7 @@ impl JobRun {
                 let text = chunk.text_content().unwrap_or_default().to_string();
                 let token_ids = chunk.token_ids().ok();
                 self.extend_context(token_ids.as_ref());
+                self.note_answer_ids(token_ids.as_ref());
                 self.record(|| match &token_ids {
                     Some(ids) => ChunkEntry::Token { len: text.len(), token_ids: ids.clone() },
                     None => ChunkEntry::Text(text.len()),
@@ -283,9 +334,33 @@ impl JobRun {
     async fn finish(&mut self, finished: Finished) -> Finish {
         let Finished { receipt, verdict } = finished;
         let route = self.job.route();
-        let rejected = match &verdict {
-            Verdict::Verified => None,
-            Verdict::Failed { reason, .. } | Verdict::Broken { reason } => {
+        let spot_check = match self.spot.take() {
+            Some(_) if !verdict.is_verified() => {
+                Some(SpotCheck::NotChecked("its receipt did not verify".into()))
+            }
+            Some(spot) => {
+                let prompt = self.context.as_ref().map(|c| &c[..self.prompt_len]);
+                let answer = spot_check::Answer {
+                    job: &spot.job,
+                    prompt,
+                    tokens: self.answer_ids.as_deref(),
+                    completion: &receipt.body.completion,
+                    peer: &spot.peer,
+                    peer_digest: spot.peer_digest.as_deref(),
+                };
+                Some(Self::spot_check(&spot, answer).await)
+            }
+            None => None,
+        };
+        let rejected = match (&verdict, &spot_check) {
+            (Verdict::Verified, Some(SpotCheck::Failed { reason, .. })) => {
+                tracing::warn!(routed_via = %route, %reason, "a peer's answer failed its spot check");
+                (!self.accept_unverified).then(|| format!(
+                    "the answer from {route} failed a spot check against this node's copy of the model ({reason}), so it cannot be trusted; send the header X-Lucid-Accept-Unverified: true to receive such answers marked unverified"
+                ))
+            }
+            (Verdict::Verified, _) => None,
+            (Verdict::Failed { reason, .. } | Verdict::Broken { reason }, _) => {
                 tracing::warn!(verdict = ?verdict, routed_via = %route, "receipt did not verify");
                 (!self.accept_unverified).then(|| format!(
                     "the receipt from {route} did not verify ({reason}), so this answer cannot be trusted; send the header X-Lucid-Accept-Unverified: true to receive such answers marked unverified"
@@ -301,9 +376,10 @@ impl JobRun {
                 ))
             }
         };
+        let trusted = verdict.is_verified() && !spot_check.as_ref().is_some_and(SpotCheck::failed);
         Finish {
             receipt,
-            verified: verdict.is_verified(),
+            verified: trusted,
             verdict,
             routed_via: route,
             receipt_chunks: std::mem::take(&mut self.receipt_chunks),
@@ -311,7 +387,16 @@ impl JobRun {
             unrecorded,
             manifest: self.manifest.take(),
             context: self.context.take(),
+            spot_check,
         }
+    }
+
+    /// Re-scores the peer's answer on this node's copy of the model.
+    async fn spot_check(spot: &SpotContext, answer: spot_check::Answer<'_>) -> SpotCheck {
+        let started = std::time::Instant::now();
+        let check = spot.checker.check(answer, &spot.policy, spot.mode).await;
+        tracing::info!(peer = %spot.peer, result = check.label(), ms = started.elapsed().as_millis() as u64, "spot check");
+        check
     }
 }
 

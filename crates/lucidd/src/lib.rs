@@ -21,5 +21,6 @@ pub mod receipts;
 pub mod registry;
 pub mod remote;
 pub mod server;
+pub mod spot_check;
 pub mod state;
 pub mod workers;

@@ -1,6 +1,7 @@
 //! This node on the peer-to-peer network: starting it from the command line, and serving the
 //! local workers' models to other nodes.
 
+use crate::workers::llama_cpp::liar::Lie;
 use anyhow::Context;
 use futures::future::BoxFuture;
 use phase_identity::NodeIdentity;
@@ -224,6 +225,8 @@ pub async fn start(
     if let Some(fault) = &args.test_fault {
         match fault.as_str() {
             "tamper-output" => network.set_tamper_output(true).map_err(anyhow::Error::msg)?,
+            // A worker's lie, set up with the worker.
+            other if Lie::parse(other).is_some() => {}
             other => anyhow::bail!("unknown test fault {other:?}"),
         }
         tracing::warn!(fault, "TEST FAULT ON: this node misbehaves on purpose");
@@ -239,4 +242,13 @@ pub async fn start(
         );
     }
     Ok(Some(network))
+}
+
+/// The worker's lie `--test-fault` names, in builds with test faults (`test-faults`).
+pub fn lie(args: &crate::config::P2pArgs) -> anyhow::Result<Option<Lie>> {
+    let Some(lie) = args.test_fault.as_deref().and_then(Lie::parse) else { return Ok(None) };
+    if !cfg!(feature = "test-faults") {
+        anyhow::bail!("this build has no test faults (build lucidd with the test-faults feature)");
+    }
+    Ok(Some(lie))
 }

@@ -63,6 +63,19 @@ impl RemoteModels {
         None
     }
 
+    /// The SHA-256 (hex) of the file `peer`'s catalog lists as `name`, if it lists one.
+    pub fn digest_on(&self, peer: &PeerId, name: &ModelName) -> Option<String> {
+        let status = self.network().status();
+        let listed = status.peers.into_iter().find(|p| &p.peer == peer)?;
+        listed
+            .catalog
+            .iter()
+            .filter_map(model_entry::from_entry)
+            .find(|m| &m.name == name)
+            .map(|m| m.digest)
+            .filter(|d| !d.is_empty())
+    }
+
     /// Peers serving `model`, best first.
     pub async fn providers(&self, model: &str) -> Vec<PeerId> {
         self.selector.candidates(&ModelKey::Name(model.to_string())).await

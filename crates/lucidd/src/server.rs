@@ -89,6 +89,7 @@ pub async fn start_with_workers(
                     max_loaded: args.max_loaded_models.max(1),
                     threads: args.threads,
                     idle_timeout: seconds(args.llama_server_timeout, 0.1, 86_400.0),
+                    lie: crate::p2p::lie(&args.p2p)?,
                 };
                 std::fs::create_dir_all(&config.model_dir).with_context(|| {
                     format!("creating the model directory {}", config.model_dir.display())
@@ -156,7 +157,9 @@ pub async fn start_with_workers(
         .clone()
         .filter(|_| !args.local_only)
         .map(|network| crate::remote::RemoteModels::new(network, events.clone()));
+    let spot_checker = Arc::new(crate::spot_check::SpotChecker::new(registry.workers().clone()));
     let state = Arc::new(AppState {
+        spot_checker,
         events,
         policy,
         sensors,

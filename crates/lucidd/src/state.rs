@@ -8,11 +8,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::CoreError;
-use crate::jobs::JobRun;
+use crate::jobs::{JobRun, SpotContext};
 use crate::names::ModelName;
 use crate::receipts::ReceiptLog;
 use crate::registry::{Registry, ResolvedModel};
 use crate::remote::RemoteModels;
+use crate::spot_check::{SpotChecker, VerifyMode};
 use phase_node::{NodeEvents, VerifiedJob};
 
 /// How long a manifest this node signs for its own request stays valid. Long enough for a slow
@@ -67,14 +68,46 @@ pub struct AppState {
     pub remote: Option<RemoteModels>,
     /// What the node does (jobs and their verdicts, peers that failed), for anyone to watch.
     pub events: NodeEvents,
+    /// Checks peers' answers against this node's copies of their models.
+    pub spot_checker: std::sync::Arc<SpotChecker>,
 }
 
 /// How a request wants its answer routed and checked.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RouteOptions {
-    /// Deliver an answer whose receipt failed verify-and-bind (marked unverified) instead of
-    /// an error. Set by the header `X-Lucid-Accept-Unverified: true`.
+    /// Deliver an answer whose receipt failed verify-and-bind, or whose spot check failed
+    /// (marked unverified), instead of an error. Set by the header
+    /// `X-Lucid-Accept-Unverified: true`.
     pub accept_unverified: bool,
+    /// Whether to spot-check a peer's answer (`X-Lucid-Verify`).
+    pub verify: VerifyMode,
+    /// Where the job may run (`X-Lucid-Route`).
+    pub prefer: RoutePreference,
+}
+
+/// Where a request wants its job run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RoutePreference {
+    /// Here when this node serves the model, else on a peer.
+    #[default]
+    Auto,
+    /// On another node even when this one serves the model (to spread load, or to check a
+    /// peer against this node's copy).
+    Peer,
+    /// Only here.
+    Local,
+}
+
+impl RoutePreference {
+    /// The preference a header value names.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Some(Self::Auto),
+            "peer" | "remote" => Some(Self::Peer),
+            "local" => Some(Self::Local),
+            _ => None,
+        }
+    }
 }
 
 impl AppState {
@@ -152,13 +185,40 @@ impl AppState {
         } else {
             sign()?
         };
-        let job = if let Some((worker, _)) = self.registry.workers().find(&model.base.name) {
+        let here = match route.prefer {
+            RoutePreference::Peer => None,
+            RoutePreference::Auto | RoutePreference::Local => {
+                self.registry.workers().find(&model.base.name)
+            }
+        };
+        let job = if let Some((worker, _)) = here {
             let job = worker.execute(manifest).await?;
             VerifiedJob::local(job, hash, self.peer_id.clone(), &self.events)
         } else {
-            let remote =
-                self.relaying().ok_or_else(|| CoreError::ModelNotFound(model.name.to_string()))?;
-            remote.start(&model.base.name.to_string(), &manifest).await?
+            let remote = match (route.prefer, self.relaying()) {
+                (RoutePreference::Local, _) | (_, None) => {
+                    return Err(CoreError::ModelNotFound(model.name.to_string()));
+                }
+                (_, Some(remote)) => remote,
+            };
+            let job = remote.start(&model.base.name.to_string(), &manifest).await?;
+            let checked = match (&manifest.payload, job.route()) {
+                (JobSpec::Inference(inference), phase_node::Route::Peer(peer)) => {
+                    Some(SpotContext {
+                        checker: std::sync::Arc::clone(&self.spot_checker),
+                        policy: self.policy.current().verify.clone(),
+                        mode: route.verify,
+                        peer_digest: remote.digest_on(&peer, &model.base.name),
+                        job: inference.clone(),
+                        peer,
+                    })
+                }
+                _ => None,
+            };
+            return Ok(JobRun::new(job.stop_on(self.shutdown.clone()), self.receipts.clone())
+                .with_manifest(carried)
+                .accept_unverified(route.accept_unverified)
+                .spot_checked(checked));
         };
         Ok(JobRun::new(job.stop_on(self.shutdown.clone()), self.receipts.clone())
             .with_manifest(carried)

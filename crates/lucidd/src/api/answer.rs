@@ -20,6 +20,9 @@ use crate::jobs::{Finish, JobRun, Piece};
 pub const ROUTED_VIA_HEADER: &str = "x-lucid-routed-via";
 /// Header saying whether the answer's receipt passed verify-and-bind.
 pub const RECEIPT_VERIFIED_HEADER: &str = "x-lucid-receipt-verified";
+/// Header saying how a spot check of a peer's answer came out (`passed`, `failed`,
+/// `not-checked`).
+pub const SPOT_CHECK_HEADER: &str = "x-lucid-spot-check";
 
 /// A whole answer, gathered for a non-streamed response.
 #[derive(Debug, Default)]
@@ -112,6 +115,9 @@ pub fn receipt_fields(finish: &Finish) -> serde_json::Map<String, Value> {
     if let Some(manifest) = &finish.manifest {
         out.insert("manifest".into(), json!(manifest));
     }
+    if let Some(check) = &finish.spot_check {
+        out.insert("spot_check".into(), check.to_json());
+    }
     // The prompt's token ids are the first committed chunk: a verifier needs them to replay
     // the commitment, also of an answer that ends with an error.
     if let Some(context) = &finish.context {
@@ -128,7 +134,8 @@ fn frame(framing: Framing, value: &Value) -> Bytes {
     })
 }
 
-/// Adds `X-Lucid-Routed-Via` and `X-Lucid-Receipt-Verified` to a non-streamed answer.
+/// Adds `X-Lucid-Routed-Via`, `X-Lucid-Receipt-Verified` and (for a peer's answer)
+/// `X-Lucid-Spot-Check` to a non-streamed answer.
 pub fn with_receipt_headers(mut response: Response, finish: &Finish) -> Response {
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&finish.routed_via.to_string()) {
@@ -138,6 +145,9 @@ pub fn with_receipt_headers(mut response: Response, finish: &Finish) -> Response
         RECEIPT_VERIFIED_HEADER,
         HeaderValue::from_static(if finish.verified { "true" } else { "false" }),
     );
+    if let Some(check) = &finish.spot_check {
+        headers.insert(SPOT_CHECK_HEADER, HeaderValue::from_static(check.label()));
+    }
     response
 }
 

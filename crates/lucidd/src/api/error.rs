@@ -8,7 +8,8 @@ use phase_protocol::WorkerError;
 
 use crate::error::{AnswerFailure, CoreError};
 use crate::jobs::Finish;
-use crate::state::RouteOptions;
+use crate::spot_check::VerifyMode;
+use crate::state::{RouteOptions, RoutePreference};
 use serde_json::json;
 
 /// An error answer.
@@ -91,20 +92,40 @@ impl ApiError {
 
 /// The request header that accepts unverified answers.
 pub const ACCEPT_UNVERIFIED_HEADER: &str = "x-lucid-accept-unverified";
+/// The request header that asks for (or turns off) a spot check: `spot`, `full`, `off`.
+pub const VERIFY_HEADER: &str = "x-lucid-verify";
+/// The request header that chooses where a job runs: `auto`, `peer`, `local`.
+pub const ROUTE_HEADER: &str = "x-lucid-route";
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RouteOptions {
-    type Rejection = std::convert::Infallible;
+    type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        let accept_unverified = parts
-            .headers
-            .get(ACCEPT_UNVERIFIED_HEADER)
-            .and_then(|v| v.to_str().ok())
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let accept_unverified = header(ACCEPT_UNVERIFIED_HEADER)
             .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
-        Ok(Self { accept_unverified })
+        let verify = match header(VERIFY_HEADER) {
+            None => VerifyMode::Policy,
+            Some(v) => VerifyMode::parse(v).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "X-Lucid-Verify: {v:?} is not a check mode: use spot (check this answer), \
+                     full (check every token), off or policy"
+                ))
+            })?,
+        };
+        let prefer = match header(ROUTE_HEADER) {
+            None => RoutePreference::Auto,
+            Some(v) => RoutePreference::parse(v).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "X-Lucid-Route: {v:?} is not a route: use auto (here if this node serves \
+                     the model), peer (on another node) or local (only here)"
+                ))
+            })?,
+        };
+        Ok(Self { accept_unverified, verify, prefer })
     }
 }
 

@@ -240,10 +240,11 @@ fn completion_id(prefix: &str) -> String {
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
-    route: RouteOptions,
+    route: Result<RouteOptions, ApiError>,
     body: Result<JsonBody<CompletionRequest>, ApiError>,
 ) -> Result<Response, OpenAiError> {
-    // A malformed body is refused in OpenAI's envelope, like every other /v1 error.
+    // A malformed body or header is refused in OpenAI's envelope, like every other /v1 error.
+    let route = route.map_err(ApiError::openai)?;
     let JsonBody(req) = body.map_err(ApiError::openai)?;
     let stats = Stats::start();
     let model = state.resolve_for_job(&req.model).await?;
@@ -282,10 +283,11 @@ pub async fn chat_completions(
 /// `POST /v1/completions`.
 pub async fn completions(
     State(state): State<Arc<AppState>>,
-    route: RouteOptions,
+    route: Result<RouteOptions, ApiError>,
     body: Result<JsonBody<CompletionRequest>, ApiError>,
 ) -> Result<Response, OpenAiError> {
-    // A malformed body is refused in OpenAI's envelope, like every other /v1 error.
+    // A malformed body or header is refused in OpenAI's envelope, like every other /v1 error.
+    let route = route.map_err(ApiError::openai)?;
     let JsonBody(req) = body.map_err(ApiError::openai)?;
     let stats = Stats::start();
     let model = state.resolve_for_job(&req.model).await?;
@@ -518,10 +520,11 @@ impl AnswerShape for TextCompletionShape {
 /// `POST /v1/embeddings`.
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
-    route: RouteOptions,
+    route: Result<RouteOptions, ApiError>,
     body: Result<JsonBody<EmbeddingsRequest>, ApiError>,
 ) -> Result<Response, OpenAiError> {
-    // A malformed body is refused in OpenAI's envelope, like every other /v1 error.
+    // A malformed body or header is refused in OpenAI's envelope, like every other /v1 error.
+    let route = route.map_err(ApiError::openai)?;
     let JsonBody(req) = body.map_err(ApiError::openai)?;
     let model = state.resolve_for_job(&req.model).await?;
     if let Some(Value::Array(items)) = &req.input {

@@ -54,6 +54,17 @@ max_request_bytes = 1048576
 # Longest a job for another node may run before it is cancelled, in seconds.
 max_job_seconds = 300
 
+[verify]
+# Spot checks of answers other nodes serve this node's requests, when this node holds the same
+# model: their token ids are re-scored on this node's copy before the answer ends, and an
+# answer that could not have come from the asked model is refused.
+# Share of answers checked (0 to 1); X-Lucid-Verify: spot|full|off decides per request.
+share = 0.1
+# Positions re-scored per checked answer (plus its end).
+positions = 16
+# Every answer from a peer is checked until it has served this many.
+new_peer_answers = 10
+
 # One-off exceptions: accept `jobs` jobs from a signer that is not allowed above. Each such
 # job is recorded in receipts/operator-grants.log.
 # [[grant]]
@@ -81,9 +92,29 @@ pub struct Policy {
     pub auto_pause: AutoPause,
     /// Limits on each remote job.
     pub limits: Limits,
+    /// Spot checks of peers' answers.
+    pub verify: VerifyPolicy,
     /// One-off exceptions to `allowed_signers`.
     #[serde(rename = "grant")]
     pub grants: Vec<Grant>,
+}
+
+/// How often and how much answers from other nodes are spot-checked (`[verify]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyPolicy {
+    /// Share of answers checked, 0 to 1.
+    pub share: f64,
+    /// Positions re-scored per checked answer.
+    pub positions: u32,
+    /// Every answer of a peer is checked until it served this many.
+    pub new_peer_answers: u32,
+}
+
+impl Default for VerifyPolicy {
+    fn default() -> Self {
+        Self { share: 0.1, positions: 16, new_peer_answers: 10 }
+    }
 }
 
 /// When serving others pauses by itself.
@@ -134,6 +165,7 @@ impl Default for Policy {
             per_peer_rate: 30,
             auto_pause: AutoPause::default(),
             limits: Limits::default(),
+            verify: VerifyPolicy::default(),
             grants: Vec::new(),
         }
     }
@@ -249,6 +281,20 @@ impl Policy {
                 line: key_line(text, "max_temp_celsius"),
                 key: Some("auto_pause.max_temp_celsius".into()),
                 message: format!("{t} °C is not a plausible limit (0 to 150)"),
+            });
+        }
+        if !(0.0..=1.0).contains(&self.verify.share) {
+            return Err(PolicyError {
+                line: key_line(text, "share"),
+                key: Some("verify.share".into()),
+                message: format!("{} is not a share (0 to 1)", self.verify.share),
+            });
+        }
+        if !(1..=4096).contains(&self.verify.positions) {
+            return Err(PolicyError {
+                line: key_line(text, "positions"),
+                key: Some("verify.positions".into()),
+                message: format!("{} positions: use 1 to 4096", self.verify.positions),
             });
         }
         Ok(())

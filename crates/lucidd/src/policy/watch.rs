@@ -186,10 +186,17 @@ mod tests {
         let path = dir.path().join("policy.toml");
         let handle = PolicyHandle::load_or_create(&path).expect("created");
         let _watch = handle.watch().expect("watch");
-        std::fs::write(&path, "manual_pause = true\n").expect("edit");
+        // Each edit lands whole (written beside, then renamed over): a plain write truncates
+        // first, and the empty file in between is a valid policy of its own.
+        let edit = |text: &str| {
+            let tmp = dir.path().join(".policy.toml.edit");
+            std::fs::write(&tmp, text).expect("write");
+            std::fs::rename(&tmp, &path).expect("rename");
+        };
+        edit("manual_pause = true\n");
         wait_until("the edit", || handle.current().manual_pause);
 
-        std::fs::write(&path, "manual_pause = \"yes\"\n").expect("bad edit");
+        edit("manual_pause = \"yes\"\n");
         wait_until("the error", || handle.last_error().is_some());
         assert!(handle.current().manual_pause, "the last good policy stays");
         assert!(handle.last_error().expect("error").contains("line 1"));

@@ -18,6 +18,7 @@ const NOT_SHOWN: &[&str] = &[
     "system_fingerprint",
     "model",
     "routed_via",
+    "spot_check",
     "role",
     "type",
     "done_reason",

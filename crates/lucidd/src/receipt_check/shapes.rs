@@ -58,7 +58,8 @@ pub struct Ending {
 pub type AnswerFields = (String, String, Vec<Value>);
 
 /// Keys every final object may carry.
-const RECEIPT_KEYS: &[&str] = &["receipt", "routed_via", "receipt_verified", "manifest"];
+const RECEIPT_KEYS: &[&str] =
+    &["receipt", "routed_via", "receipt_verified", "manifest", "spot_check"];
 const OLLAMA_STATS: &[&str] = &[
     "total_duration",
     "load_duration",
@@ -137,11 +138,42 @@ fn check_metadata(map: &Map<String, Value>, what: &str) -> anyhow::Result<()> {
     if map.get("receipt_verified").is_some_and(|v| !v.is_boolean()) {
         bail!("{what}: receipt_verified must be true or false");
     }
+    if let Some(check) = map.get("spot_check") {
+        spot_check(check).with_context(|| format!("{what}: spot_check"))?;
+    }
     if map.contains_key("logprobs") && !map["logprobs"].is_null() {
         bail!(
             "{what}: log-probabilities are not covered by the receipt; save the answer without \
              logprobs to verify it"
         );
+    }
+    Ok(())
+}
+
+/// The requesting node's spot check (not the worker's, not signed): exactly the shape lucidd
+/// writes, `{"result", "positions"?, "z"?, "position"?, "reason"?}`.
+fn spot_check(check: &Value) -> anyhow::Result<()> {
+    let map = check.as_object().ok_or_else(|| anyhow!("must be an object"))?;
+    let allowed: &[&str] = match map.get("result").and_then(Value::as_str) {
+        Some("passed") => &["result", "positions", "z"],
+        Some("failed") => &["result", "positions", "position", "reason"],
+        Some("not_checked") => &["result", "reason"],
+        _ => bail!("result must be passed, failed or not_checked"),
+    };
+    if let Some(key) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        bail!("unexpected field `{key}`");
+    }
+    for key in ["positions", "position"] {
+        let whole = |v: &Value| v.is_u64() || (key == "position" && v.is_null());
+        if map.get(key).is_some_and(|v| !whole(v)) {
+            bail!("`{key}` must be a whole number");
+        }
+    }
+    if map.get("z").is_some_and(|v| !v.is_f64() && !v.is_i64() && !v.is_u64()) {
+        bail!("`z` must be a number");
+    }
+    if map.get("reason").is_some_and(|v| !v.is_string()) {
+        bail!("`reason` must be text");
     }
     Ok(())
 }

@@ -117,6 +117,22 @@ pub trait ModelWorker: Worker {
         None
     }
 
+    /// Re-scores positions of another node's answer under teacher forcing, for a spot check
+    /// (`crate::spot_check`). Workers without a model to re-score with cannot.
+    fn rescore<'a>(
+        &'a self,
+        _request: crate::spot_check::RescoreRequest<'a>,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<crate::spot_check::Rescored, crate::spot_check::RescoreError>,
+    > {
+        Box::pin(async {
+            Err(crate::spot_check::RescoreError::Uncheckable(
+                "this node's worker for the model cannot re-score answers".into(),
+            ))
+        })
+    }
+
     /// Moves on whenever [`models`](Self::models) changed (a model file added or removed);
     /// `None` for a worker whose models never change.
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {

@@ -18,3 +18,4 @@ mod lifecycle;
 #[path = "../it/nodes.rs"]
 mod nodes;
 mod relayed;
+mod spot_checks;

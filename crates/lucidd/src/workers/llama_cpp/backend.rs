@@ -477,6 +477,16 @@ pub async fn apply_template(
         .ok_or_else(|| BackendError::Malformed("apply-template answered without a prompt".into()))
 }
 
+/// One non-streamed `/completion` answer for `body`, as llama-server sends it.
+pub async fn complete_once(
+    client: &reqwest::Client,
+    base: &str,
+    body: &Value,
+) -> Result<Value, BackendError> {
+    let response = post(client, format!("{base}/completion"), body).await?;
+    response.json().await.map_err(|e| BackendError::Malformed(e.to_string()))
+}
+
 /// Text of `tokens`.
 pub async fn detokenize(
     client: &reqwest::Client,

@@ -5,8 +5,10 @@ pub mod backend;
 pub mod catalog;
 pub mod chat;
 pub mod gguf;
+pub mod liar;
 mod prompt;
 mod rescan;
+mod rescore;
 mod run;
 pub mod supervisor;
 pub mod template;
@@ -61,6 +63,8 @@ pub struct LlamaCppConfig {
     /// How long a server may send nothing in the middle of an answer before it is considered
     /// hung: the answer fails and the server is restarted.
     pub idle_timeout: Duration,
+    /// Test builds only: how this worker lies about its answers.
+    pub lie: Option<liar::Lie>,
 }
 
 struct Loaded {
@@ -342,6 +346,13 @@ impl ModelWorker for LlamaCppWorker {
         }))
     }
 
+    fn rescore<'a>(
+        &'a self,
+        request: crate::spot_check::RescoreRequest<'a>,
+    ) -> BoxFuture<'a, Result<crate::spot_check::Rescored, crate::spot_check::RescoreError>> {
+        Box::pin(self.rescore_answer(request))
+    }
+
     fn keep_alive(&self, model: &ModelName, keep_alive: KeepAlive) {
         for mode in ServerMode::ALL {
             let loaded = self.servers.lock().get(&(model.clone(), mode)).cloned();
@@ -468,7 +479,9 @@ impl Worker for LlamaCppWorker {
                         manifest_hash: hash.0,
                         idle_timeout: self.config.idle_timeout,
                         client: self.client.clone(),
-                        job: job.clone(),
+                        job: self.config.lie.map_or_else(|| job.clone(), |lie| lie.distort(job)),
+                        truncate: (self.config.lie == Some(liar::Lie::Truncate))
+                            .then_some(liar::TRUNCATE_AFTER),
                         loaded: Arc::clone(&loaded),
                         spec: self.spec(&file, ctx, ServerMode::Generate),
                         load_duration: loading.elapsed(),

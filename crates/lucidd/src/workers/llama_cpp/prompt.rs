@@ -124,10 +124,8 @@ pub(super) async fn prepare(
         }
     }
     let messages = generate_messages(prompt, system.as_ref(), images);
-    let body = backend::chat_body(&messages, &job.options, backend::ChatExtras::of(job));
-    let text = backend::apply_template(client, base, &body).await?;
     // A conversation's first tokens (BOS) are already in its context.
-    let prompt_ids = backend::tokenize_with(client, base, &text, context.is_empty()).await?;
+    let prompt_ids = templated_ids(client, base, job, &messages, context.is_empty()).await?;
     let total = context.len() + prompt_ids.len();
     if total >= ctx as usize {
         return invalid(format!(
@@ -142,4 +140,51 @@ pub(super) async fn prepare(
     ids.extend_from_slice(context);
     ids.extend(prompt_ids);
     Ok(Some(PromptIds { ids, continues: !context.is_empty() }))
+}
+
+/// The ids of `messages` as the model's chat template renders them for `job` (its options,
+/// tools and `think`), tokenized by the model: what llama-server's chat endpoint reads.
+async fn templated_ids(
+    client: &reqwest::Client,
+    base: &str,
+    job: &InferenceJob,
+    messages: &[ChatMessage],
+    add_special: bool,
+) -> Result<Vec<u32>, backend::BackendError> {
+    let body = backend::chat_body(messages, &job.options, backend::ChatExtras::of(job));
+    let text = backend::apply_template(client, base, &body).await?;
+    backend::tokenize_with(client, base, &text, add_special).await
+}
+
+/// The ids the model read before answering `job`, rebuilt from the job alone: for a spot check
+/// on another node, which must read exactly what the serving node's model read. `None` for
+/// input whose prompt is not only tokens (images, fill-in-the-middle).
+pub(super) async fn rebuilt_ids(
+    client: &reqwest::Client,
+    base: &str,
+    job: &InferenceJob,
+) -> Result<Option<Vec<u32>>, backend::BackendError> {
+    let messages = match &job.input {
+        InferenceInput::Chat { messages } => {
+            if messages.iter().any(|m| !m.images.is_empty()) {
+                return Ok(None);
+            }
+            messages.clone()
+        }
+        InferenceInput::Generate { suffix: Some(suffix), .. } if !suffix.is_empty() => {
+            return Ok(None);
+        }
+        InferenceInput::Generate { images, .. } if !images.is_empty() => return Ok(None),
+        InferenceInput::Generate { prompt, raw: true, .. } => {
+            return backend::tokenize(client, base, prompt).await.map(Some);
+        }
+        InferenceInput::Generate { prompt, system, images, context, .. } => {
+            // A conversation goes on after its context, whose first tokens (BOS) it holds.
+            let messages = generate_messages(prompt, system.as_ref(), images);
+            let mut ids = context.clone();
+            ids.extend(templated_ids(client, base, job, &messages, context.is_empty()).await?);
+            return Ok(Some(ids));
+        }
+    };
+    templated_ids(client, base, job, &messages, true).await.map(Some)
 }

@@ -26,6 +26,8 @@ pub(super) struct InferenceRun {
     pub(super) load_duration: Duration,
     /// What a generate job that answers with its context reads; committed first.
     pub(super) prompt: Option<PromptIds>,
+    /// Test builds' truncating liar: claim the answer finished after this many pieces.
+    pub(super) truncate: Option<usize>,
 }
 
 /// How an attempt at generating ended.
@@ -214,6 +216,12 @@ impl InferenceRun {
             }
             if let Err(reason) = tool_calls.push(&event.tool_calls) {
                 return done(Completion::Failed { reason }, metrics);
+            }
+            if let Some(after) = self.truncate
+                && emitter.commitment().count() - sent_before >= after as u64
+            {
+                metrics.output_tokens = after as u64;
+                return done(Completion::Finished, metrics);
             }
             if event.stop {
                 // Tool calls go out whole, as Ollama sends them, once the model is done.

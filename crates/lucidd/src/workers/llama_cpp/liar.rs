@@ -1,0 +1,64 @@
+//! Ways a test build's llama.cpp worker lies about its answers (`--test-fault`), so spot checks
+//! are tested against real lies: the receipts of these answers verify and bind, and only a
+//! check against the model tells them apart from honest ones.
+
+use phase_protocol::{InferenceInput, InferenceJob};
+use serde_json::{Value, json};
+
+/// A lie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lie {
+    /// Answers from an unrelated prompt: fluent text from the right model that does not follow
+    /// from what was asked.
+    MadeUpText,
+    /// Stops early and claims the answer ended by itself.
+    Truncate,
+    /// Samples hotter than asked.
+    Hotter,
+    /// Leaves the system prompt out.
+    DropSystem,
+}
+
+/// Tokens a truncating liar sends before it claims to be done.
+pub const TRUNCATE_AFTER: usize = 6;
+
+impl Lie {
+    /// The lie a `--test-fault` value names; `None` for other faults.
+    pub fn parse(fault: &str) -> Option<Self> {
+        Some(match fault {
+            "made-up-text" => Self::MadeUpText,
+            "truncate" => Self::Truncate,
+            "hotter" => Self::Hotter,
+            "drop-system" => Self::DropSystem,
+            _ => return None,
+        })
+    }
+
+    /// The job this liar really runs instead of `job`.
+    pub fn distort(self, job: &InferenceJob) -> InferenceJob {
+        let mut job = job.clone();
+        match self {
+            Self::MadeUpText => {
+                job.input = InferenceInput::Generate {
+                    prompt: "Once upon a time, in a small village by the sea,".into(),
+                    suffix: None,
+                    system: None,
+                    raw: true,
+                    images: Vec::new(),
+                    context: Vec::new(),
+                    return_context: false,
+                };
+            }
+            Self::Hotter => {
+                let asked = job.options.get("temperature").and_then(Value::as_f64).unwrap_or(0.8);
+                job.options.insert("temperature".into(), json!(asked.max(0.0) + 1.2));
+            }
+            Self::DropSystem => match &mut job.input {
+                InferenceInput::Chat { messages } => messages.retain(|m| m.role != "system"),
+                InferenceInput::Generate { system, .. } => *system = None,
+            },
+            Self::Truncate => {}
+        }
+        job
+    }
+}

@@ -1,0 +1,163 @@
+//! Spot checks across processes with the real chat model: node A holds SmolLM2-135M-Instruct
+//! and sends its
+//! requests to node B (`X-Lucid-Route: peer`), which serves the same file — honestly, or with
+//! one of the test build's lies. Every lying answer's receipt verifies and binds; only A's
+//! re-scoring on its own copy catches it: a 502 naming the spot check, or (with
+//! `X-Lucid-Accept-Unverified`) the answer marked unverified with the failed check in its last
+//! line. Honest answers, greedy and sampled, pass.
+
+use crate::harness::{chat_model_file, llama_server};
+use crate::nodes::{Node, peer_id};
+use serde_json::{Value, json};
+
+/// A node serving SmolLM2 from its own model directory, with `extra` arguments.
+async fn chat_node(dir: tempfile::TempDir, extra: &[&str]) -> Node {
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).expect("mkdir");
+    std::os::unix::fs::symlink(chat_model_file(), models.join("smollm2.gguf")).expect("link");
+    let models = models.to_str().expect("utf-8").to_string();
+    let binary = llama_server().to_str().expect("utf-8").to_string();
+    let mut args = vec!["--worker", "llama-cpp", "--model-dir", &models];
+    args.extend(["--llama-server-binary", &binary]);
+    args.extend(extra);
+    Node::start(dir, &args).await
+}
+
+/// B (lying as `lie` says, or honest) serving A, which holds the same model.
+async fn pair(lie: Option<&str>) -> (Node, Node) {
+    let a_dir = tempfile::tempdir().expect("tempdir");
+    let a_id = peer_id(&a_dir);
+    let mut extra = vec!["--allow-signer", &a_id];
+    if let Some(lie) = lie {
+        extra.extend(["--test-fault", lie]);
+    }
+    let b = chat_node(tempfile::tempdir().expect("tempdir"), &extra).await;
+    let b_addr = b.tcp_addr().await;
+    let a = chat_node(a_dir, &["--bootstrap-peer", &b_addr]).await;
+    let b_id = b.peer_id();
+    a.wait_for("B's catalog", |s| {
+        s["peers"].as_array().is_some_and(|peers| {
+            peers.iter().any(|p| {
+                p["peer_id"] == b_id.as_str()
+                    && p["models"].as_array().is_some_and(|m| m.contains(&json!("smollm2:latest")))
+            })
+        })
+    })
+    .await;
+    (a, b)
+}
+
+fn question(options: Value, system: Option<&str>) -> Value {
+    let mut messages = Vec::new();
+    if let Some(system) = system {
+        messages.push(json!({"role": "system", "content": system}));
+    }
+    messages.push(json!({"role": "user", "content": "Name three colours of the rainbow."}));
+    json!({"model": "smollm2", "messages": messages, "stream": false, "options": options})
+}
+
+/// A's answer through B, with the check `verify` asks for.
+async fn ask(a: &Node, body: Value, verify: &str, accept: bool) -> (u16, Option<String>, Value) {
+    let mut request = a.post("/api/chat", body).header("X-Lucid-Route", "peer");
+    request = request.header("X-Lucid-Verify", verify);
+    if accept {
+        request = request.header("X-Lucid-Accept-Unverified", "true");
+    }
+    let response = request.send().await.expect("chat");
+    let status = response.status().as_u16();
+    let check = response
+        .headers()
+        .get("x-lucid-spot-check")
+        .map(|v| v.to_str().expect("ascii").to_string());
+    (status, check, response.json().await.expect("json"))
+}
+
+const GREEDY: fn() -> Value = || json!({"temperature": 0, "num_predict": 40});
+const SAMPLED: fn() -> Value = || json!({"seed": 7, "num_predict": 40});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn honest_answers_pass_greedy_sampled_and_full() {
+    let (a, b) = pair(None).await;
+    for (options, verify) in
+        [(GREEDY(), "spot"), (SAMPLED(), "spot"), (GREEDY(), "full"), (SAMPLED(), "full")]
+    {
+        let (status, check, answer) = ask(&a, question(options, None), verify, false).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["routed_via"], b.peer_id(), "served by B: {answer}");
+        assert_eq!(check.as_deref(), Some("passed"), "{answer}");
+        assert_eq!(answer["spot_check"]["result"], "passed", "{answer}");
+        assert_eq!(answer["receipt_verified"], true);
+        assert!(answer["spot_check"]["positions"].as_u64().expect("count") > 0);
+        // The saved answer, check and all, still verifies offline.
+        let saved = lucidd::receipt_check::check(&answer.to_string()).expect("verifies offline");
+        assert_eq!(saved.worker.to_string(), b.peer_id());
+    }
+    // Off: the answer says it was not checked.
+    let (status, check, answer) = ask(&a, question(GREEDY(), None), "off", false).await;
+    assert_eq!((status, check.as_deref()), (200, Some("not-checked")), "{answer}");
+    // A local answer is not spot-checked at all.
+    let local = a
+        .post("/api/chat", question(GREEDY(), None))
+        .header("X-Lucid-Route", "local")
+        .send()
+        .await
+        .expect("chat");
+    assert!(local.headers().get("x-lucid-spot-check").is_none());
+    let local: Value = local.json().await.expect("json");
+    assert_eq!(local["routed_via"], "local");
+    assert!(local.get("spot_check").is_none(), "{local}");
+}
+
+/// Each lie is caught on a greedy and on a sampled request, checked in full: refused with a
+/// 502 that says why, or delivered marked unverified when the client accepts that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_lie_is_caught_and_refused_or_marked() {
+    let system = "Answer in French only.";
+    for lie in ["made-up-text", "truncate", "hotter", "drop-system"] {
+        let (a, b) = pair(Some(lie)).await;
+        for options in [GREEDY(), SAMPLED()] {
+            let body = question(options.clone(), Some(system));
+            if lie == "hotter" && options == SAMPLED() {
+                // Sampling hotter inside the same nucleus shows only statistically: one answer
+                // of 40 tokens lowers the z-score (about -3 here) without crossing the limit.
+                // Telling it apart needs many answers of one peer together.
+                let (_, _, answer) = ask(&a, body.clone(), "full", true).await;
+                eprintln!("{lie} {options}: {}", answer["spot_check"]);
+                continue;
+            }
+            let (status, check, answer) = ask(&a, body.clone(), "full", false).await;
+            assert_eq!(status, 502, "{lie} {options}: {answer}");
+            assert_eq!(check.as_deref(), Some("failed"), "the refusal says why");
+            let error = answer["error"].as_str().expect("error");
+            assert!(error.contains("spot check"), "{lie}: {error}");
+            let (status, check, answer) = ask(&a, body, "full", true).await;
+            assert_eq!(status, 200, "{lie}: {answer}");
+            assert_eq!(check.as_deref(), Some("failed"), "{lie} {options}: {answer}");
+            assert_eq!(answer["spot_check"]["result"], "failed");
+            assert_eq!(answer["receipt_verified"], false, "a caught lie is not verified");
+            assert_eq!(answer["routed_via"], b.peer_id());
+        }
+    }
+}
+
+/// A streamed lie reaches the client chunk by chunk before it can be checked: its last line is
+/// an error with the failed check, never `done: true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_lie_ends_with_the_failed_check() {
+    let (a, _b) = pair(Some("made-up-text")).await;
+    let mut body = question(GREEDY(), None);
+    body["stream"] = json!(true);
+    let response = a
+        .post("/api/chat", body)
+        .header("X-Lucid-Route", "peer")
+        .header("X-Lucid-Verify", "spot")
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(response.status(), 200, "a stream has started before the check");
+    let lines = crate::harness::ndjson(&response.text().await.expect("body"));
+    let last = lines.last().expect("a last line");
+    assert!(last["error"].as_str().expect("error").contains("spot check"), "{last}");
+    assert_eq!(last["spot_check"]["result"], "failed", "{last}");
+    assert!(lines.iter().all(|l| l["done"] != true), "never done: {lines:?}");
+}
