@@ -107,6 +107,8 @@ pub struct Finish {
 pub struct SpotContext {
     /// Re-scores with this node's models.
     pub checker: std::sync::Arc<SpotChecker>,
+    /// Where what the peer's answer showed is recorded.
+    pub reputation: std::sync::Arc<phase_node::Reputation>,
     /// How often and how much.
     pub policy: VerifyPolicy,
     /// What the request asked for.
@@ -115,8 +117,11 @@ pub struct SpotContext {
     pub job: phase_protocol::InferenceJob,
     /// The serving peer.
     pub peer: phase_net::PeerId,
-    /// The model file the peer's catalog lists under the job's model name.
+    /// The model file expected: the pinned one, else the one the peer's catalog lists under
+    /// the job's model name (hex SHA-256).
     pub peer_digest: Option<String>,
+    /// The request pinned the file: an answer whose receipt states another is refused.
+    pub pinned: bool,
 }
 
 impl Finish {
@@ -334,9 +339,13 @@ impl JobRun {
     async fn finish(&mut self, finished: Finished) -> Finish {
         let Finished { receipt, verdict } = finished;
         let route = self.job.route();
-        let spot_check = match self.spot.take() {
+        let spot = self.spot.take();
+        let spot_check = match &spot {
             Some(_) if !verdict.is_verified() => {
                 Some(SpotCheck::NotChecked("its receipt did not verify".into()))
+            }
+            Some(spot) if let Some(reason) = served_elsewhere(spot, &receipt) => {
+                Some(SpotCheck::Failed { position: None, positions: 0, reason })
             }
             Some(spot) => {
                 let prompt = self.context.as_ref().map(|c| &c[..self.prompt_len]);
@@ -347,8 +356,9 @@ impl JobRun {
                     completion: &receipt.body.completion,
                     peer: &spot.peer,
                     peer_digest: spot.peer_digest.as_deref(),
+                    served: receipt.body.served,
                 };
-                Some(Self::spot_check(&spot, answer).await)
+                Some(Self::spot_check(spot, answer).await)
             }
             None => None,
         };
@@ -376,6 +386,9 @@ impl JobRun {
                 ))
             }
         };
+        if let Some(spot) = &spot {
+            record_standing(spot, &verdict, spot_check.as_ref());
+        }
         let trusted = verdict.is_verified() && !spot_check.as_ref().is_some_and(SpotCheck::failed);
         Finish {
             receipt,
@@ -397,6 +410,50 @@ impl JobRun {
         let check = spot.checker.check(answer, &spot.policy, spot.mode).await;
         tracing::info!(peer = %spot.peer, result = check.label(), ms = started.elapsed().as_millis() as u64, "spot check");
         check
+    }
+}
+
+/// Records what the peer's answer showed in its standing.
+fn record_standing(spot: &SpotContext, verdict: &Verdict, check: Option<&SpotCheck>) {
+    use phase_node::Evidence;
+    let reputation = &spot.reputation;
+    let evidence = match (verdict, check) {
+        (Verdict::Failed { .. }, _) => Evidence::BindFailed,
+        // A peer that went away mid-answer may have crashed or lost its network: failover
+        // deals with that, its standing does not.
+        (Verdict::Broken { .. }, _) => return,
+        (Verdict::Verified, Some(SpotCheck::Failed { .. })) => Evidence::CheckFailed,
+        (Verdict::Verified, Some(SpotCheck::Passed { deviation, variance, .. })) => {
+            if reputation.record_sample(&spot.peer, *deviation, *variance) {
+                tracing::warn!(peer = %spot.peer, "over its recent answers, this peer's sampled tokens are far less likely than the model makes them: counted as a caught lie");
+            }
+            Evidence::CheckPassed
+        }
+        (Verdict::Verified, _) => Evidence::Bound,
+    };
+    let score = reputation.record(&spot.peer, evidence);
+    tracing::info!(peer = %spot.peer, ?evidence, score, "peer standing");
+}
+
+/// Why a peer's receipt states another model file than expected, if it does: against a pin,
+/// a receipt that states none or another; otherwise one that states another than the peer's
+/// catalog lists (a catalog can change between a lookup and a job, so only a pin makes a
+/// receipt without `served` unacceptable).
+fn served_elsewhere(spot: &SpotContext, receipt: &SignedReceipt<JobResult>) -> Option<String> {
+    let expected = spot.peer_digest.as_deref()?;
+    match receipt.body.served {
+        Some(served) if hex::encode(served.sha256()) != expected => Some(format!(
+            "the peer's receipt says it ran the model file {served}, not {} that {}",
+            phase_protocol::ContentId::from_sha256(
+                hex::decode(expected).ok()?.try_into().ok()?
+            ),
+            if spot.pinned { "the request pinned" } else { "its catalog lists" }
+        )),
+        None if spot.pinned => Some(
+            "the request pinned the model file, but the peer's receipt does not say which file it ran"
+                .into(),
+        ),
+        _ => None,
     }
 }
 

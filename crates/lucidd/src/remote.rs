@@ -4,9 +4,10 @@
 
 use phase_manifest::SignedManifest;
 use phase_net::{ModelKey, Network, PeerId};
-use phase_node::{NodeEvents, PeerSelector, SelectError, VerifiedJob};
-use phase_protocol::JobSpec;
+use phase_node::{NodeEvents, PeerSelector, Reputation, SelectError, VerifiedJob};
+use phase_protocol::{ContentId, JobSpec};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::error::CoreError;
 use crate::model_entry;
@@ -20,8 +21,8 @@ pub struct RemoteModels {
 
 impl RemoteModels {
     /// Routes through `network`, publishing what peers do to `events`.
-    pub fn new(network: Network, events: NodeEvents) -> Self {
-        Self { selector: PeerSelector::new(network, events) }
+    pub fn new(network: Network, events: NodeEvents, reputation: Arc<Reputation>) -> Self {
+        Self { selector: PeerSelector::with_reputation(network, events, reputation) }
     }
 
     /// The network.
@@ -83,14 +84,41 @@ impl RemoteModels {
 
     /// Sends the job to the best peer serving `model`, failing over to the next until one
     /// produces output.
+    /// With a `pin`, only peers whose catalog lists exactly that file under the name are
+    /// tried.
     pub async fn start(
         &self,
-        model: &str,
+        name: &ModelName,
+        pin: Option<ContentId>,
         manifest: &SignedManifest<JobSpec>,
     ) -> Result<VerifiedJob, CoreError> {
-        let key = ModelKey::Name(model.to_string());
-        self.selector.start(&key, manifest).await.map_err(|e| match &e {
-            SelectError::NoProviders(_) => CoreError::ModelNotFound(model.to_string()),
+        let model = name.to_string();
+        let key = ModelKey::Name(model.clone());
+        let mut peers = self.selector.candidates(&key).await;
+        if let Some(pin) = pin {
+            let wanted = hex::encode(pin.sha256());
+            peers.retain(|peer| self.digest_on(peer, name).is_some_and(|d| d == wanted));
+            if peers.is_empty() {
+                return Err(CoreError::ModelNotFound(format!("{model} as {pin}")));
+            }
+        }
+        if peers.is_empty() {
+            let distrusted = self.network().catalog_peers(&model);
+            if !distrusted.is_empty() {
+                return Err(CoreError::NoPeer {
+                    model,
+                    reasons: format!(
+                        "every peer serving it ({}) stands under the reputation floor: its \
+                         answers failed checks; see /api/phase/network",
+                        distrusted.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    ),
+                    unauthorized: false,
+                });
+            }
+            return Err(CoreError::ModelNotFound(model));
+        }
+        self.selector.start_on(&key, peers, manifest).await.map_err(|e| match &e {
+            SelectError::NoProviders(_) => CoreError::ModelNotFound(model.clone()),
             SelectError::Encode(reason) => CoreError::Internal(reason.clone()),
             SelectError::AllFailed { failures, .. } => CoreError::NoPeer {
                 model: model.to_string(),

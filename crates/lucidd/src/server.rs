@@ -153,13 +153,14 @@ pub async fn start_with_workers(
     if let Some(network) = &network {
         events.follow(network);
     }
-    let remote = network
-        .clone()
-        .filter(|_| !args.local_only)
-        .map(|network| crate::remote::RemoteModels::new(network, events.clone()));
+    let reputation = phase_node::Reputation::open(&data_dir.join("reputation.json"));
+    let remote = network.clone().filter(|_| !args.local_only).map(|network| {
+        crate::remote::RemoteModels::new(network, events.clone(), Arc::clone(&reputation))
+    });
     let spot_checker = Arc::new(crate::spot_check::SpotChecker::new(registry.workers().clone()));
     let state = Arc::new(AppState {
         spot_checker,
+        reputation,
         events,
         policy,
         sensors,

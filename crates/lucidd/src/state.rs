@@ -70,6 +70,8 @@ pub struct AppState {
     pub events: NodeEvents,
     /// Checks peers' answers against this node's copies of their models.
     pub spot_checker: std::sync::Arc<SpotChecker>,
+    /// Every peer's standing: what its answers showed, weighed by peer selection.
+    pub reputation: std::sync::Arc<phase_node::Reputation>,
 }
 
 /// How a request wants its answer routed and checked.
@@ -83,6 +85,9 @@ pub struct RouteOptions {
     pub verify: VerifyMode,
     /// Where the job may run (`X-Lucid-Route`).
     pub prefer: RoutePreference,
+    /// The model must be this file (`X-Lucid-Model-Cid`): peers whose catalog lists another
+    /// file under the name are not used, and an answer whose receipt states another is refused.
+    pub pin: Option<phase_protocol::ContentId>,
 }
 
 /// Where a request wants its job run.
@@ -187,9 +192,11 @@ impl AppState {
         };
         let here = match route.prefer {
             RoutePreference::Peer => None,
-            RoutePreference::Auto | RoutePreference::Local => {
-                self.registry.workers().find(&model.base.name)
-            }
+            RoutePreference::Auto | RoutePreference::Local => self
+                .registry
+                .workers()
+                .find(&model.base.name)
+                .filter(|(_, info)| route.pin.is_none_or(|pin| info.digest == pin_hex(&pin))),
         };
         let job = if let Some((worker, _)) = here {
             let job = worker.execute(manifest).await?;
@@ -201,14 +208,19 @@ impl AppState {
                 }
                 (_, Some(remote)) => remote,
             };
-            let job = remote.start(&model.base.name.to_string(), &manifest).await?;
+            let job = remote.start(&model.base.name, route.pin, &manifest).await?;
             let checked = match (&manifest.payload, job.route()) {
                 (JobSpec::Inference(inference), phase_node::Route::Peer(peer)) => {
                     Some(SpotContext {
                         checker: std::sync::Arc::clone(&self.spot_checker),
+                        reputation: std::sync::Arc::clone(&self.reputation),
                         policy: self.policy.current().verify.clone(),
                         mode: route.verify,
-                        peer_digest: remote.digest_on(&peer, &model.base.name),
+                        peer_digest: route
+                            .pin
+                            .map(|pin| pin_hex(&pin))
+                            .or_else(|| remote.digest_on(&peer, &model.base.name)),
+                        pinned: route.pin.is_some(),
                         job: inference.clone(),
                         peer,
                     })
@@ -224,4 +236,9 @@ impl AppState {
             .with_manifest(carried)
             .accept_unverified(route.accept_unverified))
     }
+}
+
+/// A pinned content id as the hex SHA-256 model descriptions carry.
+fn pin_hex(pin: &phase_protocol::ContentId) -> String {
+    hex::encode(pin.sha256())
 }

@@ -26,10 +26,12 @@
 //! ```
 
 pub mod canonical;
+mod content_id;
 mod hash;
 mod manifest;
 mod replay;
 
+pub use content_id::{ContentId, ContentIdError};
 pub use hash::Sha256Hash;
 pub use manifest::{
     CLOCK_SKEW_MS, MANIFEST_DOMAIN, MANIFEST_VERSION, MAX_LIFETIME_MS, MAX_PAYLOAD_BYTES,

@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod events;
 pub mod home;
 pub mod peers;
+pub mod reputation;
 pub mod verified;
 
 /// The one rate limiter (it lives in phase-net, whose job relay needs it too).
@@ -24,4 +25,5 @@ pub use phase_net::rate;
 pub use catalog::Catalog;
 pub use events::{NodeEvent, NodeEvents};
 pub use peers::{PeerSelector, SelectError};
+pub use reputation::{Evidence, Reputation};
 pub use verified::{Finished, Route, Step, Verdict, VerifiedJob};

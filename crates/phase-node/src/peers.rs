@@ -15,9 +15,11 @@ use phase_manifest::SignedManifest;
 use phase_net::{ModelKey, Network, PeerId, RefusalCode, RelayError, RemoteJob};
 use phase_protocol::{Completion, JobEvent, JobSpec};
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::events::{NodeEvent, NodeEvents};
+use crate::reputation::Reputation;
 use crate::verified::VerifiedJob;
 
 /// Most peers tried for one job.
@@ -67,12 +69,27 @@ pub struct PeerSelector {
     network: Network,
     events: NodeEvents,
     providers: Mutex<HashMap<ModelKey, (Instant, Vec<PeerId>)>>,
+    reputation: Arc<Reputation>,
 }
 
 impl PeerSelector {
     /// Selects among the peers of `network`, publishing failures to `events`.
     pub fn new(network: Network, events: NodeEvents) -> Self {
-        Self { network, events, providers: Mutex::new(HashMap::new()) }
+        Self::with_reputation(network, events, Reputation::in_memory())
+    }
+
+    /// Selects as [`new`](Self::new) does, weighing each peer's standing in `reputation`.
+    pub fn with_reputation(
+        network: Network,
+        events: NodeEvents,
+        reputation: Arc<Reputation>,
+    ) -> Self {
+        Self { network, events, providers: Mutex::new(HashMap::new()), reputation }
+    }
+
+    /// The standing peers are weighed by.
+    pub fn reputation(&self) -> &Arc<Reputation> {
+        &self.reputation
     }
 
     /// The network.
@@ -123,9 +140,27 @@ impl PeerSelector {
         }
     }
 
-    /// Orders peers best first: lowest measured round-trip time, unmeasured last.
-    pub fn rank(&self, peers: &mut [PeerId]) {
-        peers.sort_by_key(|p| self.network.rtt(p).unwrap_or(Duration::MAX));
+    /// Leaves out peers whose standing is under the floor, and orders the rest best first:
+    /// lowest round-trip time divided by standing (a peer standing at ½ must be twice as
+    /// close as one at 1 to come first), unmeasured last, better standing first among those.
+    pub fn rank(&self, peers: &mut Vec<PeerId>) {
+        peers.retain(|p| {
+            let usable = self.reputation.usable(p);
+            if !usable {
+                tracing::debug!(peer = %p, "not used: its standing is under the floor");
+            }
+            usable
+        });
+        let cost = |p: &PeerId| {
+            let score = self.reputation.score(p).max(f64::MIN_POSITIVE);
+            let rtt = self.network.rtt(p).map_or(f64::INFINITY, |d| d.as_secs_f64());
+            (rtt / score, -score)
+        };
+        peers.sort_by(|a, b| {
+            let (ca, sa) = cost(a);
+            let (cb, sb) = cost(b);
+            ca.total_cmp(&cb).then(sa.total_cmp(&sb))
+        });
     }
 
     /// Sends the job to the best peer serving `key`, failing over to the next until one

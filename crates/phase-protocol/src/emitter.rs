@@ -12,7 +12,7 @@
 
 use futures::Stream;
 use phase_identity::NodeIdentity;
-use phase_manifest::{Sha256Hash, unix_time_ms};
+use phase_manifest::{ContentId, Sha256Hash, unix_time_ms};
 use phase_receipt::{Commitment, Completion, JobResult, Metrics, SignedReceipt};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -50,6 +50,7 @@ pub fn job_channel(worker: NodeIdentity, manifest_hash: Sha256Hash) -> (JobEmitt
         manifest_hash,
         started: Instant::now(),
         finished: false,
+        served: None,
     };
     let events = JobEvents {
         rx,
@@ -71,6 +72,7 @@ pub struct JobEmitter {
     manifest_hash: Sha256Hash,
     started: Instant,
     finished: bool,
+    served: Option<ContentId>,
 }
 
 impl JobEmitter {
@@ -110,6 +112,11 @@ impl JobEmitter {
         }
     }
 
+    /// States in the receipt that this job runs `content` (the model file or module, by CID).
+    pub fn serving(&mut self, content: ContentId) {
+        self.served = Some(content);
+    }
+
     /// The commitment over the chunks sent so far.
     pub fn commitment(&self) -> &Commitment {
         &self.commitment
@@ -132,7 +139,8 @@ impl JobEmitter {
             metrics.total_duration_ns =
                 u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         }
-        let result = JobResult::new(self.manifest_hash, &self.commitment, completion, metrics);
+        let result = JobResult::new(self.manifest_hash, &self.commitment, completion, metrics)
+            .serving(self.served);
         // A JobResult holds no floats and no maps, so its canonical encoding cannot fail.
         let receipt = SignedReceipt::sign(&self.identity, result, unix_time_ms())
             .expect("a JobResult always has a canonical encoding");

@@ -13,16 +13,15 @@
 //! This crate does no I/O; workers and transports live elsewhere.
 
 mod chunk;
-mod content_id;
 mod emitter;
 mod event;
 mod spec;
 mod worker;
 
 pub use chunk::{ChunkError, ChunkKind, OutputChunk, Structured};
-pub use content_id::{ContentId, ContentIdError};
 pub use emitter::{Cancelled, JobEmitter, JobEvents, JobHandle, job_channel};
 pub use event::{JobEvent, Progress};
+pub use phase_manifest::{ContentId, ContentIdError};
 pub use phase_receipt::{Completion, JobResult, Metrics};
 pub use spec::{
     ChatMessage, EmbeddingJob, InferenceInput, InferenceJob, JobSpec, WasmJob, WasmLimits,

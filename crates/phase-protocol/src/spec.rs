@@ -10,7 +10,7 @@ use serde_bytes::ByteBuf;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-use crate::content_id::ContentId;
+use phase_manifest::ContentId;
 
 /// A job request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

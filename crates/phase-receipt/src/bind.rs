@@ -106,6 +106,11 @@ pub fn verify_and_bind(
 ) -> Result<(), BindError> {
     receipt.verify()?;
     receipt.body.check_bounds()?;
+    if receipt.version < 2 && receipt.body.served.is_some() {
+        return Err(
+            ReceiptError::FieldNotInVersion { field: "served", version: receipt.version }.into()
+        );
+    }
     let result = &receipt.body;
     if result.manifest_hash != *expected_manifest_hash {
         return Err(BindError::WrongJob {

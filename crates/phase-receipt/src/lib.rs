@@ -35,6 +35,6 @@ mod receipt;
 pub use bind::{BindError, BindStep, verify_and_bind};
 pub use commitment::{COMMITMENT_DOMAIN, Commitment};
 pub use receipt::{
-    Completion, JobResult, MAX_REASON_BYTES, Metrics, RECEIPT_DOMAIN, RECEIPT_VERSION,
-    ReceiptError, SignedReceipt,
+    Completion, JobResult, MAX_REASON_BYTES, Metrics, OLDEST_RECEIPT_VERSION, RECEIPT_DOMAIN,
+    RECEIPT_VERSION, ReceiptError, SignedReceipt,
 };

@@ -1,16 +1,18 @@
 //! `SignedReceipt<T>` and the result of a job it usually carries.
 
 use phase_identity::{NodeIdentity, PublicKey, Signature};
-use phase_manifest::Sha256Hash;
 use phase_manifest::canonical::{self, CanonicalError};
+use phase_manifest::{ContentId, Sha256Hash};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::commitment::Commitment;
 
 /// Signature domain of receipts.
 pub const RECEIPT_DOMAIN: &[u8] = b"phase-receipt:v1";
-/// The receipt format version this crate writes and accepts.
-pub const RECEIPT_VERSION: u32 = 1;
+/// The receipt format version this crate writes.
+pub const RECEIPT_VERSION: u32 = 2;
+/// The oldest version it still accepts: version 1 is version 2 without `served`.
+pub const OLDEST_RECEIPT_VERSION: u32 = 1;
 
 /// Longest failure reason a receipt may carry, in bytes. Reasons are for people; a longer one
 /// is cut when signed ([`JobResult::new`]) and refused when verified, so a receipt always fits
@@ -68,6 +70,11 @@ pub struct JobResult {
     pub completion: Completion,
     /// Resource use.
     pub metrics: Metrics,
+    /// The content the worker ran, by CID: the model file of an inference or embedding, the
+    /// module of a WebAssembly job. What a requester holds it to (the model it asked for) and
+    /// what a fraud proof names. Absent for built-in workers, and in version 1 receipts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served: Option<ContentId>,
 }
 
 impl JobResult {
@@ -97,7 +104,14 @@ impl JobResult {
             chunk_count: commitment.count(),
             completion,
             metrics,
+            served: None,
         }
+    }
+
+    /// The same result, stating that the worker ran `served`.
+    pub fn serving(mut self, served: Option<ContentId>) -> Self {
+        self.served = served;
+        self
     }
 
     /// Checks the bounds a receipt's fields must keep (the failure reason's length).
@@ -149,7 +163,7 @@ pub enum ReceiptError {
     Malformed(#[from] CanonicalError),
     /// A version this node does not understand.
     #[error(
-        "receipt version {found} is not supported (this node speaks version {RECEIPT_VERSION})"
+        "receipt version {found} is not supported (this node speaks versions {OLDEST_RECEIPT_VERSION} to {RECEIPT_VERSION})"
     )]
     UnknownVersion {
         /// The version in the receipt.
@@ -158,6 +172,14 @@ pub enum ReceiptError {
     /// The signature does not verify for the worker's key.
     #[error("receipt signature does not verify")]
     BadSignature,
+    /// A field that the receipt's version does not have.
+    #[error("receipt field {field} does not exist in receipt version {version}")]
+    FieldNotInVersion {
+        /// The field.
+        field: &'static str,
+        /// The receipt's version.
+        version: u32,
+    },
     /// A field is longer than receipts allow.
     #[error("receipt field {field} is {len} bytes; at most {max} are allowed")]
     FieldTooLong {
@@ -197,7 +219,7 @@ impl<T: Serialize> SignedReceipt<T> {
     /// Checks the version and the signature. This says the worker signed it, nothing more;
     /// use [`verify_and_bind`](crate::verify_and_bind) to trust a job's output.
     pub fn verify(&self) -> Result<(), ReceiptError> {
-        if self.version != RECEIPT_VERSION {
+        if !(OLDEST_RECEIPT_VERSION..=RECEIPT_VERSION).contains(&self.version) {
             return Err(ReceiptError::UnknownVersion { found: self.version.into() });
         }
         self.worker
@@ -216,7 +238,9 @@ impl<T: DeserializeOwned> SignedReceipt<T> {
     pub fn from_cbor(bytes: &[u8], limit: usize) -> Result<Self, ReceiptError> {
         let value = canonical::value_from_slice(bytes, limit)?;
         match canonical::version_of(&value) {
-            Some(v) if v == u64::from(RECEIPT_VERSION) => {}
+            Some(v)
+                if (u64::from(OLDEST_RECEIPT_VERSION)..=u64::from(RECEIPT_VERSION))
+                    .contains(&v) => {}
             Some(found) => return Err(ReceiptError::UnknownVersion { found }),
             None => {
                 return Err(

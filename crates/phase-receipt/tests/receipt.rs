@@ -64,6 +64,42 @@ fn edited_body_fails_at_signature() {
     assert_eq!(err.step(), BindStep::Signature);
 }
 
+/// `receipt` re-signed as `version`, the way a worker of that version signs.
+fn resigned(mut receipt: SignedReceipt<JobResult>, version: u32) -> SignedReceipt<JobResult> {
+    receipt.version = version;
+    receipt.signature =
+        worker().sign(phase_receipt::RECEIPT_DOMAIN, &receipt.signed_bytes().expect("body"));
+    receipt
+}
+
+#[test]
+fn version_2_states_what_was_served_and_version_1_still_binds_without_it() {
+    let served = phase_manifest::ContentId::for_bytes(b"model bytes");
+    let mut receipt = receipt_for(&chunks(), Completion::Finished);
+    assert_eq!(receipt.version, 2);
+    receipt.body.served = Some(served);
+    let receipt = resigned(receipt, 2);
+    verify_and_bind(&receipt, &JOB, &worker().peer_id(), &observed()).expect("v2 binds");
+    let wire = receipt.to_cbor().expect("cbor");
+    let back = SignedReceipt::<JobResult>::from_cbor(&wire, LIMIT).expect("decode");
+    assert_eq!(back.body.served, Some(served));
+
+    let old = resigned(receipt_for(&chunks(), Completion::Finished), 1);
+    verify_and_bind(&old, &JOB, &worker().peer_id(), &observed()).expect("v1 binds");
+    let decoded = SignedReceipt::<JobResult>::from_cbor(&old.to_cbor().expect("cbor"), LIMIT)
+        .expect("a version 1 receipt decodes");
+    assert_eq!(decoded.body.served, None);
+
+    let mut impossible = receipt;
+    impossible.body.served = Some(served);
+    let impossible = resigned(impossible, 1);
+    let err = verify_and_bind(&impossible, &JOB, &worker().peer_id(), &observed()).expect_err("v1");
+    assert_eq!(
+        err,
+        BindError::Signature(ReceiptError::FieldNotInVersion { field: "served", version: 1 })
+    );
+}
+
 #[test]
 fn unknown_version_fails_at_signature() {
     let mut receipt = receipt_for(&chunks(), Completion::Finished);

@@ -76,6 +76,7 @@ impl Worker for WasmWorker {
             let hash =
                 manifest.hash().map_err(|e| WorkerError::InvalidJob { reason: e.to_string() })?;
             let (mut emitter, handle) = job_channel(self.identity.clone(), hash);
+            emitter.serving(job.module);
             let sandbox = Arc::clone(&self.sandbox);
             let job = job.clone();
             let limits = self.limits.apply(&job.limits);

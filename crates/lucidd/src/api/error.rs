@@ -94,6 +94,8 @@ impl ApiError {
 pub const ACCEPT_UNVERIFIED_HEADER: &str = "x-lucid-accept-unverified";
 /// The request header that asks for (or turns off) a spot check: `spot`, `full`, `off`.
 pub const VERIFY_HEADER: &str = "x-lucid-verify";
+/// The request header that pins the model to one file, by CID.
+pub const MODEL_CID_HEADER: &str = "x-lucid-model-cid";
 /// The request header that chooses where a job runs: `auto`, `peer`, `local`.
 pub const ROUTE_HEADER: &str = "x-lucid-route";
 
@@ -125,7 +127,14 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RouteOptions {
                 ))
             })?,
         };
-        Ok(Self { accept_unverified, verify, prefer })
+        let pin =
+            match header(MODEL_CID_HEADER) {
+                None => None,
+                Some(v) => Some(v.trim().parse::<phase_protocol::ContentId>().map_err(|e| {
+                    ApiError::bad_request(format!("X-Lucid-Model-Cid: {v:?}: {e}"))
+                })?),
+            };
+        Ok(Self { accept_unverified, verify, prefer, pin })
     }
 }
 

@@ -61,6 +61,8 @@ pub struct Checked {
     pub cut_short: Option<String>,
     /// The request, when the answer carries its manifest.
     pub request: Option<Request>,
+    /// The model file or module the worker says it ran (receipt version 2).
+    pub served: Option<phase_protocol::ContentId>,
 }
 
 /// Runs the command on a file path or `-`. Returns whether the answer is complete: `Ok(false)`
@@ -104,6 +106,9 @@ pub fn run(file: &str, expect_signer: Option<&str>) -> anyhow::Result<bool> {
                 checked.worker
             ),
         },
+    }
+    if let Some(served) = &checked.served {
+        println!("  the worker says it ran {served}");
     }
     match &checked.request {
         Some(request) => println!(
@@ -173,6 +178,7 @@ pub fn check_detailed(saved: &str) -> anyhow::Result<(Checked, Vec<Shown>)> {
             completion: receipt.body.completion,
             cut_short: None,
             request: None,
+            served: receipt.body.served,
         };
         return Ok((checked, Vec::new()));
     }
@@ -222,6 +228,7 @@ pub fn check_detailed(saved: &str) -> anyhow::Result<(Checked, Vec<Shown>)> {
         completion: receipt.body.completion,
         cut_short,
         request,
+        served: receipt.body.served,
     };
     Ok((checked, shown))
 }

@@ -110,6 +110,12 @@ pub enum Judgement {
         /// The z-score of the sampled positions' log-probabilities (`None` for greedy answers
         /// or too few positions).
         z: Option<f64>,
+        /// Its parts, to be summed over many answers of one peer: the claimed tokens' summed
+        /// log-probability minus its expectation, and the variance of that sum (both 0 for a
+        /// greedy answer).
+        deviation: f64,
+        /// See `deviation`.
+        variance: f64,
     },
     /// The answer could not have come from this model and sampler.
     Inconsistent {
@@ -156,7 +162,12 @@ pub fn judge(sampler: &Sampler, answer: &[u32], scored: &[Scored]) -> Judgement 
             ),
         };
     }
-    Judgement::Consistent { positions: scored.len(), z }
+    Judgement::Consistent {
+        positions: scored.len(),
+        z,
+        deviation: stat.sum - stat.mean,
+        variance: stat.variance,
+    }
 }
 
 /// Log-probability of `id` among `top`, if listed.
@@ -361,7 +372,7 @@ mod tests {
         let scored = [at(0, &[(7, -0.1), (9, -2.0)]), at(1, &[(9, -0.50), (8, -0.55)])];
         assert!(matches!(
             judge(&greedy_sampler(), &answer, &scored),
-            Judgement::Consistent { positions: 2, z: None }
+            Judgement::Consistent { positions: 2, z: None, .. }
         ));
         let lie = [at(0, &[(9, -0.1), (7, -3.0)])];
         let Judgement::Inconsistent { position, reason } = judge(&greedy_sampler(), &answer, &lie)

@@ -104,6 +104,10 @@ pub enum SpotCheck {
         /// How likely the sampled tokens were under the model, in standard deviations from
         /// what honest sampling gives (`None`: a greedy answer, or too few positions).
         z: Option<f64>,
+        /// The parts of `z`, which a peer's reputation sums over its answers.
+        deviation: f64,
+        /// See `deviation`.
+        variance: f64,
     },
     /// The answer could not have come from the asked model.
     Failed {
@@ -130,7 +134,7 @@ impl SpotCheck {
     pub fn to_json(&self) -> Value {
         match self {
             Self::NotChecked(reason) => json!({"result": "not_checked", "reason": reason}),
-            Self::Passed { positions, z } => {
+            Self::Passed { positions, z, .. } => {
                 let mut out = json!({"result": "passed", "positions": positions});
                 if let Some(z) = z {
                     out["z"] = json!((z * 100.0).round() / 100.0);
@@ -164,6 +168,8 @@ pub struct Answer<'a> {
     pub peer: &'a PeerId,
     /// The SHA-256 (hex) of the model file the peer's catalog lists under the name, if known.
     pub peer_digest: Option<&'a str>,
+    /// The model file the peer's receipt says it ran.
+    pub served: Option<phase_protocol::ContentId>,
 }
 
 /// Runs spot checks on this node's copies of models.
@@ -236,17 +242,14 @@ impl SpotChecker {
             return uncheckable("answers to requests with tools are not spot-checked yet");
         }
         let sampler = Sampler::of(&job.options).map_err(RescoreError::Uncheckable)?;
-        let Some((worker, local)) = crate::names::ModelName::parse(&job.model)
-            .ok()
-            .and_then(|name| self.workers.find(&name))
-        else {
-            return uncheckable("this node holds no copy of the model to check with");
+        // The model is the file the receipt names, else the one the peer's catalog lists.
+        let expected = answer.served.map(|cid| hex::encode(cid.sha256()));
+        let Some(expected) = expected.as_deref().or(answer.peer_digest) else {
+            return uncheckable("the peer says nothing of which model file it ran");
         };
-        if answer.peer_digest.is_some_and(|digest| digest != local.digest) {
-            return uncheckable(
-                "the serving peer lists another file under this model's name than this node holds",
-            );
-        }
+        let Some((worker, local)) = self.workers.find_by_digest(expected) else {
+            return uncheckable("this node holds no copy of the model file the peer ran");
+        };
         if let Some(reason) = length_claim(job, tokens.len(), answer.completion) {
             return Ok(SpotCheck::Failed { position: Some(tokens.len()), positions: 0, reason });
         }
@@ -255,6 +258,10 @@ impl SpotChecker {
         if positions.is_empty() {
             return uncheckable("the answer has no tokens to check");
         }
+        // Re-scored under this node's name for the same file.
+        let mut job = job.clone();
+        job.model = local.name.to_string();
+        let job = &job;
         let rescored = worker
             .rescore(RescoreRequest {
                 job,
@@ -266,7 +273,9 @@ impl SpotChecker {
             .await?;
         let checked = rescored.scored.len();
         Ok(match judge::judge(&sampler, tokens, &rescored.scored) {
-            Judgement::Consistent { z, .. } => SpotCheck::Passed { positions: checked, z },
+            Judgement::Consistent { z, deviation, variance, .. } => {
+                SpotCheck::Passed { positions: checked, z, deviation, variance }
+            }
             Judgement::Inconsistent { position, reason } => {
                 SpotCheck::Failed { position, positions: checked, reason }
             }

@@ -162,6 +162,17 @@ impl LocalWorkers {
         self.workers.iter().flat_map(|w| w.models()).collect()
     }
 
+    /// The worker serving the model file whose SHA-256 is `digest` (hex), whatever its name
+    /// here.
+    pub fn find_by_digest(&self, digest: &str) -> Option<(Arc<dyn ModelWorker>, ModelInfo)> {
+        self.workers.iter().find_map(|w| {
+            w.models()
+                .into_iter()
+                .find(|m| m.digest == digest && m.problem.is_none())
+                .map(|info| (Arc::clone(w), info))
+        })
+    }
+
     /// The worker serving `model`, with the model's description.
     pub fn find(&self, model: &ModelName) -> Option<(Arc<dyn ModelWorker>, ModelInfo)> {
         self.workers.iter().find_map(|w| {

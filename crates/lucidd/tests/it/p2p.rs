@@ -115,22 +115,37 @@ async fn a_peer_serves_token_by_token_with_a_verified_receipt_and_failover_hides
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampering_peer_is_not_trusted_and_an_unauthorized_signer_is_refused() {
-    let a_dir = tempfile::tempdir().expect("tempdir");
-    let a_id = peer_id(&a_dir);
     let liar = Node::start(
         tempfile::tempdir().expect("tempdir"),
-        &["--worker", "echo", "--allow-signer", &a_id, "--test-fault", "tamper-output"],
+        &["--worker", "echo", "--allow-any-signer", "--test-fault", "tamper-output"],
     )
     .await;
-    let a = Node::start(a_dir, &["--no-workers", "--bootstrap-peer", &liar.tcp_addr().await]).await;
-    a.wait_for_remote_model("echo:latest").await;
+    let liar_addr = liar.tcp_addr().await;
+    // A tampered answer costs the liar its standing with the requester, so each case asks
+    // from a requester of its own.
+    let requester = async || {
+        let a = Node::start(
+            tempfile::tempdir().expect("tempdir"),
+            &["--no-workers", "--bootstrap-peer", &liar_addr],
+        )
+        .await;
+        a.wait_for_remote_model("echo:latest").await;
+        a
+    };
 
+    let a = requester().await;
     let response = a.post("/api/chat", chat("quiet words", 0, false)).send().await.expect("chat");
     assert_eq!(response.status(), 502);
     assert_eq!(response.headers()["x-lucid-receipt-verified"], "false");
     let error: Value = response.json().await.expect("json");
     assert!(error["error"].as_str().expect("error").contains("did not verify"), "{error}");
+    // Not used again: A refuses, naming the peer it no longer trusts.
+    let response = a.post("/api/chat", chat("quiet words", 0, false)).send().await.expect("chat");
+    assert_eq!(response.status(), 502);
+    let error: Value = response.json().await.expect("json");
+    assert!(error["error"].as_str().expect("error").contains("reputation floor"), "{error}");
 
+    let a = requester().await;
     let response = a
         .post("/api/chat", chat("quiet words", 0, false))
         .header("X-Lucid-Accept-Unverified", "true")
@@ -147,6 +162,7 @@ async fn a_tampering_peer_is_not_trusted_and_an_unauthorized_signer_is_refused()
     assert_eq!(answer["message"]["content"], "QUIET WORDS", "the tampered text, marked unverified");
     assert_eq!(answer["receipt_verified"], false);
 
+    let a = requester().await;
     let response = a.post("/api/chat", chat("quiet words", 0, true)).send().await.expect("chat");
     let lines = ndjson(&response.text().await.expect("text"));
     let last = lines.last().expect("last");

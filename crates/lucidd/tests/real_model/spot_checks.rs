@@ -92,6 +92,40 @@ async fn honest_answers_pass_greedy_sampled_and_full() {
         let saved = lucidd::receipt_check::check(&answer.to_string()).expect("verifies offline");
         assert_eq!(saved.worker.to_string(), b.peer_id());
     }
+    // The receipt names the file B ran; a request may pin it, and a pin nobody serves is a
+    // clear 404.
+    let cid =
+        phase_protocol::ContentId::for_bytes(&std::fs::read(chat_model_file()).expect("read"));
+    let (_, _, answer) = ask(&a, question(GREEDY(), None), "off", false).await;
+    assert_eq!(answer["receipt"]["body"]["served"], cid.to_string(), "{answer}");
+    assert_eq!(answer["receipt"]["version"], 2);
+    let pinned = a
+        .post("/api/chat", question(GREEDY(), None))
+        .header("X-Lucid-Route", "peer")
+        .header("X-Lucid-Model-Cid", cid.to_string())
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(pinned.status(), 200);
+    let other = phase_protocol::ContentId::for_bytes(b"another model");
+    let refused = a
+        .post("/api/chat", question(GREEDY(), None))
+        .header("X-Lucid-Route", "peer")
+        .header("X-Lucid-Model-Cid", other.to_string())
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(refused.status(), 404);
+    let text = refused.text().await.expect("body");
+    assert!(text.contains(&other.to_string()), "{text}");
+    let bad = a
+        .post("/api/chat", question(GREEDY(), None))
+        .header("X-Lucid-Model-Cid", "sha256:nope")
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(bad.status(), 400);
+
     // Off: the answer says it was not checked.
     let (status, check, answer) = ask(&a, question(GREEDY(), None), "off", false).await;
     assert_eq!((status, check.as_deref()), (200, Some("not-checked")), "{answer}");
@@ -109,34 +143,35 @@ async fn honest_answers_pass_greedy_sampled_and_full() {
 }
 
 /// Each lie is caught on a greedy and on a sampled request, checked in full: refused with a
-/// 502 that says why, or delivered marked unverified when the client accepts that.
+/// 502 that says why (greedy, here), or delivered marked unverified when the client accepts
+/// that (sampled). Each with a fresh requester: a caught liar is not used again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_lie_is_caught_and_refused_or_marked() {
     let system = "Answer in French only.";
     for lie in ["made-up-text", "truncate", "hotter", "drop-system"] {
+        let (a, _b) = pair(Some(lie)).await;
+        let body = question(GREEDY(), Some(system));
+        let (status, check, answer) = ask(&a, body, "full", false).await;
+        assert_eq!(status, 502, "{lie}: {answer}");
+        assert_eq!(check.as_deref(), Some("failed"), "the refusal says why");
+        let error = answer["error"].as_str().expect("error");
+        assert!(error.contains("spot check"), "{lie}: {error}");
+
         let (a, b) = pair(Some(lie)).await;
-        for options in [GREEDY(), SAMPLED()] {
-            let body = question(options.clone(), Some(system));
-            if lie == "hotter" && options == SAMPLED() {
-                // Sampling hotter inside the same nucleus shows only statistically: one answer
-                // of 40 tokens lowers the z-score (about -3 here) without crossing the limit.
-                // Telling it apart needs many answers of one peer together.
-                let (_, _, answer) = ask(&a, body.clone(), "full", true).await;
-                eprintln!("{lie} {options}: {}", answer["spot_check"]);
-                continue;
-            }
-            let (status, check, answer) = ask(&a, body.clone(), "full", false).await;
-            assert_eq!(status, 502, "{lie} {options}: {answer}");
-            assert_eq!(check.as_deref(), Some("failed"), "the refusal says why");
-            let error = answer["error"].as_str().expect("error");
-            assert!(error.contains("spot check"), "{lie}: {error}");
-            let (status, check, answer) = ask(&a, body, "full", true).await;
-            assert_eq!(status, 200, "{lie}: {answer}");
-            assert_eq!(check.as_deref(), Some("failed"), "{lie} {options}: {answer}");
-            assert_eq!(answer["spot_check"]["result"], "failed");
-            assert_eq!(answer["receipt_verified"], false, "a caught lie is not verified");
-            assert_eq!(answer["routed_via"], b.peer_id());
+        let body = question(SAMPLED(), Some(system));
+        let (status, check, answer) = ask(&a, body, "full", true).await;
+        assert_eq!(status, 200, "{lie}: {answer}");
+        if lie == "hotter" {
+            // Sampling hotter inside the same nucleus shows only statistically: one answer
+            // of 40 tokens lowers the z-score (about -3 here) without crossing the limit;
+            // the peer's standing sums it over its answers.
+            eprintln!("{lie} sampled: {}", answer["spot_check"]);
+            continue;
         }
+        assert_eq!(check.as_deref(), Some("failed"), "{lie}: {answer}");
+        assert_eq!(answer["spot_check"]["result"], "failed");
+        assert_eq!(answer["receipt_verified"], false, "a caught lie is not verified");
+        assert_eq!(answer["routed_via"], b.peer_id());
     }
 }
 
@@ -160,4 +195,53 @@ async fn a_streamed_lie_ends_with_the_failed_check() {
     assert!(last["error"].as_str().expect("error").contains("spot check"), "{last}");
     assert_eq!(last["spot_check"]["result"], "failed", "{last}");
     assert!(lines.iter().all(|l| l["done"] != true), "never done: {lines:?}");
+}
+
+/// A caught liar loses its standing: the next request goes to an honest peer that joined
+/// since, and with only the liar left, requests are refused naming it instead of trusting it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caught_liar_is_routed_around() {
+    let (a, liar) = pair(Some("made-up-text")).await;
+    let (status, check, answer) = ask(&a, question(GREEDY(), None), "spot", false).await;
+    assert_eq!((status, check.as_deref()), (502, Some("failed")), "{answer}");
+    let liar_id = liar.peer_id();
+    let standing = a.status().await;
+    let listed = standing["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .find(|p| p["peer_id"] == liar_id.as_str())
+        .expect("the liar is listed")
+        .clone();
+    assert_eq!(listed["reputation"]["usable"], false, "{listed}");
+
+    let (status, _, answer) = ask(&a, question(GREEDY(), None), "spot", false).await;
+    assert_eq!(status, 502, "{answer}");
+    let error = answer["error"].as_str().expect("error");
+    assert!(error.contains("reputation floor") && error.contains(&liar_id), "{error}");
+
+    // An honest peer joins A; A's requests go there.
+    let a_id = a.peer_id();
+    let a_addr = a.tcp_addr().await;
+    let honest = chat_node(
+        tempfile::tempdir().expect("tempdir"),
+        &["--allow-signer", &a_id, "--bootstrap-peer", &a_addr],
+    )
+    .await;
+    let honest_id = honest.peer_id();
+    a.wait_for("the honest peer's catalog", |s| {
+        s["peers"].as_array().is_some_and(|peers| {
+            peers.iter().any(|p| {
+                p["peer_id"] == honest_id.as_str()
+                    && p["models"].as_array().is_some_and(|m| !m.is_empty())
+            })
+        })
+    })
+    .await;
+    for _ in 0..3 {
+        let (status, check, answer) = ask(&a, question(GREEDY(), None), "spot", false).await;
+        assert_eq!((status, check.as_deref()), (200, Some("passed")), "{answer}");
+        assert_eq!(answer["routed_via"], honest_id.as_str());
+    }
+    assert!(a.dir.path().join("reputation.json").exists(), "the standing is kept on disk");
 }

@@ -122,12 +122,15 @@ fn receipt() -> SignedReceipt<JobResult> {
         eval_duration_ns: 200_000_000,
         ..Metrics::default()
     };
+    // The model file the worker ran, by CID (receipt version 2).
+    let served = phase_protocol::ContentId::for_bytes(b"GGUF: the model the worker ran");
     let result = JobResult::new(
         manifest().hash().expect("hash"),
         &commitment,
         Completion::Finished,
         metrics,
-    );
+    )
+    .serving(Some(served));
     SignedReceipt::sign(&NodeIdentity::from_seed(WORKER_SEED), result, ISSUED_AT + 1_000)
         .expect("sign")
 }

@@ -131,8 +131,16 @@ pub async fn network(State(state): State<Arc<AppState>>) -> Json<Value> {
         .peers
         .iter()
         .map(|p| {
+            let standing = state.reputation.standing(&p.peer);
             json!({
                 "peer_id": p.peer.to_string(),
+                "reputation": {
+                    "score": (standing.score() * 1000.0).round() / 1000.0,
+                    "usable": standing.score() >= phase_node::reputation::FLOOR,
+                    "good": (standing.good * 100.0).round() / 100.0,
+                    "bad": (standing.bad * 100.0).round() / 100.0,
+                    "z": standing.z().map(|z| (z * 100.0).round() / 100.0),
+                },
                 "connected": p.connected,
                 "rtt_ms": p.rtt.map(|d| d.as_secs_f64() * 1000.0),
                 "addrs": p.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),

@@ -462,7 +462,10 @@ impl Worker for LlamaCppWorker {
                     let ctx = num_ctx(&job.options, &file)?;
                     let loaded = self.loaded(&file.name, ServerMode::Generate);
                     loaded.in_use.fetch_add(1, Ordering::SeqCst);
-                    let (emitter, handle) = job_channel(self.identity.clone(), hash);
+                    let (mut emitter, handle) = job_channel(self.identity.clone(), hash);
+                    if let Some(cid) = file.cid() {
+                        emitter.serving(cid);
+                    }
                     let loading = Instant::now();
                     let base = self.server_for(&file, &loaded, ctx, ServerMode::Generate).await;
                     let (base, prompt) = match base {
@@ -599,6 +602,9 @@ impl LlamaCppWorker {
         loaded.release();
         let (vectors, prompt_tokens, took) = result?;
         let (mut emitter, handle) = job_channel(self.identity.clone(), hash);
+        if let Some(cid) = file.cid() {
+            emitter.serving(cid);
+        }
         let dimensions = job.dimensions.map(|d| d as usize);
         tokio::spawn(async move {
             for vector in vectors {
