@@ -43,6 +43,26 @@ pub enum Command {
     /// Check or show the operator policy (policy.toml).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Re-check a fraud proof on a running node that holds the model.
+    ///
+    /// FILE is a proof a node saved in `<data dir>/proofs/` when a peer's answer failed a spot
+    /// check. The node verifies the signed request and the accused worker's own receipt over
+    /// the answer, then re-scores the named positions on its copy of the model file the receipt
+    /// names, and judges them itself: the proof holds only if its model agrees.
+    ///
+    /// Exit status: 0 the proof holds; 1 it does not, or the node cannot re-check it.
+    VerifyProof {
+        /// The proof file.
+        file: PathBuf,
+        /// The node to re-check on, as OLLAMA_HOST names it.
+        #[arg(
+            long,
+            env = "OLLAMA_HOST",
+            default_value = "127.0.0.1:11434",
+            hide_env_values = true
+        )]
+        host: String,
+    },
 }
 
 /// `lucidd policy …`

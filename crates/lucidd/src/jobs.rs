@@ -109,6 +109,8 @@ pub struct SpotContext {
     pub checker: std::sync::Arc<SpotChecker>,
     /// Where what the peer's answer showed is recorded.
     pub reputation: std::sync::Arc<phase_node::Reputation>,
+    /// Where a failed check's fraud proof goes.
+    pub proofs: std::sync::Arc<spot_check::share::Proofs>,
     /// How often and how much.
     pub policy: VerifyPolicy,
     /// What the request asked for.
@@ -184,6 +186,8 @@ pub struct JobRun {
     spot: Option<SpotContext>,
     /// The answer's token ids so far, while every chunk carried its ids (for a spot check).
     answer_ids: Option<Vec<u32>>,
+    /// Every committed chunk of a peer's answer to check, for a fraud proof.
+    chunks: Vec<OutputChunk>,
 }
 
 impl JobRun {
@@ -201,6 +205,7 @@ impl JobRun {
             prompt_len: 0,
             spot: None,
             answer_ids: Some(Vec::new()),
+            chunks: Vec::new(),
         }
     }
 
@@ -261,6 +266,9 @@ impl JobRun {
         loop {
             match self.job.next().await? {
                 Step::Output(chunk) => {
+                    if self.spot.is_some() {
+                        self.chunks.push(chunk.clone());
+                    }
                     if let Some(piece) = self.piece(chunk) {
                         return Some(piece);
                     }
@@ -345,7 +353,7 @@ impl JobRun {
                 Some(SpotCheck::NotChecked("its receipt did not verify".into()))
             }
             Some(spot) if let Some(reason) = served_elsewhere(spot, &receipt) => {
-                Some(SpotCheck::Failed { position: None, positions: 0, reason })
+                Some(SpotCheck::Failed { position: None, positions: 0, reason, scored: Vec::new() })
             }
             Some(spot) => {
                 let prompt = self.context.as_ref().map(|c| &c[..self.prompt_len]);
@@ -388,6 +396,21 @@ impl JobRun {
         };
         if let Some(spot) = &spot {
             record_standing(spot, &verdict, spot_check.as_ref());
+            if let (Some(SpotCheck::Failed { scored, position, reason, .. }), Some(manifest)) =
+                (&spot_check, &self.manifest)
+                && !scored.is_empty()
+            {
+                let chunks = std::mem::take(&mut self.chunks);
+                match spot_check::proof::FraudProof::new(
+                    manifest, &receipt, &chunks, scored, *position, reason,
+                ) {
+                    Ok(proof) => {
+                        let proofs = std::sync::Arc::clone(&spot.proofs);
+                        tokio::spawn(async move { proofs.publish(&proof).await });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not make a fraud proof"),
+                }
+            }
         }
         let trusted = verdict.is_verified() && !spot_check.as_ref().is_some_and(SpotCheck::failed);
         Finish {

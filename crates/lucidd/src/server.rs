@@ -158,8 +158,16 @@ pub async fn start_with_workers(
         crate::remote::RemoteModels::new(network, events.clone(), Arc::clone(&reputation))
     });
     let spot_checker = Arc::new(crate::spot_check::SpotChecker::new(registry.workers().clone()));
+    let proofs = crate::spot_check::share::Proofs::new(
+        data_dir.join("proofs"),
+        network.clone(),
+        registry.workers().clone(),
+        Arc::clone(&reputation),
+    );
+    proofs.listen();
     let state = Arc::new(AppState {
         spot_checker,
+        proofs,
         reputation,
         events,
         policy,

@@ -72,6 +72,8 @@ pub struct AppState {
     pub spot_checker: std::sync::Arc<SpotChecker>,
     /// Every peer's standing: what its answers showed, weighed by peer selection.
     pub reputation: std::sync::Arc<phase_node::Reputation>,
+    /// Fraud proofs this node made or was sent.
+    pub proofs: std::sync::Arc<crate::spot_check::share::Proofs>,
 }
 
 /// How a request wants its answer routed and checked.
@@ -214,6 +216,7 @@ impl AppState {
                     Some(SpotContext {
                         checker: std::sync::Arc::clone(&self.spot_checker),
                         reputation: std::sync::Arc::clone(&self.reputation),
+                        proofs: std::sync::Arc::clone(&self.proofs),
                         policy: self.policy.current().verify.clone(),
                         mode: route.verify,
                         peer_digest: route

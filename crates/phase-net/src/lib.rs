@@ -29,6 +29,7 @@ pub mod keys;
 mod node;
 pub mod rate;
 pub mod relay;
+pub mod report;
 mod swarm;
 #[cfg(feature = "test-faults")]
 pub mod testing;

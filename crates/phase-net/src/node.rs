@@ -125,6 +125,8 @@ fn bind_probe(addr: &Multiaddr) -> Result<(), String> {
 struct Inner {
     peer_id: PeerId,
     commands: mpsc::UnboundedSender<Command>,
+    /// Reports peers sent, until someone takes them.
+    reports: Mutex<Option<mpsc::Receiver<crate::report::Report>>>,
     control: libp2p_stream::Control,
     shared: Arc<Mutex<Shared>>,
     changed: Arc<tokio::sync::Notify>,
@@ -303,10 +305,22 @@ impl Network {
                 }
             });
         }
+        let (reports_tx, reports_rx) = mpsc::channel(crate::report::QUEUE);
+        {
+            let stop = stop.clone();
+            let control = control.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = crate::report::serve_reports(control, reports_tx) => {}
+                }
+            });
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 peer_id,
                 commands,
+                reports: Mutex::new(Some(reports_rx)),
                 control,
                 shared,
                 changed,
@@ -317,6 +331,17 @@ impl Network {
                 _stop: stop.drop_guard(),
             }),
         })
+    }
+
+    /// The reports peers send (`/phase/report/1`), for one reader; `None` once taken.
+    pub fn take_reports(&self) -> Option<mpsc::Receiver<crate::report::Report>> {
+        self.inner.reports.lock().take()
+    }
+
+    /// Sends one report to `peer`.
+    pub async fn send_report(&self, peer: PeerId, bytes: &[u8]) -> Result<(), String> {
+        let mut control = self.inner.control.clone();
+        crate::report::send_report(&mut control, peer, bytes).await
     }
 
     /// This node's PeerId.

@@ -553,3 +553,29 @@ async fn a_second_connection_from_the_same_peer_is_denied() {
     .await;
     assert!(first.is_connected(&server.net.peer_id()), "the first connection stays");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_arrive_with_their_authenticated_sender_and_oversized_ones_are_refused() {
+    let server = server(SignerAllowlist::deny_all()).await;
+    let mut reports = server.net.take_reports().expect("reports, once");
+    assert!(server.net.take_reports().is_none(), "one reader");
+    let (client, _) = client(vec![server.addr.clone()]).await;
+    let to = server.net.peer_id();
+    wait_for("a delivered report", async || client.send_report(to, b"a proof").await.ok()).await;
+    let report =
+        tokio::time::timeout(DEADLINE, reports.recv()).await.expect("in time").expect("one");
+    assert_eq!(report.from, client.peer_id());
+    assert_eq!(report.bytes, b"a proof");
+    let too_big = vec![0u8; phase_net::report::MAX_REPORT_BYTES + 1];
+    let refused = client.send_report(to, &too_big).await.expect_err("over the limit");
+    assert!(refused.contains("limit"), "{refused}");
+    // A peer that sends too many is not heard beyond its rate; the node goes on.
+    for _ in 0..phase_net::report::REPORTS_PER_MINUTE * 2 {
+        let _ = client.send_report(to, b"again").await;
+    }
+    let mut heard = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), reports.recv()).await {
+        heard += 1;
+    }
+    assert!(heard < phase_net::report::REPORTS_PER_MINUTE as usize, "{heard} heard");
+}

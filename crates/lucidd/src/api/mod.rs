@@ -17,7 +17,7 @@ use axum::routing::{get, head, post};
 use std::sync::Arc;
 
 use crate::state::AppState;
-use ollama::{blobs, embed, inference, models};
+use ollama::{blobs, embed, inference, models, proofs};
 
 /// Largest blob upload (a model file).
 pub const MAX_BLOB_BYTES: usize = 64 * 1024 * 1024 * 1024;
@@ -46,6 +46,7 @@ pub fn router(state: Arc<AppState>, guard: guard::GuardConfig) -> Router {
         .route("/api/ps", get(models::ps))
         .route("/api/phase/network", get(models::network))
         .route("/api/phase/policy", get(models::policy))
+        .route("/api/phase/proofs/verify", post(proofs::verify))
         .route("/api/show", post(models::show))
         .route("/api/copy", post(models::copy))
         .route("/api/delete", axum::routing::delete(models::delete))

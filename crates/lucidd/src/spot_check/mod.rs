@@ -8,6 +8,8 @@
 //! request's `X-Lucid-Verify` header.
 
 pub mod judge;
+pub mod proof;
+pub mod share;
 
 use phase_net::PeerId;
 use phase_protocol::{Completion, InferenceJob};
@@ -117,6 +119,9 @@ pub enum SpotCheck {
         positions: usize,
         /// What was wrong.
         reason: String,
+        /// What this node's model said at each position (a fraud proof's reference; empty
+        /// when the answer failed before any re-scoring).
+        scored: Vec<Scored>,
     },
 }
 
@@ -141,7 +146,7 @@ impl SpotCheck {
                 }
                 out
             }
-            Self::Failed { position, positions, reason } => json!({
+            Self::Failed { position, positions, reason, .. } => json!({
                 "result": "failed", "position": position, "positions": positions, "reason": reason
             }),
         }
@@ -251,7 +256,12 @@ impl SpotChecker {
             return uncheckable("this node holds no copy of the model file the peer ran");
         };
         if let Some(reason) = length_claim(job, tokens.len(), answer.completion) {
-            return Ok(SpotCheck::Failed { position: Some(tokens.len()), positions: 0, reason });
+            return Ok(SpotCheck::Failed {
+                position: Some(tokens.len()),
+                positions: 0,
+                reason,
+                scored: Vec::new(),
+            });
         }
         let checks_end = *answer.completion == Completion::Finished && !has_stop_strings(job);
         let positions = choose(tokens.len(), checks_end, policy.positions as usize, mode);
@@ -277,7 +287,7 @@ impl SpotChecker {
                 SpotCheck::Passed { positions: checked, z, deviation, variance }
             }
             Judgement::Inconsistent { position, reason } => {
-                SpotCheck::Failed { position, positions: checked, reason }
+                SpotCheck::Failed { position, positions: checked, reason, scored: rescored.scored }
             }
         })
     }

@@ -17,5 +17,6 @@ mod lifecycle;
 #[allow(dead_code)]
 #[path = "../it/nodes.rs"]
 mod nodes;
+mod proofs;
 mod relayed;
 mod spot_checks;

@@ -11,7 +11,7 @@ use crate::nodes::{Node, peer_id};
 use serde_json::{Value, json};
 
 /// A node serving SmolLM2 from its own model directory, with `extra` arguments.
-async fn chat_node(dir: tempfile::TempDir, extra: &[&str]) -> Node {
+pub async fn chat_node(dir: tempfile::TempDir, extra: &[&str]) -> Node {
     let models = dir.path().join("models");
     std::fs::create_dir_all(&models).expect("mkdir");
     std::os::unix::fs::symlink(chat_model_file(), models.join("smollm2.gguf")).expect("link");
@@ -24,7 +24,7 @@ async fn chat_node(dir: tempfile::TempDir, extra: &[&str]) -> Node {
 }
 
 /// B (lying as `lie` says, or honest) serving A, which holds the same model.
-async fn pair(lie: Option<&str>) -> (Node, Node) {
+pub async fn pair(lie: Option<&str>) -> (Node, Node) {
     let a_dir = tempfile::tempdir().expect("tempdir");
     let a_id = peer_id(&a_dir);
     let mut extra = vec!["--allow-signer", &a_id];
@@ -47,7 +47,7 @@ async fn pair(lie: Option<&str>) -> (Node, Node) {
     (a, b)
 }
 
-fn question(options: Value, system: Option<&str>) -> Value {
+pub fn question(options: Value, system: Option<&str>) -> Value {
     let mut messages = Vec::new();
     if let Some(system) = system {
         messages.push(json!({"role": "system", "content": system}));
@@ -57,7 +57,12 @@ fn question(options: Value, system: Option<&str>) -> Value {
 }
 
 /// A's answer through B, with the check `verify` asks for.
-async fn ask(a: &Node, body: Value, verify: &str, accept: bool) -> (u16, Option<String>, Value) {
+pub async fn ask(
+    a: &Node,
+    body: Value,
+    verify: &str,
+    accept: bool,
+) -> (u16, Option<String>, Value) {
     let mut request = a.post("/api/chat", body).header("X-Lucid-Route", "peer");
     request = request.header("X-Lucid-Verify", verify);
     if accept {
@@ -72,7 +77,7 @@ async fn ask(a: &Node, body: Value, verify: &str, accept: bool) -> (u16, Option<
     (status, check, response.json().await.expect("json"))
 }
 
-const GREEDY: fn() -> Value = || json!({"temperature": 0, "num_predict": 40});
+pub const GREEDY: fn() -> Value = || json!({"temperature": 0, "num_predict": 40});
 const SAMPLED: fn() -> Value = || json!({"seed": 7, "num_predict": 40});
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,5 +4,6 @@ pub mod blobs;
 pub mod embed;
 pub mod inference;
 pub mod models;
+pub mod proofs;
 pub mod requests;
 pub mod validate;
