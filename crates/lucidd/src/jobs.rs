@@ -111,6 +111,8 @@ pub struct SpotContext {
     pub reputation: std::sync::Arc<phase_node::Reputation>,
     /// Where a failed check's fraud proof goes.
     pub proofs: std::sync::Arc<spot_check::share::Proofs>,
+    /// Where every check is recorded, beside the receipt log.
+    pub log: spot_check::log::CheckLog,
     /// How often and how much.
     pub policy: VerifyPolicy,
     /// What the request asked for.
@@ -394,6 +396,12 @@ impl JobRun {
                 ))
             }
         };
+        if let (Some(spot), Some(check)) = (&spot, &spot_check) {
+            let record = spot_check::log::record(&receipt.body.manifest_hash, &spot.peer, check);
+            if let Err(e) = spot.log.append(record).await {
+                tracing::warn!(error = %e, "could not record a spot check in the check log");
+            }
+        }
         if let Some(spot) = &spot {
             record_standing(spot, &verdict, spot_check.as_ref());
             if let (Some(SpotCheck::Failed { scored, position, reason, .. }), Some(manifest)) =

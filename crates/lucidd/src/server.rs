@@ -158,6 +158,18 @@ pub async fn start_with_workers(
         crate::remote::RemoteModels::new(network, events.clone(), Arc::clone(&reputation))
     });
     let spot_checker = Arc::new(crate::spot_check::SpotChecker::new(registry.workers().clone()));
+    // The operator's floor, now and after every policy edit.
+    reputation.set_floor(policy.current().verify.reputation_floor);
+    {
+        let reputation = Arc::clone(&reputation);
+        let policy = policy.clone();
+        let mut changes = policy.changes();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                reputation.set_floor(policy.current().verify.reputation_floor);
+            }
+        });
+    }
     let proofs = crate::spot_check::share::Proofs::new(
         data_dir.join("proofs"),
         network.clone(),
@@ -166,6 +178,7 @@ pub async fn start_with_workers(
     );
     proofs.listen();
     let state = Arc::new(AppState {
+        checks: crate::spot_check::log::CheckLog::new(&data_dir.join("receipts")),
         spot_checker,
         proofs,
         reputation,

@@ -74,6 +74,8 @@ pub struct AppState {
     pub reputation: std::sync::Arc<phase_node::Reputation>,
     /// Fraud proofs this node made or was sent.
     pub proofs: std::sync::Arc<crate::spot_check::share::Proofs>,
+    /// How each spot check came out, beside the receipt log.
+    pub checks: crate::spot_check::log::CheckLog,
 }
 
 /// How a request wants its answer routed and checked.
@@ -217,6 +219,7 @@ impl AppState {
                         checker: std::sync::Arc::clone(&self.spot_checker),
                         reputation: std::sync::Arc::clone(&self.reputation),
                         proofs: std::sync::Arc::clone(&self.proofs),
+                        log: self.checks.clone(),
                         policy: self.policy.current().verify.clone(),
                         mode: route.verify,
                         peer_digest: route

@@ -16,9 +16,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// A peer under this score is not used.
+/// A peer under this score is not used (unless the operator sets another floor).
 pub const FLOOR: f64 = 0.25;
 /// How much one piece of bad evidence weighs against one good.
 pub const BAD_WEIGHT: f64 = 50.0;
@@ -105,6 +106,8 @@ pub struct Reputation {
     path: Option<PathBuf>,
     peers: Mutex<HashMap<PeerId, Standing>>,
     dirty: Arc<tokio::sync::Notify>,
+    /// The floor in force (bits of an `f64`), [`FLOOR`] unless the operator set another.
+    floor: AtomicU64,
 }
 
 impl std::fmt::Debug for Reputation {
@@ -116,7 +119,12 @@ impl std::fmt::Debug for Reputation {
 impl Reputation {
     /// A standing kept only in memory.
     pub fn in_memory() -> Arc<Self> {
-        Arc::new(Self { path: None, peers: Mutex::default(), dirty: Arc::default() })
+        Arc::new(Self {
+            path: None,
+            peers: Mutex::default(),
+            dirty: Arc::default(),
+            floor: AtomicU64::new(FLOOR.to_bits()),
+        })
     }
 
     /// The standing kept in `path`, read back if it exists. A file that cannot be read as
@@ -137,6 +145,7 @@ impl Reputation {
             path: Some(path.to_path_buf()),
             peers: Mutex::new(peers),
             dirty: Arc::default(),
+            floor: AtomicU64::new(FLOOR.to_bits()),
         });
         tokio::spawn(save_when_changed(Arc::downgrade(&reputation)));
         reputation
@@ -207,9 +216,20 @@ impl Reputation {
         self.standing(peer).score()
     }
 
-    /// Whether `peer` may be used.
+    /// Whether `peer` may be used: its score is at least the floor.
     pub fn usable(&self, peer: &PeerId) -> bool {
-        self.score(peer) >= FLOOR
+        self.score(peer) >= self.floor()
+    }
+
+    /// The floor in force.
+    pub fn floor(&self) -> f64 {
+        f64::from_bits(self.floor.load(Ordering::Relaxed))
+    }
+
+    /// Sets the floor (0 uses every peer, whatever it did), clamped to 0..1.
+    pub fn set_floor(&self, floor: f64) {
+        let floor = if floor.is_finite() { floor.clamp(0.0, 1.0) } else { FLOOR };
+        self.floor.store(floor.to_bits(), Ordering::Relaxed);
     }
 
     /// Writes the standing now (also done in the background after changes).

@@ -64,6 +64,9 @@ share = 0.1
 positions = 16
 # Every answer from a peer is checked until it has served this many.
 new_peer_answers = 10
+# Peers whose standing (0 to 1: answers checked and passed, lies caught, proofs) is under this
+# are not used. A new peer stands at 0.5; one caught lie puts it near 0.
+reputation_floor = 0.25
 
 # One-off exceptions: accept `jobs` jobs from a signer that is not allowed above. Each such
 # job is recorded in receipts/operator-grants.log.
@@ -109,11 +112,18 @@ pub struct VerifyPolicy {
     pub positions: u32,
     /// Every answer of a peer is checked until it served this many.
     pub new_peer_answers: u32,
+    /// Peers standing under this are not used.
+    pub reputation_floor: f64,
 }
 
 impl Default for VerifyPolicy {
     fn default() -> Self {
-        Self { share: 0.1, positions: 16, new_peer_answers: 10 }
+        Self {
+            share: 0.1,
+            positions: 16,
+            new_peer_answers: 10,
+            reputation_floor: phase_node::reputation::FLOOR,
+        }
     }
 }
 
@@ -288,6 +298,13 @@ impl Policy {
                 line: key_line(text, "share"),
                 key: Some("verify.share".into()),
                 message: format!("{} is not a share (0 to 1)", self.verify.share),
+            });
+        }
+        if !(0.0..=1.0).contains(&self.verify.reputation_floor) {
+            return Err(PolicyError {
+                line: key_line(text, "reputation_floor"),
+                key: Some("verify.reputation_floor".into()),
+                message: format!("{} is not a standing (0 to 1)", self.verify.reputation_floor),
             });
         }
         if !(1..=4096).contains(&self.verify.positions) {

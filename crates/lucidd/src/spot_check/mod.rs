@@ -8,6 +8,7 @@
 //! request's `X-Lucid-Verify` header.
 
 pub mod judge;
+pub mod log;
 pub mod proof;
 pub mod share;
 
@@ -310,20 +311,28 @@ fn has_stop_strings(job: &InferenceJob) -> bool {
     }
 }
 
+/// Leading positions always re-scored: an answer to another prompt (made up, or with the
+/// system prompt left out) departs from the asked one at its start, and later tokens,
+/// conditioned on the departed ones, can look natural again.
+const LEADING: usize = 3;
+
 /// Positions to re-score among `len` tokens (and the end, when the answer claims one): every
-/// one for a full check, else `count` of them at random, always including the end.
+/// one for a full check, else `count` of them — the first [`LEADING`], the rest at random —
+/// always including the end.
 fn choose(len: usize, with_end: bool, count: usize, mode: VerifyMode) -> Vec<usize> {
     let mut positions: Vec<usize> = if mode == VerifyMode::Full || count >= len {
         (0..len).collect()
     } else {
-        // A partial Fisher-Yates shuffle of 0..len: `count` distinct positions.
-        let mut all: Vec<usize> = (0..len).collect();
-        for i in 0..count {
-            let j = i + (random_u64() % (len - i) as u64) as usize;
-            all.swap(i, j);
+        let leading = LEADING.min(count);
+        // A partial Fisher-Yates shuffle of the rest: distinct positions after the leading.
+        let mut rest: Vec<usize> = (leading..len).collect();
+        let draw = count - leading;
+        for i in 0..draw {
+            let j = i + (random_u64() % (rest.len() - i) as u64) as usize;
+            rest.swap(i, j);
         }
-        all.truncate(count);
-        all
+        rest.truncate(draw);
+        (0..leading).chain(rest).collect()
     };
     if with_end {
         positions.push(len);
@@ -357,6 +366,7 @@ mod tests {
             assert_eq!(chosen.len(), 9);
             assert!(chosen.windows(2).all(|w| w[0] < w[1]), "{chosen:?}");
             assert_eq!(chosen.last(), Some(&50));
+            assert_eq!(&chosen[..LEADING], &[0, 1, 2], "the start is always checked");
         }
         assert_eq!(choose(3, false, 8, VerifyMode::Policy), vec![0, 1, 2]);
         assert_eq!(choose(5, true, 2, VerifyMode::Full), vec![0, 1, 2, 3, 4, 5]);

@@ -97,6 +97,17 @@ async fn honest_answers_pass_greedy_sampled_and_full() {
         let saved = lucidd::receipt_check::check(&answer.to_string()).expect("verifies offline");
         assert_eq!(saved.worker.to_string(), b.peer_id());
     }
+    // Each check is on disk beside the receipts, naming the answer it checked.
+    let log = std::fs::read_to_string(a.dir.path().join("receipts").join("checks.log"))
+        .expect("the check log");
+    let records: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    assert_eq!(records.len(), 4, "{log}");
+    for record in &records {
+        assert_eq!(record["result"], "passed");
+        assert_eq!(record["peer"], b.peer_id());
+        assert_eq!(record["manifest_hash"].as_str().map(str::len), Some(64));
+    }
+
     // The receipt names the file B ran; a request may pin it, and a pin nobody serves is a
     // clear 404.
     let cid =

@@ -136,7 +136,7 @@ pub async fn network(State(state): State<Arc<AppState>>) -> Json<Value> {
                 "peer_id": p.peer.to_string(),
                 "reputation": {
                     "score": (standing.score() * 1000.0).round() / 1000.0,
-                    "usable": standing.score() >= phase_node::reputation::FLOOR,
+                    "usable": standing.score() >= state.reputation.floor(),
                     "good": (standing.good * 100.0).round() / 100.0,
                     "bad": (standing.bad * 100.0).round() / 100.0,
                     "z": standing.z().map(|z| (z * 100.0).round() / 100.0),
