@@ -355,7 +355,13 @@ impl JobRun {
                 Some(SpotCheck::NotChecked("its receipt did not verify".into()))
             }
             Some(spot) if let Some(reason) = served_elsewhere(spot, &receipt) => {
-                Some(SpotCheck::Failed { position: None, positions: 0, reason, scored: Vec::new() })
+                Some(SpotCheck::Failed {
+                    position: None,
+                    positions: 0,
+                    reason,
+                    scored: Vec::new(),
+                    verifier: None,
+                })
             }
             Some(spot) => {
                 let prompt = self.context.as_ref().map(|c| &c[..self.prompt_len]);

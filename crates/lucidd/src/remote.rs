@@ -86,15 +86,23 @@ impl RemoteModels {
     /// produces output.
     /// With a `pin`, only peers whose catalog lists exactly that file under the name are
     /// tried.
+    /// With `only`, that peer alone is tried.
     pub async fn start(
         &self,
         name: &ModelName,
         pin: Option<ContentId>,
+        only: Option<PeerId>,
         manifest: &SignedManifest<JobSpec>,
     ) -> Result<VerifiedJob, CoreError> {
         let model = name.to_string();
         let key = ModelKey::Name(model.clone());
         let mut peers = self.selector.candidates(&key).await;
+        if let Some(only) = only {
+            peers.retain(|p| *p == only);
+            if peers.is_empty() {
+                return Err(CoreError::ModelNotFound(format!("{model} on {only}")));
+            }
+        }
         if let Some(pin) = pin {
             let wanted = hex::encode(pin.sha256());
             peers.retain(|peer| self.digest_on(peer, name).is_some_and(|d| d == wanted));
@@ -117,6 +125,18 @@ impl RemoteModels {
             }
             return Err(CoreError::ModelNotFound(model));
         }
+        self.start_on(name, peers, manifest).await
+    }
+
+    /// Sends the job to the first of `peers` (in that order) that produces output.
+    pub async fn start_on(
+        &self,
+        name: &ModelName,
+        peers: Vec<PeerId>,
+        manifest: &SignedManifest<JobSpec>,
+    ) -> Result<VerifiedJob, CoreError> {
+        let model = name.to_string();
+        let key = ModelKey::Name(model.clone());
         self.selector.start_on(&key, peers, manifest).await.map_err(|e| match &e {
             SelectError::NoProviders(_) => CoreError::ModelNotFound(model.clone()),
             SelectError::Encode(reason) => CoreError::Internal(reason.clone()),

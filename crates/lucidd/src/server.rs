@@ -155,9 +155,17 @@ pub async fn start_with_workers(
     }
     let reputation = phase_node::Reputation::open(&data_dir.join("reputation.json"));
     let remote = network.clone().filter(|_| !args.local_only).map(|network| {
-        crate::remote::RemoteModels::new(network, events.clone(), Arc::clone(&reputation))
+        Arc::new(crate::remote::RemoteModels::new(network, events.clone(), Arc::clone(&reputation)))
     });
-    let spot_checker = Arc::new(crate::spot_check::SpotChecker::new(registry.workers().clone()));
+    let mut spot_checker = crate::spot_check::SpotChecker::new(registry.workers().clone());
+    if let Some(remote) = &remote {
+        spot_checker = spot_checker.with_verifiers(crate::spot_check::remote::Verifiers::new(
+            Arc::clone(remote),
+            identity.clone(),
+            Arc::clone(&reputation),
+        ));
+    }
+    let spot_checker = Arc::new(spot_checker);
     // The operator's floor, now and after every policy edit.
     reputation.set_floor(policy.current().verify.reputation_floor);
     {

@@ -39,6 +39,7 @@ fn text_bytes(spec: &JobSpec) -> usize {
         },
         JobSpec::Embedding(job) => job.inputs.iter().map(String::len).sum(),
         JobSpec::Wasm(job) => job.stdin.len(),
+        JobSpec::Score(job) => 5 * (job.answer.len() + job.prompt.as_ref().map_or(0, Vec::len)),
     }
 }
 
@@ -65,7 +66,7 @@ pub struct AppState {
     /// The peer-to-peer node, unless started with `--no-p2p`.
     pub network: Option<phase_net::Network>,
     /// Models on other nodes, unless this node runs without p2p or with `--local-only`.
-    pub remote: Option<RemoteModels>,
+    pub remote: Option<std::sync::Arc<RemoteModels>>,
     /// What the node does (jobs and their verdicts, peers that failed), for anyone to watch.
     pub events: NodeEvents,
     /// Checks peers' answers against this node's copies of their models.
@@ -92,6 +93,8 @@ pub struct RouteOptions {
     /// The model must be this file (`X-Lucid-Model-Cid`): peers whose catalog lists another
     /// file under the name are not used, and an answer whose receipt states another is refused.
     pub pin: Option<phase_protocol::ContentId>,
+    /// Only this peer may serve it (`X-Lucid-Peer`; implies running on a peer).
+    pub peer: Option<phase_net::PeerId>,
 }
 
 /// Where a request wants its job run.
@@ -123,7 +126,7 @@ impl AppState {
     /// Routing to other nodes, unless this node is local-only (`--local-only`, or
     /// `local_only = true` in the policy, read per request so an edit applies at once).
     pub fn relaying(&self) -> Option<&RemoteModels> {
-        self.remote.as_ref().filter(|_| !self.policy.current().local_only)
+        self.remote.as_deref().filter(|_| !self.policy.current().local_only)
     }
 
     /// Finds a model a job can run on: served here, or (unless local-only) by another node.
@@ -195,6 +198,7 @@ impl AppState {
             sign()?
         };
         let here = match route.prefer {
+            _ if route.peer.is_some() => None,
             RoutePreference::Peer => None,
             RoutePreference::Auto | RoutePreference::Local => self
                 .registry
@@ -212,7 +216,7 @@ impl AppState {
                 }
                 (_, Some(remote)) => remote,
             };
-            let job = remote.start(&model.base.name, route.pin, &manifest).await?;
+            let job = remote.start(&model.base.name, route.pin, route.peer, &manifest).await?;
             let checked = match (&manifest.payload, job.route()) {
                 (JobSpec::Inference(inference), phase_node::Route::Peer(peer)) => {
                     Some(SpotContext {

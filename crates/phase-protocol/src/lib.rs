@@ -24,6 +24,7 @@ pub use event::{JobEvent, Progress};
 pub use phase_manifest::{ContentId, ContentIdError};
 pub use phase_receipt::{Completion, JobResult, Metrics};
 pub use spec::{
-    ChatMessage, EmbeddingJob, InferenceInput, InferenceJob, JobSpec, WasmJob, WasmLimits,
+    ChatMessage, EmbeddingJob, InferenceInput, InferenceJob, JobSpec, MAX_SCORE_POSITIONS,
+    MAX_SCORE_TOKENS, ScoreJob, WasmJob, WasmLimits,
 };
 pub use worker::{Job, Worker, WorkerError};

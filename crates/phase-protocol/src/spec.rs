@@ -22,6 +22,8 @@ pub enum JobSpec {
     Inference(InferenceJob),
     /// Embed texts with a model.
     Embedding(EmbeddingJob),
+    /// Re-score another worker's answer under teacher forcing (a spot check by a third node).
+    Score(ScoreJob),
 }
 
 impl JobSpec {
@@ -31,6 +33,7 @@ impl JobSpec {
             Self::Wasm(_) => None,
             Self::Inference(job) => Some(&job.model),
             Self::Embedding(job) => Some(&job.model),
+            Self::Score(job) => Some(&job.job.model),
         }
     }
 
@@ -40,8 +43,38 @@ impl JobSpec {
             Self::Wasm(_) => "wasm",
             Self::Inference(_) => "inference",
             Self::Embedding(_) => "embedding",
+            Self::Score(_) => "score",
         }
     }
+}
+
+/// Most positions a score job may ask for.
+pub const MAX_SCORE_POSITIONS: usize = 4096;
+/// Most answer token ids a score job may carry.
+pub const MAX_SCORE_TOKENS: usize = 131_072;
+
+/// Re-score `answer`, the token ids another worker gave to `job`, at `positions`: for each, the
+/// worker's model reads the prompt (`prompt` if given, else `job`'s input as its template
+/// renders it) and `answer[..position]`, and reports its `top` most likely next tokens with
+/// their log-probabilities. The worker answers with one `json` chunk,
+/// `{"scores":[{"position","top":[[id, logprob]...],"end_ids":[...]}]}`, and its receipt names
+/// the model file it scored with (`served`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreJob {
+    /// The job whose answer is re-scored.
+    pub job: InferenceJob,
+    /// The model file to score with, by CID (what the checked worker's receipt names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_cid: Option<ContentId>,
+    /// The ids the model read before answering, when the answer committed them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<Vec<u32>>,
+    /// The answer's token ids.
+    pub answer: Vec<u32>,
+    /// Positions to score (`answer.len()` for the end).
+    pub positions: Vec<u32>,
+    /// Alternatives per position.
+    pub top: u32,
 }
 
 /// Run `entry` of the module `module` with `args` and `stdin`, within `limits`.

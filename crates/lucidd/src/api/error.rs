@@ -94,6 +94,8 @@ impl ApiError {
 pub const ACCEPT_UNVERIFIED_HEADER: &str = "x-lucid-accept-unverified";
 /// The request header that asks for (or turns off) a spot check: `spot`, `full`, `off`.
 pub const VERIFY_HEADER: &str = "x-lucid-verify";
+/// The request header that sends a job to one peer.
+pub const PEER_HEADER: &str = "x-lucid-peer";
 /// The request header that pins the model to one file, by CID.
 pub const MODEL_CID_HEADER: &str = "x-lucid-model-cid";
 /// The request header that chooses where a job runs: `auto`, `peer`, `local`.
@@ -134,7 +136,13 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RouteOptions {
                     ApiError::bad_request(format!("X-Lucid-Model-Cid: {v:?}: {e}"))
                 })?),
             };
-        Ok(Self { accept_unverified, verify, prefer, pin })
+        let peer = match header(PEER_HEADER) {
+            None => None,
+            Some(v) => Some(v.trim().parse::<phase_net::PeerId>().map_err(|e| {
+                ApiError::bad_request(format!("X-Lucid-Peer: {v:?} is not a PeerId: {e}"))
+            })?),
+        };
+        Ok(Self { accept_unverified, verify, prefer, pin, peer })
     }
 }
 

@@ -151,12 +151,12 @@ fn check_metadata(map: &Map<String, Value>, what: &str) -> anyhow::Result<()> {
 }
 
 /// The requesting node's spot check (not the worker's, not signed): exactly the shape lucidd
-/// writes, `{"result", "positions"?, "z"?, "position"?, "reason"?}`.
+/// writes, `{"result", "positions"?, "z"?, "position"?, "reason"?, "verifier"?}`.
 fn spot_check(check: &Value) -> anyhow::Result<()> {
     let map = check.as_object().ok_or_else(|| anyhow!("must be an object"))?;
     let allowed: &[&str] = match map.get("result").and_then(Value::as_str) {
-        Some("passed") => &["result", "positions", "z"],
-        Some("failed") => &["result", "positions", "position", "reason"],
+        Some("passed") => &["result", "positions", "z", "verifier"],
+        Some("failed") => &["result", "positions", "position", "reason", "verifier"],
         Some("not_checked") => &["result", "reason"],
         _ => bail!("result must be passed, failed or not_checked"),
     };
@@ -172,8 +172,10 @@ fn spot_check(check: &Value) -> anyhow::Result<()> {
     if map.get("z").is_some_and(|v| !v.is_f64() && !v.is_i64() && !v.is_u64()) {
         bail!("`z` must be a number");
     }
-    if map.get("reason").is_some_and(|v| !v.is_string()) {
-        bail!("`reason` must be text");
+    for key in ["reason", "verifier"] {
+        if map.get(key).is_some_and(|v| !v.is_string()) {
+            bail!("`{key}` must be text");
+        }
     }
     Ok(())
 }

@@ -10,6 +10,7 @@
 pub mod judge;
 pub mod log;
 pub mod proof;
+pub mod remote;
 pub mod share;
 
 use phase_net::PeerId;
@@ -111,6 +112,8 @@ pub enum SpotCheck {
         deviation: f64,
         /// See `deviation`.
         variance: f64,
+        /// The peer that scored it (`None`: this node).
+        verifier: Option<PeerId>,
     },
     /// The answer could not have come from the asked model.
     Failed {
@@ -120,9 +123,11 @@ pub enum SpotCheck {
         positions: usize,
         /// What was wrong.
         reason: String,
-        /// What this node's model said at each position (a fraud proof's reference; empty
+        /// What the verifier's model said at each position (a fraud proof's reference; empty
         /// when the answer failed before any re-scoring).
         scored: Vec<Scored>,
+        /// The peer that scored it (`None`: this node).
+        verifier: Option<PeerId>,
     },
 }
 
@@ -140,16 +145,25 @@ impl SpotCheck {
     pub fn to_json(&self) -> Value {
         match self {
             Self::NotChecked(reason) => json!({"result": "not_checked", "reason": reason}),
-            Self::Passed { positions, z, .. } => {
+            Self::Passed { positions, z, verifier, .. } => {
                 let mut out = json!({"result": "passed", "positions": positions});
                 if let Some(z) = z {
                     out["z"] = json!((z * 100.0).round() / 100.0);
                 }
+                if let Some(verifier) = verifier {
+                    out["verifier"] = json!(verifier.to_string());
+                }
                 out
             }
-            Self::Failed { position, positions, reason, .. } => json!({
-                "result": "failed", "position": position, "positions": positions, "reason": reason
-            }),
+            Self::Failed { position, positions, reason, verifier, .. } => {
+                let mut out = json!({
+                    "result": "failed", "position": position, "positions": positions, "reason": reason
+                });
+                if let Some(verifier) = verifier {
+                    out["verifier"] = json!(verifier.to_string());
+                }
+                out
+            }
         }
     }
 
@@ -181,6 +195,8 @@ pub struct Answer<'a> {
 /// Runs spot checks on this node's copies of models.
 pub struct SpotChecker {
     workers: LocalWorkers,
+    /// Other nodes that score answers when this one holds no copy of the model.
+    verifiers: std::sync::OnceLock<remote::Verifiers>,
     /// Answers seen per peer, to check new peers more often.
     seen: parking_lot::Mutex<HashMap<PeerId, u32>>,
 }
@@ -188,7 +204,17 @@ pub struct SpotChecker {
 impl SpotChecker {
     /// Checks with the models of `workers`.
     pub fn new(workers: LocalWorkers) -> Self {
-        Self { workers, seen: parking_lot::Mutex::new(HashMap::new()) }
+        Self {
+            workers,
+            verifiers: std::sync::OnceLock::new(),
+            seen: parking_lot::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Lets other nodes score answers this node holds no model for.
+    pub fn with_verifiers(self, verifiers: remote::Verifiers) -> Self {
+        let _ = self.verifiers.set(verifiers);
+        self
     }
 
     /// Checks `answer` as `policy` and `mode` say.
@@ -253,15 +279,13 @@ impl SpotChecker {
         let Some(expected) = expected.as_deref().or(answer.peer_digest) else {
             return uncheckable("the peer says nothing of which model file it ran");
         };
-        let Some((worker, local)) = self.workers.find_by_digest(expected) else {
-            return uncheckable("this node holds no copy of the model file the peer ran");
-        };
         if let Some(reason) = length_claim(job, tokens.len(), answer.completion) {
             return Ok(SpotCheck::Failed {
                 position: Some(tokens.len()),
                 positions: 0,
                 reason,
                 scored: Vec::new(),
+                verifier: None,
             });
         }
         let checks_end = *answer.completion == Completion::Finished && !has_stop_strings(job);
@@ -269,28 +293,79 @@ impl SpotChecker {
         if positions.is_empty() {
             return uncheckable("the answer has no tokens to check");
         }
+        let request = RescoreRequest {
+            job,
+            prompt: answer.prompt,
+            answer: tokens,
+            positions: &positions,
+            top: TOP_ALTERNATIVES,
+        };
+        let Some((worker, local)) = self.workers.find_by_digest(expected) else {
+            let cid = hex::decode(expected)
+                .ok()
+                .and_then(|d| <[u8; 32]>::try_from(d).ok())
+                .map(phase_protocol::ContentId::from_sha256);
+            return match self.verifiers.get() {
+                Some(verifiers) => {
+                    Ok(by_peers(verifiers, &sampler, request, cid, answer.peer).await)
+                }
+                None => uncheckable("this node holds no copy of the model file the peer ran"),
+            };
+        };
         // Re-scored under this node's name for the same file.
         let mut job = job.clone();
         job.model = local.name.to_string();
-        let job = &job;
-        let rescored = worker
-            .rescore(RescoreRequest {
-                job,
-                prompt: answer.prompt,
-                answer: tokens,
-                positions: &positions,
-                top: TOP_ALTERNATIVES,
-            })
-            .await?;
-        let checked = rescored.scored.len();
-        Ok(match judge::judge(&sampler, tokens, &rescored.scored) {
-            Judgement::Consistent { z, deviation, variance, .. } => {
-                SpotCheck::Passed { positions: checked, z, deviation, variance }
+        let rescored = worker.rescore(RescoreRequest { job: &job, ..request }).await?;
+        Ok(outcome(&sampler, tokens, rescored.scored, None))
+    }
+}
+
+/// The check's outcome from `scored` positions, scored by `verifier` (`None`: this node).
+fn outcome(
+    sampler: &Sampler,
+    tokens: &[u32],
+    scored: Vec<Scored>,
+    verifier: Option<PeerId>,
+) -> SpotCheck {
+    let checked = scored.len();
+    match judge::judge(sampler, tokens, &scored) {
+        Judgement::Consistent { z, deviation, variance, .. } => {
+            SpotCheck::Passed { positions: checked, z, deviation, variance, verifier }
+        }
+        Judgement::Inconsistent { position, reason } => {
+            SpotCheck::Failed { position, positions: checked, reason, scored, verifier }
+        }
+    }
+}
+
+/// A check by other nodes: a first verifier, and a second to confirm what the first finds
+/// wrong (see [`remote`]).
+async fn by_peers(
+    verifiers: &remote::Verifiers,
+    sampler: &Sampler,
+    request: RescoreRequest<'_>,
+    cid: Option<phase_protocol::ContentId>,
+    checked: &PeerId,
+) -> SpotCheck {
+    let first = match verifiers.score(request, cid, &[*checked]).await {
+        Ok(first) => first,
+        Err(e) => return SpotCheck::NotChecked(format!("no verifier could check it: {e}")),
+    };
+    let verdict = outcome(sampler, request.answer, first.scored, Some(first.verifier));
+    let SpotCheck::Failed { reason, .. } = &verdict else { return verdict };
+    match verifiers.score(request, cid, &[*checked, first.verifier]).await {
+        Ok(second) => {
+            let confirmed = outcome(sampler, request.answer, second.scored, Some(second.verifier));
+            if !confirmed.failed() {
+                verifiers.contradicted(&first.verifier);
             }
-            Judgement::Inconsistent { position, reason } => {
-                SpotCheck::Failed { position, positions: checked, reason, scored: rescored.scored }
-            }
-        })
+            confirmed
+        }
+        Err(e) => SpotCheck::NotChecked(format!(
+            "a verifier ({}) found the answer inconsistent ({reason}), but no second verifier \
+             could confirm it ({e}); one verifier's word does not count",
+            first.verifier
+        )),
     }
 }
 

@@ -103,6 +103,7 @@ impl Worker for EchoWorker {
                 JobSpec::Inference(job) => plan_inference(job)?,
                 JobSpec::Embedding(job) => plan_embedding(job)?,
                 JobSpec::Wasm(_) => return Err(WorkerError::UnsupportedJob { kind: "wasm" }),
+                JobSpec::Score(_) => return Err(WorkerError::UnsupportedJob { kind: "score" }),
             };
             let (emitter, job) = job_channel(self.identity.clone(), hash);
             tokio::spawn(run(plan, emitter));

@@ -20,3 +20,4 @@ mod nodes;
 mod proofs;
 mod relayed;
 mod spot_checks;
+mod verifiers;

@@ -17,6 +17,8 @@ pub enum Lie {
     Hotter,
     /// Leaves the system prompt out.
     DropSystem,
+    /// As a verifier, reports scores that make any answer look wrong (a slanderer).
+    FalseScores,
 }
 
 /// Tokens a truncating liar sends before it claims to be done.
@@ -30,6 +32,7 @@ impl Lie {
             "truncate" => Self::Truncate,
             "hotter" => Self::Hotter,
             "drop-system" => Self::DropSystem,
+            "false-scores" => Self::FalseScores,
             _ => return None,
         })
     }
@@ -57,8 +60,21 @@ impl Lie {
                 InferenceInput::Chat { messages } => messages.retain(|m| m.role != "system"),
                 InferenceInput::Generate { system, .. } => *system = None,
             },
-            Self::Truncate => {}
+            Self::Truncate | Self::FalseScores => {}
         }
         job
+    }
+
+    /// The scores this liar reports instead of `scored`: at every position, a token the
+    /// answer does not have is made the certain one.
+    pub fn falsify(self, scored: &mut [crate::spot_check::Scored]) {
+        if self != Self::FalseScores {
+            return;
+        }
+        for position in scored {
+            let invented = position.top.iter().map(|(id, _)| *id).max().unwrap_or(0) + 1;
+            position.top.insert(0, (invented, 0.0));
+            position.end_ids.clear();
+        }
     }
 }

@@ -494,6 +494,7 @@ impl Worker for LlamaCppWorker {
                     Ok(handle)
                 }
                 JobSpec::Embedding(job) => self.embed(job, hash).await,
+                JobSpec::Score(job) => self.score(job, hash).await,
             }
         })
     }

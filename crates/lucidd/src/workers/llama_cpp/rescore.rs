@@ -10,6 +10,11 @@ use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use phase_protocol::{
+    Completion, Job, MAX_SCORE_POSITIONS, MAX_SCORE_TOKENS, Metrics, OutputChunk, ScoreJob,
+    WorkerError, job_channel,
+};
+
 use super::supervisor::ServerMode;
 use super::{LlamaCppWorker, backend, num_ctx, prompt};
 use crate::spot_check::{RescoreError, RescoreRequest, Rescored, Scored};
@@ -18,6 +23,67 @@ use crate::spot_check::{RescoreError, RescoreRequest, Rescored, Scored};
 const POSITION_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl LlamaCppWorker {
+    /// A score job from another node: the positions re-scored, as one committed `json` chunk
+    /// under a receipt that names the model file.
+    pub(super) async fn score(
+        &self,
+        job: &ScoreJob,
+        hash: phase_manifest::Sha256Hash,
+    ) -> Result<Job, WorkerError> {
+        let invalid = |reason: String| WorkerError::InvalidJob { reason };
+        if job.positions.is_empty() || job.positions.len() > MAX_SCORE_POSITIONS {
+            return Err(invalid(format!("a score job names 1 to {MAX_SCORE_POSITIONS} positions")));
+        }
+        if job.answer.len() > MAX_SCORE_TOKENS {
+            return Err(invalid(format!("a score job carries at most {MAX_SCORE_TOKENS} ids")));
+        }
+        // The file asked for, whatever its name here; else the job's model by name.
+        let mut inference = job.job.clone();
+        if let Some(cid) = job.model_cid {
+            let digest = hex::encode(cid.sha256());
+            let file = self
+                .files()
+                .iter()
+                .find(|f| f.sha256 == digest)
+                .cloned()
+                .ok_or_else(|| WorkerError::ModelNotFound { model: cid.to_string() })?;
+            inference.model = file.name.to_string();
+        }
+        let file = self.model_file(&inference.model)?;
+        let positions: Vec<usize> = job.positions.iter().map(|p| *p as usize).collect();
+        let scored = self
+            .rescore_answer(RescoreRequest {
+                job: &inference,
+                prompt: job.prompt.as_deref(),
+                answer: &job.answer,
+                positions: &positions,
+                top: job.top.clamp(1, 256),
+            })
+            .await
+            .map_err(|e| match e {
+                RescoreError::Uncheckable(reason) => WorkerError::InvalidJob { reason },
+                RescoreError::Unavailable(reason) => WorkerError::Unavailable { reason },
+            })?;
+        let mut scored = scored;
+        if let Some(lie) = self.config.lie {
+            lie.falsify(&mut scored.scored);
+        }
+        let (mut emitter, handle) = job_channel(self.identity.clone(), hash);
+        if let Some(cid) = file.cid() {
+            emitter.serving(cid);
+        }
+        let chunk = OutputChunk::json(&crate::spot_check::remote::scores_json(&scored.scored));
+        tokio::spawn(async move {
+            let metrics = Metrics { prompt_tokens: scored.evaluated as u64, ..Metrics::default() };
+            let completion = match emitter.output(chunk).await {
+                Ok(()) => Completion::Finished,
+                Err(_) => Completion::Cancelled,
+            };
+            emitter.finish(completion, metrics);
+        });
+        Ok(handle)
+    }
+
     /// Re-scores `request.positions` of an answer to `request.job` (see the module docs).
     pub(super) async fn rescore_answer(
         &self,
