@@ -7,6 +7,7 @@
 
 pub mod node;
 pub mod record;
+pub mod replicas;
 pub mod sandbox;
 pub mod worker;
 

@@ -68,10 +68,15 @@ enum Command {
     Submit {
         /// A .wasm or .wat file.
         module: PathBuf,
-        /// The node, `/ip4/…/tcp/…/p2p/<PeerId>` (default: one found in the DHT through
-        /// --bootstrap-peer).
+        /// A node, `/ip4/…/tcp/…/p2p/<PeerId>` (repeatable, tried in order; default: found
+        /// in the DHT through --bootstrap-peer).
         #[arg(long, required_unless_present = "bootstrap")]
-        peer: Option<String>,
+        peer: Vec<String>,
+        /// Run the job on this many nodes and accept the output only when they all signed the
+        /// same one (jobs are deterministic); on a disagreement more nodes decide, and the odd
+        /// one out loses standing.
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
         /// A node to join the network through, to find a node that runs WebAssembly jobs.
         #[arg(long = "bootstrap-peer")]
         bootstrap: Vec<String>,
@@ -136,6 +141,10 @@ struct StartArgs {
     /// Write the node's addresses (JSON) here once it listens.
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    /// Test only: misbehave on purpose (`wrong-output`: sign for output the module did not
+    /// produce). Refused by builds without test faults.
+    #[arg(long, hide = true, value_name = "FAULT")]
+    test_fault: Option<String>,
 }
 
 /// The limits a job asks for (the node may lower them).
@@ -210,6 +219,7 @@ fn main() -> ExitCode {
         Command::Submit {
             module,
             peer,
+            replicas,
             bootstrap,
             artifacts,
             mdns_loopback,
@@ -221,7 +231,8 @@ fn main() -> ExitCode {
             submit(
                 data_dir.unwrap_or_else(default_data_dir),
                 &module,
-                peer.as_deref(),
+                &peer,
+                replicas,
                 &bootstrap,
                 artifacts,
                 mdns_loopback,
@@ -364,7 +375,14 @@ fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
         allow_signers,
         allow_any_signer,
         addr_file,
+        test_fault,
     } = args;
+    let wrong_output = match test_fault.as_deref() {
+        None => false,
+        Some("wrong-output") if cfg!(feature = "test-faults") => true,
+        Some("wrong-output") => anyhow::bail!("this build has no test faults"),
+        Some(other) => anyhow::bail!("unknown test fault {other:?}"),
+    };
     let data_dir = data_dir.unwrap_or_else(default_data_dir);
     let mut admission = if allow_any_signer {
         phase_net::SignerAllowlist::allow_any()
@@ -395,6 +413,7 @@ fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
         },
         admission,
         addr_file,
+        wrong_output,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(plasm::node::start(options))?;
@@ -405,7 +424,8 @@ fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
 fn submit(
     data_dir: PathBuf,
     module: &std::path::Path,
-    peer: Option<&str>,
+    peers: &[String],
+    replicas: usize,
     bootstrap: &[String],
     artifacts: Option<String>,
     mdns_loopback: bool,
@@ -423,9 +443,11 @@ fn submit(
     };
     let options = plasm::node::SubmitOptions {
         data_dir,
-        peer: peer
+        peers: peers
+            .iter()
             .map(|p| p.parse().with_context(|| format!("{p:?} is not a multiaddr")))
-            .transpose()?,
+            .collect::<anyhow::Result<_>>()?,
+        replicas,
         bootstrap: bootstrap
             .iter()
             .map(|b| b.parse().with_context(|| format!("{b:?} is not a multiaddr")))
@@ -439,7 +461,25 @@ fn submit(
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let record = runtime.block_on(plasm::node::submit(options, bytes, job))?;
+    let submitted = runtime.block_on(plasm::node::submit(options, bytes, job))?;
+    let replicated = &submitted.replicated;
+    if replicas > 1 {
+        let list = |peers: &[phase_net::PeerId]| {
+            peers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        };
+        eprintln!(
+            "{} nodes signed the same output: {}",
+            replicated.agreed.len(),
+            list(&replicated.agreed)
+        );
+        if !replicated.odd.is_empty() {
+            eprintln!("DIFFERENT output (they lose standing): {}", list(&replicated.odd));
+        }
+        for (peer, reason) in &replicated.failed {
+            eprintln!("no verified answer from {peer}: {reason}");
+        }
+    }
+    let record = submitted.record;
     let failed = !record.finished();
     println!("{}", serde_json::to_string_pretty(&record)?);
     Ok(if failed { ExitCode::from(3) } else { ExitCode::SUCCESS })

@@ -16,8 +16,8 @@ use phase_net::{
     Admission, CatalogEntry, JobService, ModelKey, Multiaddr, NetConfig, Network, PeerId,
     SignerAllowlist,
 };
-use phase_node::{NodeEvents, PeerSelector, Step, Verdict};
-use phase_protocol::{ChunkKind, Job, JobSpec, WasmJob, Worker, WorkerError};
+use phase_node::{NodeEvents, PeerSelector};
+use phase_protocol::{Job, JobSpec, WasmJob, Worker, WorkerError};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -106,6 +106,8 @@ pub struct StartOptions {
     pub admission: SignerAllowlist,
     /// Write the addresses here once listening.
     pub addr_file: Option<std::path::PathBuf>,
+    /// Test builds only: return wrong output on purpose.
+    pub wrong_output: bool,
 }
 
 /// Runs a serving node until Ctrl-C or SIGTERM.
@@ -123,7 +125,11 @@ pub async fn start(options: StartOptions) -> anyhow::Result<()> {
         }
     });
     let sandbox = Arc::new(Sandbox::new()?);
-    let worker = WasmWorker::new(identity.clone(), sandbox, store.clone(), NodeLimits::default());
+    let worker = WasmWorker::new(identity.clone(), sandbox, store.clone(), NodeLimits::default())
+        .with_wrong_output(options.wrong_output);
+    if options.wrong_output {
+        tracing::warn!("TEST FAULT ON: this node returns wrong output on purpose");
+    }
     let service: Arc<dyn JobService> = Arc::new(WasmService { worker, store });
     let admission: Arc<dyn Admission> = Arc::new(options.admission);
     let config = NetConfig {
@@ -178,73 +184,121 @@ const FIND_WORKER_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Options of `plasmd submit`.
 pub struct SubmitOptions {
-    /// The requester's data directory (its identity signs the job).
+    /// The requester's data directory (its identity signs the job; its standing of the nodes
+    /// it used is kept there).
     pub data_dir: std::path::PathBuf,
-    /// The serving node, `…/p2p/<PeerId>`; when absent, one is found in the DHT through
-    /// `bootstrap`.
-    pub peer: Option<Multiaddr>,
-    /// Nodes to join the network through, to find a serving node.
+    /// Serving nodes to use first, in order, each `…/p2p/<PeerId>`; more are found in the DHT
+    /// through `bootstrap` when these are not enough.
+    pub peers: Vec<Multiaddr>,
+    /// Nodes to join the network through, to find serving nodes.
     pub bootstrap: Vec<Multiaddr>,
-    /// Its artifact server; found by mDNS when absent.
+    /// The artifact server of the one node given; found by mDNS when absent.
     pub artifacts: Option<String>,
-    /// mDNS interfaces for finding the artifact server.
+    /// mDNS interfaces for finding artifact servers.
     pub mdns: Interfaces,
+    /// How many nodes must sign the same output (1: trust the one that ran it).
+    pub replicas: usize,
 }
 
-/// Sends `module` with `job` to a node, streams the output back and verifies the receipt.
+/// What `submit` accepted: the record, and which nodes agreed on it.
+pub struct Submitted {
+    /// The output under its receipt (of the first agreeing node).
+    pub record: RunRecord,
+    /// What the replication found.
+    pub replicated: crate::replicas::Replicated,
+}
+
+/// Spare nodes the module is uploaded to beyond the replicas, to decide a disagreement.
+const SPARE_NODES: usize = 2;
+
+/// Sends `module` with `job` to nodes, streams the output back and verifies the receipts;
+/// with `replicas` above 1, accepts the output only when that many nodes signed it.
 pub async fn submit(
     options: SubmitOptions,
     module: Vec<u8>,
     mut job: WasmJob,
-) -> anyhow::Result<RunRecord> {
+) -> anyhow::Result<Submitted> {
     let identity = load_identity(&options.data_dir)?;
+    anyhow::ensure!(
+        options.artifacts.is_none() || options.peers.len() <= 1,
+        "--artifacts names one node's artifact server: give it with a single --peer (others are found by mDNS)"
+    );
     // The requester only dials out.
     let mut bootstrap = options.bootstrap.clone();
-    bootstrap.extend(options.peer.clone());
+    bootstrap.extend(options.peers.iter().cloned());
     let config = NetConfig { listen: Vec::new(), bootstrap, mdns: false, ..NetConfig::default() };
     let network = Network::start(&identity, config, None).await?;
-    let selector = PeerSelector::new(network, NodeEvents::new());
+    let reputation = phase_node::Reputation::open(&options.data_dir.join("reputation.json"));
+    let selector = PeerSelector::with_reputation(
+        network,
+        NodeEvents::new(),
+        std::sync::Arc::clone(&reputation),
+    );
     let key = ModelKey::Service(WASM_SERVICE.into());
-    let peer = match &options.peer {
-        Some(addr) => phase_net::bootstrap::peer_of(addr).map_err(anyhow::Error::msg)?,
-        None => *selector.candidates_within(&key, FIND_WORKER_DEADLINE).await.first().ok_or_else(
-            || anyhow::anyhow!(
-                "no node running WebAssembly jobs was found in the DHT; give --peer or another --bootstrap-peer"
-            ),
-        )?,
-    };
-    let artifacts = match options.artifacts {
-        Some(url) => url,
-        None => find_artifacts(&identity, &peer, options.mdns).await?,
-    };
-    let http = reqwest::Client::new();
-    job.module = client::upload(&http, &artifacts, module).await?;
-    let manifest = crate::worker::sign_job(&identity, job)?;
-    // The module was uploaded to this peer's artifact server: no failover to another.
-    let mut run = selector.start_on(&key, vec![peer], &manifest).await?;
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    loop {
-        match run.next().await {
-            Some(Step::Output(chunk)) => {
-                if chunk.kind == ChunkKind::Stdout {
-                    stdout.extend_from_slice(&chunk.data)
-                } else {
-                    stderr.extend_from_slice(&chunk.data)
-                }
-            }
-            Some(Step::Annotation(_)) => {}
-            Some(Step::Done(finished)) => match finished.verdict {
-                Verdict::Verified => return Ok(RunRecord::new(&stdout, &stderr, finished.receipt)),
-                Verdict::Failed { reason, .. } | Verdict::Broken { reason } => {
-                    anyhow::bail!("the receipt from {peer} does not verify: {reason}")
-                }
-            },
-            Some(Step::Broken(reason)) => {
-                anyhow::bail!("{peer} ended the job without a receipt: {reason}")
-            }
-            None => anyhow::bail!("{peer} ended the job without a receipt"),
+    let mut candidates = Vec::new();
+    for addr in &options.peers {
+        let peer = phase_net::bootstrap::peer_of(addr).map_err(anyhow::Error::msg)?;
+        if !candidates.contains(&peer) {
+            candidates.push(peer);
         }
     }
+    let wanted = options.replicas.max(1);
+    if candidates.len() < wanted + SPARE_NODES && !options.bootstrap.is_empty() {
+        for peer in selector.candidates_within(&key, FIND_WORKER_DEADLINE).await {
+            if !candidates.contains(&peer) {
+                candidates.push(peer);
+            }
+        }
+    }
+    anyhow::ensure!(
+        !candidates.is_empty(),
+        "no node running WebAssembly jobs was found in the DHT; give --peer or another --bootstrap-peer"
+    );
+    // The module goes to each node's own artifact server before the job does.
+    let http = reqwest::Client::new();
+    let mut ready = Vec::new();
+    let mut problems = Vec::new();
+    for peer in candidates.into_iter().take(wanted + SPARE_NODES) {
+        let artifacts = match &options.artifacts {
+            Some(url) => url.clone(),
+            None => match find_artifacts(&identity, &peer, options.mdns).await {
+                Ok(url) => url,
+                Err(e) => {
+                    problems.push(format!("{peer}: {e}"));
+                    continue;
+                }
+            },
+        };
+        match client::upload(&http, &artifacts, module.clone()).await {
+            Ok(cid) => {
+                job.module = cid;
+                ready.push(peer);
+            }
+            Err(e) => problems.push(format!("{peer}: uploading the module: {e}")),
+        }
+    }
+    anyhow::ensure!(
+        ready.len() >= wanted,
+        "{} nodes are needed but only {} took the module ({})",
+        wanted,
+        ready.len(),
+        problems.join("; ")
+    );
+    let manifest = crate::worker::sign_job(&identity, job)?;
+    let outcome = crate::replicas::run(&selector, &manifest, &ready, wanted, &reputation).await;
+    if let Err(e) = reputation.save() {
+        tracing::warn!(error = %e, "could not save the standing of the nodes used");
+    }
+    let replicated = match outcome {
+        Ok(replicated) => replicated,
+        // One node, one answer: its own failure says more than "no agreement".
+        Err(e) if wanted == 1 && ready.len() == 1 => {
+            let crate::replicas::ReplicaError::NoAgreement { details, .. } = &e;
+            anyhow::bail!("{details}")
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Submitted { record: replicated.record.clone(), replicated })
 }
 
 /// The artifact server `peer` announces by mDNS.

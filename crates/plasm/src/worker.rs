@@ -33,6 +33,9 @@ pub struct WasmWorker {
     sandbox: Arc<Sandbox>,
     store: BlobStore,
     limits: NodeLimits,
+    /// Test builds only: change the first byte of standard output before committing to it,
+    /// signing honestly over output the module did not produce.
+    wrong_output: bool,
 }
 
 impl WasmWorker {
@@ -43,7 +46,13 @@ impl WasmWorker {
         store: BlobStore,
         limits: NodeLimits,
     ) -> Self {
-        Self { identity, sandbox, store, limits }
+        Self { identity, sandbox, store, limits, wrong_output: false }
+    }
+
+    /// Makes this worker return wrong output (test builds; see `--test-fault wrong-output`).
+    pub fn with_wrong_output(mut self, wrong: bool) -> Self {
+        self.wrong_output = wrong && cfg!(feature = "test-faults");
+        self
     }
 }
 
@@ -80,6 +89,7 @@ impl Worker for WasmWorker {
             let sandbox = Arc::clone(&self.sandbox);
             let job = job.clone();
             let limits = self.limits.apply(&job.limits);
+            let wrong_output = self.wrong_output;
             tokio::spawn(async move {
                 let started = Instant::now();
                 let result = tokio::task::spawn_blocking(move || {
@@ -104,7 +114,11 @@ impl Worker for WasmWorker {
                         Completion::Failed { reason: format!("the sandbox thread failed: {e}") },
                     ),
                 };
-                for chunk in output_chunks(&output.stdout, &output.stderr) {
+                let mut stdout = output.stdout;
+                if wrong_output && let Some(first) = stdout.first_mut() {
+                    *first ^= 0x20;
+                }
+                for chunk in output_chunks(&stdout, &output.stderr) {
                     if emitter.output(chunk).await.is_err() {
                         return; // cancelled: the emitter signs a Cancelled receipt
                     }
