@@ -18,10 +18,12 @@ import urllib.request
 LUCIDD = os.environ["LUCIDD_BIN"]
 LLAMA = os.environ["LLAMA_SERVER_BINARY"]
 MODEL = os.environ["MODEL"]
+# The other model and the cruder quantization a liar really runs (under MODEL's name).
+OTHER_MODELS = {"other-model": os.environ.get("OTHER_MODEL"), "crude-quant": os.environ.get("CRUDE_MODEL")}
 HONEST = int(os.environ.get("VERIFY_HONEST", "1000"))
 LIES = int(os.environ.get("VERIFY_LIES", "50"))
-PREDICT = int(os.environ.get("VERIFY_TOKENS", "96"))
-LIARS = ["made-up-text", "truncate", "drop-system", "hotter"]
+PREDICT = int(os.environ.get("VERIFY_TOKENS", "128"))
+LIARS = ["made-up-text", "truncate", "drop-system", "other-model", "hotter", "crude-quant"]
 DEFAULT_SHARE = 0.1
 
 QUESTIONS = [
@@ -43,11 +45,13 @@ def log(*args):
 
 
 class Node:
-    def __init__(self, name, extra, policy=None):
+    def __init__(self, name, extra, policy=None, other=None):
         self.dir = tempfile.mkdtemp(prefix=f"verify-{name}-")
         models = os.path.join(self.dir, "models")
         os.makedirs(models)
         os.symlink(MODEL, os.path.join(models, "smollm2.gguf"))
+        if other:
+            os.symlink(other, os.path.join(models, "other.gguf"))
         if policy:
             with open(os.path.join(self.dir, "policy.toml"), "w") as f:
                 f.write(policy)
@@ -124,8 +128,9 @@ def start_pair(lie):
     a_id = subprocess.run([LUCIDD, "id", "--data-dir", a_dir], capture_output=True, text=True, check=True).stdout.strip()
     with open(os.path.join(a_dir, "policy.toml"), "w") as f:
         f.write("[verify]\nshare = 0.0\nreputation_floor = 0.0\n")
+    fault = "other-model" if lie in OTHER_MODELS else lie
     b = Node(f"B-{lie or 'honest'}", ["--threads", "2", "--parallel", "2", "--allow-signer", a_id]
-             + (["--test-fault", lie] if lie else []))
+             + (["--test-fault", fault] if fault else []), other=OTHER_MODELS.get(lie))
     a = NodeIn(a_dir, ["--threads", "1", "--parallel", "1", "--bootstrap-peer", b.tcp_addr()])
     b_id = b.peer_id()
     deadline = time.time() + 60
@@ -223,16 +228,21 @@ def main():
             return f"{o['failed']}/{n} ({100.0 * o['failed'] / max(n, 1):.0f}%)"
         zmean = f"{sum(zs) / len(zs):.2f}" if zs else "-"
         print(f"| {lie} | {rate(outcomes['greedy'])} | {rate(outcomes['sampled'])} | {zmean} |", flush=True)
-        if lie == "hotter" and zs:
-            total = 0.0
-            for k, z in enumerate(zs, 1):
-                total += z
-                if total / (k ** 0.5) < -6.0:
-                    print(f"  hotter, sampled: the summed statistic crosses -6 after {k} answers "
-                          f"(approximating equal variances)")
-                    break
-            else:
-                print(f"  hotter, sampled: summed statistic after {len(zs)} answers: {total / len(zs) ** 0.5:.2f}")
+        if lie in ("hotter", "crude-quant") and zs:
+            print(f"  {lie}, sampled: {summed(zs)}")
+    if honest_z:
+        print(f"  honest, sampled (for comparison): {summed(honest_z)}")
+
+
+def summed(zs):
+    """When a peer's summed statistic (its standing's, SPEC §11) would cross -6, approximating
+    equal variances per answer: z_total = sum(z) / sqrt(k)."""
+    total = 0.0
+    for k, z in enumerate(zs, 1):
+        total += z
+        if total / (k ** 0.5) < -6.0:
+            return f"the summed statistic crosses -6 after {k} sampled answers"
+    return f"the summed statistic after {len(zs)} sampled answers is {total / len(zs) ** 0.5:.2f} (never under -6)"
 
 
 if __name__ == "__main__":

@@ -31,7 +31,15 @@ pub async fn pair(lie: Option<&str>) -> (Node, Node) {
     if let Some(lie) = lie {
         extra.extend(["--test-fault", lie]);
     }
-    let b = chat_node(tempfile::tempdir().expect("tempdir"), &extra).await;
+    let b_dir = tempfile::tempdir().expect("tempdir");
+    if lie == Some("other-model") {
+        // What it really runs: Gemma 3, under SmolLM2's name.
+        let models = b_dir.path().join("models");
+        std::fs::create_dir_all(&models).expect("mkdir");
+        std::os::unix::fs::symlink(crate::harness::model_file(), models.join("other.gguf"))
+            .expect("link");
+    }
+    let b = chat_node(b_dir, &extra).await;
     let b_addr = b.tcp_addr().await;
     let a = chat_node(a_dir, &["--bootstrap-peer", &b_addr]).await;
     let b_id = b.peer_id();
@@ -164,7 +172,7 @@ async fn honest_answers_pass_greedy_sampled_and_full() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_lie_is_caught_and_refused_or_marked() {
     let system = "Answer in French only.";
-    for lie in ["made-up-text", "truncate", "hotter", "drop-system"] {
+    for lie in ["made-up-text", "truncate", "hotter", "drop-system", "other-model"] {
         let (a, _b) = pair(Some(lie)).await;
         let body = question(GREEDY(), Some(system));
         let (status, check, answer) = ask(&a, body, "full", false).await;

@@ -19,6 +19,10 @@ pub enum Lie {
     DropSystem,
     /// As a verifier, reports scores that make any answer look wrong (a slanderer).
     FalseScores,
+    /// Serves another model of its directory under the asked name (and its file's CID), its
+    /// text re-tokenized with the asked model's tokenizer so the ids look plausible. With a
+    /// cruder quantization of the same model as the other file, this is the quantization liar.
+    OtherModel,
 }
 
 /// Tokens a truncating liar sends before it claims to be done.
@@ -33,6 +37,7 @@ impl Lie {
             "hotter" => Self::Hotter,
             "drop-system" => Self::DropSystem,
             "false-scores" => Self::FalseScores,
+            "other-model" => Self::OtherModel,
             _ => return None,
         })
     }
@@ -60,7 +65,7 @@ impl Lie {
                 InferenceInput::Chat { messages } => messages.retain(|m| m.role != "system"),
                 InferenceInput::Generate { system, .. } => *system = None,
             },
-            Self::Truncate | Self::FalseScores => {}
+            Self::Truncate | Self::FalseScores | Self::OtherModel => {}
         }
         job
     }

@@ -432,7 +432,8 @@ impl Worker for LlamaCppWorker {
             match &manifest.payload {
                 JobSpec::Wasm(_) => Err(WorkerError::UnsupportedJob { kind: "wasm" }),
                 JobSpec::Inference(job) => {
-                    let file = self.model_file(&job.model)?;
+                    let claimed = self.model_file(&job.model)?;
+                    let (file, retokenize) = self.substitute(&claimed).await;
                     let images = match &job.input {
                         InferenceInput::Chat { messages } => {
                             messages.iter().any(|m| !m.images.is_empty())
@@ -463,7 +464,7 @@ impl Worker for LlamaCppWorker {
                     let loaded = self.loaded(&file.name, ServerMode::Generate);
                     loaded.in_use.fetch_add(1, Ordering::SeqCst);
                     let (mut emitter, handle) = job_channel(self.identity.clone(), hash);
-                    if let Some(cid) = file.cid() {
+                    if let Some(cid) = claimed.cid() {
                         emitter.serving(cid);
                     }
                     let loading = Instant::now();
@@ -485,6 +486,7 @@ impl Worker for LlamaCppWorker {
                         job: self.config.lie.map_or_else(|| job.clone(), |lie| lie.distort(job)),
                         truncate: (self.config.lie == Some(liar::Lie::Truncate))
                             .then_some(liar::TRUNCATE_AFTER),
+                        retokenize,
                         loaded: Arc::clone(&loaded),
                         spec: self.spec(&file, ctx, ServerMode::Generate),
                         load_duration: loading.elapsed(),
@@ -501,6 +503,27 @@ impl Worker for LlamaCppWorker {
 }
 
 impl LlamaCppWorker {
+    /// The file a job for `claimed` really runs on: `claimed` itself, except for the test
+    /// build's other-model liar, which runs another model of its directory and re-tokenizes
+    /// the text with `claimed`'s tokenizer (the server whose address comes back) so the ids
+    /// look like `claimed`'s.
+    async fn substitute(&self, claimed: &ModelFile) -> (ModelFile, Option<String>) {
+        if self.config.lie != Some(liar::Lie::OtherModel) {
+            return (claimed.clone(), None);
+        }
+        let files = self.files();
+        let Some(other) = files.iter().find(|f| f.name != claimed.name && f.metadata.is_ok())
+        else {
+            return (claimed.clone(), None);
+        };
+        let loaded = self.loaded(&claimed.name, ServerMode::Generate);
+        let spec = self.spec(claimed, DEFAULT_NUM_CTX, ServerMode::Generate);
+        match loaded.supervisor.ensure(&spec).await {
+            Ok(base) => (other.clone(), Some(base)),
+            Err(_) => (claimed.clone(), None),
+        }
+    }
+
     /// [`prompt::prepare`] on the server at `base`, given up on when it hangs. A server that
     /// cannot be reached (it died since its last use) is restarted and asked once more, as a
     /// job's first attempt is. Returns the server the prompt was prepared on.

@@ -28,6 +28,9 @@ pub(super) struct InferenceRun {
     pub(super) prompt: Option<PromptIds>,
     /// Test builds' truncating liar: claim the answer finished after this many pieces.
     pub(super) truncate: Option<usize>,
+    /// Test builds' other-model liar: the server whose tokenizer re-tokenizes the text, so the
+    /// ids look like the claimed model's.
+    pub(super) retokenize: Option<String>,
 }
 
 /// How an attempt at generating ended.
@@ -180,7 +183,7 @@ impl InferenceRun {
                 () = emitter.cancelled() => return done(Completion::Cancelled, metrics),
                 event = events.next() => event,
             };
-            let event = match event {
+            let mut event = match event {
                 Some(Ok(event)) => event,
                 Some(Err(e)) => return failed(e, emitter.commitment().count()),
                 None => {
@@ -198,6 +201,13 @@ impl InferenceRun {
                     .is_err()
             {
                 return done(Completion::Cancelled, metrics);
+            }
+            if let Some(claimed) = &self.retokenize
+                && !event.content.is_empty()
+            {
+                event.tokens = backend::tokenize_with(&self.client, claimed, &event.content, false)
+                    .await
+                    .unwrap_or_default();
             }
             if !event.thinking.is_empty()
                 && emitter
