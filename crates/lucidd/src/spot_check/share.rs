@@ -18,6 +18,8 @@ use crate::workers::LocalWorkers;
 
 /// Proofs remembered as handled.
 const SEEN: usize = 4096;
+/// Most positions of a peer's proof re-scored here.
+const MAX_RECHECK_POSITIONS: usize = 64;
 
 /// What became of a proof a peer sent.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,10 +91,19 @@ impl Proofs {
         if !self.first_time(bytes) {
             return Received::Duplicate;
         }
-        let proof = match FraudProof::from_json(bytes) {
+        let mut proof = match FraudProof::from_json(bytes) {
             Ok(proof) => proof,
             Err(e) => return Received::Ignored(e.to_string()),
         };
+        // A peer's proof costs this node a re-scoring: at most a check's worth of positions,
+        // always including the one it names.
+        if proof.reference.len() > MAX_RECHECK_POSITIONS {
+            let named = proof.position;
+            let (mut kept, rest): (Vec<_>, Vec<_>) =
+                proof.reference.into_iter().partition(|r| Some(r.position) == named);
+            kept.extend(rest.into_iter().take(MAX_RECHECK_POSITIONS - kept.len()));
+            proof.reference = kept;
+        }
         match proof.recheck(&self.workers).await {
             Ok(Recheck::Reproduced { accused, reason }) => {
                 let accused = phase_net::to_libp2p_peer_id(&accused);

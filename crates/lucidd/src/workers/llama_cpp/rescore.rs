@@ -21,6 +21,8 @@ use crate::spot_check::{RescoreError, RescoreRequest, Rescored, Scored};
 
 /// Longest one position's re-scoring may take before the check is given up.
 const POSITION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a score job for another node may take.
+const SCORE_JOB_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl LlamaCppWorker {
     /// A score job from another node: the positions re-scored, as one committed `json` chunk
@@ -51,15 +53,18 @@ impl LlamaCppWorker {
         }
         let file = self.model_file(&inference.model)?;
         let positions: Vec<usize> = job.positions.iter().map(|p| *p as usize).collect();
-        let scored = self
-            .rescore_answer(RescoreRequest {
-                job: &inference,
-                prompt: job.prompt.as_deref(),
-                answer: &job.answer,
-                positions: &positions,
-                top: job.top.clamp(1, 256),
-            })
+        let scoring = self.rescore_answer(RescoreRequest {
+            job: &inference,
+            prompt: job.prompt.as_deref(),
+            answer: &job.answer,
+            positions: &positions,
+            top: job.top.clamp(1, 256),
+        });
+        let scored = tokio::time::timeout(SCORE_JOB_TIMEOUT, scoring)
             .await
+            .map_err(|_| WorkerError::Unavailable {
+                reason: format!("scoring took longer than {} s", SCORE_JOB_TIMEOUT.as_secs()),
+            })?
             .map_err(|e| match e {
                 RescoreError::Uncheckable(reason) => WorkerError::InvalidJob { reason },
                 RescoreError::Unavailable(reason) => WorkerError::Unavailable { reason },
