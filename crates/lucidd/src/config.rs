@@ -63,6 +63,18 @@ pub enum Command {
         )]
         host: String,
     },
+    /// Show a running node's peers: latency, standing (from checks of their answers) and
+    /// whether it still sends them jobs, and their models.
+    Peers {
+        /// The node, as OLLAMA_HOST names it.
+        #[arg(
+            long,
+            env = "OLLAMA_HOST",
+            default_value = "127.0.0.1:11434",
+            hide_env_values = true
+        )]
+        host: String,
+    },
 }
 
 /// `lucidd policy …`

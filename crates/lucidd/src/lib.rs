@@ -14,6 +14,7 @@ pub mod http_server;
 pub mod jobs;
 pub mod model_entry;
 pub mod names;
+pub mod node_cli;
 pub mod p2p;
 pub mod policy;
 pub mod receipt_check;

@@ -30,7 +30,8 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Policy(command)) => lucidd::policy::cli::run(command),
-        Some(Command::VerifyProof { file, host }) => verify_proof(&file, &host),
+        Some(Command::VerifyProof { file, host }) => lucidd::node_cli::verify_proof(&file, &host),
+        Some(Command::Peers { host }) => lucidd::node_cli::peers(&host),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,44 +76,5 @@ async fn running_stop_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
-    }
-}
-
-/// Posts the proof to the node at `host` and prints what its model found.
-fn verify_proof(file: &std::path::Path, host: &str) -> anyhow::Result<()> {
-    use anyhow::{Context, bail};
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let addr = lucidd::config::parse_listen_addr(host).map_err(anyhow::Error::msg)?;
-    let url = format!("http://{addr}/api/phase/proofs/verify");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (status, answer) = runtime.block_on(async {
-        let response = reqwest::Client::new()
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(bytes)
-            .send()
-            .await
-            .with_context(|| {
-                format!("reaching lucidd at {addr} (is it running? set OLLAMA_HOST)")
-            })?;
-        let status = response.status();
-        let answer: serde_json::Value = response.json().await.context("reading the answer")?;
-        Ok::<_, anyhow::Error>((status, answer))
-    })?;
-    if let Some(error) = answer["error"].as_str() {
-        bail!("{error}");
-    }
-    if !status.is_success() {
-        bail!("the node answered {status}: {answer}");
-    }
-    let accused = answer["accused"].as_str().unwrap_or("?");
-    if answer["holds"] == true {
-        println!(
-            "the proof holds: {accused}'s signed answer could not have come from the model ({})",
-            answer["reason"].as_str().unwrap_or_default()
-        );
-        Ok(())
-    } else {
-        bail!("the proof does not hold: this node's model finds {accused}'s answer consistent")
     }
 }

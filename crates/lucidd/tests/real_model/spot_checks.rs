@@ -238,6 +238,14 @@ async fn a_caught_liar_is_routed_around() {
         .expect("the liar is listed")
         .clone();
     assert_eq!(listed["reputation"]["usable"], false, "{listed}");
+    // The operator sees it too.
+    let shown = std::process::Command::new(crate::nodes::LUCIDD)
+        .args(["peers", "--host", a.http.trim_start_matches("http://")])
+        .output()
+        .expect("lucidd peers");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    let line = shown.lines().find(|l| l.contains(&liar_id)).expect("the liar is listed");
+    assert!(line.contains("no: floor"), "{shown}");
 
     let (status, _, answer) = ask(&a, question(GREEDY(), None), "spot", false).await;
     assert_eq!(status, 502, "{answer}");
@@ -268,4 +276,32 @@ async fn a_caught_liar_is_routed_around() {
         assert_eq!(answer["routed_via"], honest_id.as_str());
     }
     assert!(a.dir.path().join("reputation.json").exists(), "the standing is kept on disk");
+}
+
+/// Characters whose bytes span tokens ("ê" is two tokens for SmolLM2) arrive from llama-server
+/// with the id of only the last of them; the committed ids are completed, so an honest French
+/// answer passes a check of every position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_with_characters_across_tokens_passes_a_full_check() {
+    let (a, _b) = pair(None).await;
+    let body = json!({
+        "model": "smollm2",
+        "stream": false,
+        "options": {"temperature": 0, "num_predict": 24},
+        "messages": [
+            {"role": "system", "content": "Answer in French only."},
+            {"role": "user", "content": "Say: Cela peut être vrai."},
+        ],
+    });
+    let (status, check, answer) = ask(&a, body, "full", false).await;
+    assert_eq!(status, 200, "{answer}");
+    let text = answer["message"]["content"].as_str().expect("content");
+    assert!(!text.is_ascii(), "the answer has accented characters: {text}");
+    assert_eq!(check.as_deref(), Some("passed"), "{answer}");
+    // The piece that completed "ê" carries both its tokens' ids (llama-server sent one).
+    let chunks = answer["receipt_chunks"].as_array().expect("chunks");
+    assert!(
+        chunks.iter().any(|e| e["token_ids"].as_array().is_some_and(|ids| ids.len() >= 2)),
+        "{chunks:?}"
+    );
 }

@@ -154,11 +154,17 @@ impl LlamaCppWorker {
                 })?
                 .map_err(backend_error)?;
                 evaluated += answer["timings"]["prompt_n"].as_u64().unwrap_or(0) as usize;
-                let top = top_logprobs(&answer).ok_or_else(|| {
-                    RescoreError::Unavailable(format!(
+                let Some(top) = top_logprobs(&answer) else {
+                    // The most likely next token is the first part of a character spread over
+                    // several tokens: llama-server reports no probabilities for such a token,
+                    // so this position says nothing either way and is left out.
+                    if answer["content"].as_str().is_some_and(|c| c.contains('\u{fffd}')) {
+                        continue;
+                    }
+                    return Err(RescoreError::Unavailable(format!(
                         "llama-server answered without probabilities: {answer}"
-                    ))
-                })?;
+                    )));
+                };
                 let mut ends = end_ids.clone();
                 // Greedy decoding stopped on an end token: the best one is an end.
                 if answer["stop_type"] == "eos"

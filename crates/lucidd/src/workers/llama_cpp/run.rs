@@ -202,6 +202,15 @@ impl InferenceRun {
             {
                 return done(Completion::Cancelled, metrics);
             }
+            if !event.content.is_ascii() && !event.tokens.is_empty() && self.retokenize.is_none() {
+                event.tokens = complete_ids(
+                    &self.client,
+                    base,
+                    &event.content,
+                    std::mem::take(&mut event.tokens),
+                )
+                .await;
+            }
             if let Some(claimed) = &self.retokenize
                 && !event.content.is_empty()
             {
@@ -282,4 +291,19 @@ fn ollama_logprobs(entries: &[Value], top: u32) -> Value {
             })
             .collect(),
     )
+}
+
+/// The ids of a streamed piece of text, with the ones llama-server left out put back.
+///
+/// When a character's bytes span several tokens, llama-server holds the text back until the
+/// character is whole and then sends it with the id of only the token that completed it (on
+/// both `/completion` and the chat endpoint): " ê" arrives with one id where the model made two.
+/// Committed as is, the ids would not be what the model read, and re-scoring them (a spot check,
+/// a continued conversation) would go wrong. The piece's own tokenization, when it ends with
+/// the ids that did arrive, restores the ones before them; otherwise the ids stay as sent.
+async fn complete_ids(client: &reqwest::Client, base: &str, text: &str, ids: Vec<u32>) -> Vec<u32> {
+    match backend::tokenize_with(client, base, text, false).await {
+        Ok(whole) if whole.len() > ids.len() && whole.ends_with(&ids) => whole,
+        _ => ids,
+    }
 }

@@ -1,0 +1,118 @@
+//! Commands that ask a running node (`OLLAMA_HOST`) over its HTTP API: `lucidd verify-proof`
+//! and `lucidd peers`.
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// Sends a request to the node at `host` and reads its JSON answer.
+fn ask(host: &str, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<(u16, Value)> {
+    let addr = crate::config::parse_listen_addr(host).map_err(anyhow::Error::msg)?;
+    let url = format!("http://{addr}{path}");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let request = match body {
+            Some(body) => client.post(&url).header("content-type", "application/json").body(body),
+            None => client.get(&url),
+        };
+        let response = request.send().await.with_context(|| {
+            format!("reaching lucidd at {addr} (is it running? set OLLAMA_HOST)")
+        })?;
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.context("reading the answer")?;
+        Ok((status, answer))
+    })
+}
+
+/// `lucidd verify-proof FILE`: posts the proof to the node and prints what its model found.
+pub fn verify_proof(file: &std::path::Path, host: &str) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let (status, answer) = ask(host, "/api/phase/proofs/verify", Some(bytes))?;
+    if let Some(error) = answer["error"].as_str() {
+        bail!("{error}");
+    }
+    if !(200..300).contains(&status) {
+        bail!("the node answered {status}: {answer}");
+    }
+    let accused = answer["accused"].as_str().unwrap_or("?");
+    if answer["holds"] == true {
+        println!(
+            "the proof holds: {accused}'s signed answer could not have come from the model ({})",
+            answer["reason"].as_str().unwrap_or_default()
+        );
+        Ok(())
+    } else {
+        bail!("the proof does not hold: this node's model finds {accused}'s answer consistent")
+    }
+}
+
+/// `lucidd peers`: the node's peers with their latency, standing and models.
+pub fn peers(host: &str) -> anyhow::Result<()> {
+    let (_, status) = ask(host, "/api/phase/network", None)?;
+    if status["enabled"] == false {
+        println!("this node runs without p2p (--no-p2p)");
+        return Ok(());
+    }
+    let peers = status["peers"].as_array().cloned().unwrap_or_default();
+    println!("{}", table(&peers));
+    Ok(())
+}
+
+/// The peers as a table a person reads.
+fn table(peers: &[Value]) -> String {
+    let mut out = vec![format!(
+        "{:<52}  {:>9}  {:>8}  {:>9}  {}",
+        "PEER", "RTT", "STANDING", "USED", "MODELS"
+    )];
+    for peer in peers {
+        let rtt =
+            peer["rtt_ms"].as_f64().map_or_else(|| "-".to_string(), |ms| format!("{ms:.1} ms"));
+        let standing = &peer["reputation"];
+        let score = standing["score"].as_f64().map_or_else(|| "-".into(), |s| format!("{s:.2}"));
+        let used = match (peer["connected"].as_bool(), standing["usable"].as_bool()) {
+            (_, Some(false)) => "no: floor",
+            (Some(false), _) => "offline",
+            _ => "yes",
+        };
+        let models: Vec<&str> = peer["models"]
+            .as_array()
+            .map(|m| m.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        out.push(format!(
+            "{:<52}  {:>9}  {:>8}  {:>9}  {}",
+            peer["peer_id"].as_str().unwrap_or("?"),
+            rtt,
+            score,
+            used,
+            models.join(", ")
+        ));
+    }
+    if peers.is_empty() {
+        out.push("(no peers yet)".into());
+    }
+    out.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table;
+    use serde_json::json;
+
+    #[test]
+    fn the_table_shows_standing_and_why_a_peer_is_not_used() {
+        let shown = table(&[
+            json!({"peer_id": "12D3KooWA", "connected": true, "rtt_ms": 0.42,
+                   "reputation": {"score": 0.5, "usable": true}, "models": ["smollm2:latest"]}),
+            json!({"peer_id": "12D3KooWB", "connected": true, "rtt_ms": null,
+                   "reputation": {"score": 0.02, "usable": false}, "models": []}),
+        ]);
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(lines.len(), 3, "{shown}");
+        assert!(
+            lines[1].contains("0.4 ms")
+                && lines[1].contains("0.50")
+                && lines[1].contains("smollm2")
+        );
+        assert!(lines[2].contains("0.02") && lines[2].contains("no: floor"), "{shown}");
+    }
+}
