@@ -45,16 +45,15 @@ def log(*args):
 
 
 class Node:
-    def __init__(self, name, extra, policy=None, other=None):
-        self.dir = tempfile.mkdtemp(prefix=f"verify-{name}-")
+    def __init__(self, name, extra, other=None, data_dir=None):
+        """A lucidd serving the chat model (and `other` beside it), in `data_dir` (made
+        beforehand, with its identity) or a new directory."""
+        self.dir = data_dir or tempfile.mkdtemp(prefix=f"verify-{name}-")
         models = os.path.join(self.dir, "models")
-        os.makedirs(models)
+        os.makedirs(models, exist_ok=True)
         os.symlink(MODEL, os.path.join(models, "smollm2.gguf"))
         if other:
             os.symlink(other, os.path.join(models, "other.gguf"))
-        if policy:
-            with open(os.path.join(self.dir, "policy.toml"), "w") as f:
-                f.write(policy)
         self.log_path = os.path.join(self.dir, "log")
         addr_file = os.path.join(self.dir, "addr")
         self.proc = subprocess.Popen(
@@ -131,7 +130,7 @@ def start_pair(lie):
     fault = "other-model" if lie in OTHER_MODELS else lie
     b = Node(f"B-{lie or 'honest'}", ["--threads", "2", "--parallel", "2", "--allow-signer", a_id]
              + (["--test-fault", fault] if fault else []), other=OTHER_MODELS.get(lie))
-    a = NodeIn(a_dir, ["--threads", "1", "--parallel", "1", "--bootstrap-peer", b.tcp_addr()])
+    a = Node("A", ["--threads", "1", "--parallel", "1", "--bootstrap-peer", b.tcp_addr()], data_dir=a_dir)
     b_id = b.peer_id()
     deadline = time.time() + 60
     while True:
@@ -142,30 +141,6 @@ def start_pair(lie):
             raise SystemExit("A never saw B's catalog")
         time.sleep(0.05)
     return a, b
-
-
-class NodeIn(Node):
-    """A node in a data directory made beforehand (its identity already there)."""
-
-    def __init__(self, data_dir, extra):
-        self.dir = data_dir
-        models = os.path.join(self.dir, "models")
-        os.makedirs(models, exist_ok=True)
-        os.symlink(MODEL, os.path.join(models, "smollm2.gguf"))
-        self.log_path = os.path.join(self.dir, "log")
-        addr_file = os.path.join(self.dir, "addr")
-        self.proc = subprocess.Popen(
-            [LUCIDD, "--listen", "127.0.0.1:0", "--no-mdns", "--p2p-listen", "/ip4/127.0.0.1/tcp/0",
-             "--data-dir", self.dir, "--addr-file", addr_file, "--sysfs-root", os.path.join(self.dir, "sys"),
-             "--worker", "llama-cpp", "--model-dir", models, "--llama-server-binary", LLAMA] + extra,
-            stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"),
-            env={**os.environ, "RUST_LOG": "info"})
-        deadline = time.time() + 60
-        while not os.path.exists(addr_file) or not open(addr_file).read():
-            if time.time() > deadline or self.proc.poll() is not None:
-                raise SystemExit("A did not start:\n" + open(self.log_path).read())
-            time.sleep(0.05)
-        self.http = "http://" + open(addr_file).read().strip()
 
 
 def run(lie, count, rng):

@@ -39,35 +39,12 @@ fn submit_runs_on_another_node_with_a_verified_receipt() {
     );
     let client_id = id(client_dir.path());
     let server_id = id(server_dir.path());
-    let addr_file = server_dir.path().join("addrs.json");
-    let _server = Node(
-        Command::new(PLASMD)
-            .args([
-                "start",
-                "--http-listen",
-                "127.0.0.1:0",
-                "--p2p-listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--mdns-loopback",
-            ])
-            .args(["--allow-signer", &client_id, "--addr-file"])
-            .arg(&addr_file)
-            .env("PLASMD_DATA_DIR", server_dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start"),
-    );
-    let until = Instant::now() + Duration::from_secs(20);
-    let addrs: serde_json::Value = loop {
-        if let Ok(text) = std::fs::read_to_string(&addr_file) {
-            break serde_json::from_str(&text).expect("addresses");
-        }
-        assert!(Instant::now() < until, "plasmd start did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let peer = addrs["p2p"][0].as_str().expect("p2p address").to_string();
+    let (_server, peer) = start_node(server_dir.path(), &client_id, &[]);
     assert!(peer.ends_with(&server_id));
+    let addrs: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(server_dir.path().join("addrs.json")).expect("addresses"),
+    )
+    .expect("json");
 
     let out = Command::new(PLASMD)
         .args(["submit", &hello(), "--peer", &peer, "--mdns-loopback", "--stdin", "Hello, World"])
