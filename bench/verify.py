@@ -128,8 +128,12 @@ def start_pair(lie):
     with open(os.path.join(a_dir, "policy.toml"), "w") as f:
         f.write("[verify]\nshare = 0.0\nreputation_floor = 0.0\n")
     fault = "other-model" if lie in OTHER_MODELS else lie
+    b_dir = tempfile.mkdtemp(prefix="verify-B-")
+    with open(os.path.join(b_dir, "policy.toml"), "w") as f:
+        # The bench asks faster than the default per-signer rate allows.
+        f.write("per_peer_rate = 100000\nmax_concurrent_remote_jobs = 4\n")
     b = Node(f"B-{lie or 'honest'}", ["--threads", "2", "--parallel", "2", "--allow-signer", a_id]
-             + (["--test-fault", fault] if fault else []), other=OTHER_MODELS.get(lie))
+             + (["--test-fault", fault] if fault else []), other=OTHER_MODELS.get(lie), data_dir=b_dir)
     a = Node("A", ["--threads", "1", "--parallel", "1", "--bootstrap-peer", b.tcp_addr()], data_dir=a_dir)
     b_id = b.peer_id()
     deadline = time.time() + 60
@@ -149,12 +153,15 @@ def run(lie, count, rng):
                 "sampled": {"passed": 0, "failed": 0, "not_checked": 0}}
     zs = []
     shares = []
+    reasons = {}
     seen = 0
     try:
         for i in range(count):
             greedy, body = question(rng, lie)
             answer = ask(a, body)
-            check = answer.get("spot_check", {"result": "not_checked"})
+            check = answer.get("spot_check") or {"result": "not_checked", "reason": answer.get("error", "no check")}
+            if check["result"] == "not_checked":
+                reasons[check.get("reason", "?")[:90]] = reasons.get(check.get("reason", "?")[:90], 0) + 1
             kind = "greedy" if greedy else "sampled"
             outcomes[kind][check["result"]] += 1
             if check.get("z") is not None:
@@ -172,6 +179,8 @@ def run(lie, count, rng):
     finally:
         a.stop()
         b.stop()
+    for reason, n in sorted(reasons.items(), key=lambda r: -r[1]):
+        log(f"  not checked ({lie or 'honest'}) x{n}: {reason}")
     return outcomes, zs, shares
 
 
