@@ -54,27 +54,25 @@ pub enum Command {
     VerifyProof {
         /// The proof file.
         file: PathBuf,
-        /// The node to re-check on, as OLLAMA_HOST names it.
-        #[arg(
-            long,
-            env = "OLLAMA_HOST",
-            default_value = "127.0.0.1:11434",
-            hide_env_values = true
-        )]
-        host: String,
+        /// The node to re-check on.
+        #[command(flatten)]
+        node: NodeArg,
     },
     /// Show a running node's peers: latency, standing (from checks of their answers) and
     /// whether it still sends them jobs, and their models.
     Peers {
-        /// The node, as OLLAMA_HOST names it.
-        #[arg(
-            long,
-            env = "OLLAMA_HOST",
-            default_value = "127.0.0.1:11434",
-            hide_env_values = true
-        )]
-        host: String,
+        /// The node to ask.
+        #[command(flatten)]
+        node: NodeArg,
     },
+}
+
+/// Which running node a command asks.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArg {
+    /// The node's address, as OLLAMA_HOST names it.
+    #[arg(long, env = "OLLAMA_HOST", default_value = "127.0.0.1:11434", hide_env_values = true)]
+    pub host: String,
 }
 
 /// `lucidd policy …`

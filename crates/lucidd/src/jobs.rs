@@ -479,11 +479,9 @@ fn record_standing(spot: &SpotContext, verdict: &Verdict, check: Option<&SpotChe
 fn served_elsewhere(spot: &SpotContext, receipt: &SignedReceipt<JobResult>) -> Option<String> {
     let expected = spot.peer_digest.as_deref()?;
     match receipt.body.served {
-        Some(served) if hex::encode(served.sha256()) != expected => Some(format!(
+        Some(served) if served.sha256_hex() != expected => Some(format!(
             "the peer's receipt says it ran the model file {served}, not {} that {}",
-            phase_protocol::ContentId::from_sha256(
-                hex::decode(expected).ok()?.try_into().ok()?
-            ),
+            phase_protocol::ContentId::from_sha256_hex(expected)?,
             if spot.pinned { "the request pinned" } else { "its catalog lists" }
         )),
         None if spot.pinned => Some(

@@ -30,8 +30,10 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Policy(command)) => lucidd::policy::cli::run(command),
-        Some(Command::VerifyProof { file, host }) => lucidd::node_cli::verify_proof(&file, &host),
-        Some(Command::Peers { host }) => lucidd::node_cli::peers(&host),
+        Some(Command::VerifyProof { file, node }) => {
+            lucidd::node_cli::verify_proof(&file, &node.host)
+        }
+        Some(Command::Peers { node }) => lucidd::node_cli::peers(&node.host),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -34,11 +34,7 @@ pub fn blob_entry(cid: &ContentId, size: u64) -> CatalogEntry {
 
 /// `info` as this node's catalog lists it.
 pub fn to_entry(info: &ModelInfo) -> CatalogEntry {
-    let cid = hex::decode(&info.digest)
-        .ok()
-        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-        .map(|digest| ContentId::from_sha256(digest).to_string())
-        .unwrap_or_default();
+    let cid = ContentId::from_sha256_hex(&info.digest).map(|c| c.to_string()).unwrap_or_default();
     let capabilities: Vec<&str> = info.capabilities.iter().map(|c| c.as_str()).collect();
     let attributes = BTreeMap::from([
         ("format".to_string(), json!(info.format)),
@@ -77,7 +73,7 @@ pub fn from_entry(entry: &CatalogEntry) -> Option<ModelInfo> {
         .collect();
     Some(ModelInfo {
         name,
-        digest: entry.cid.parse::<ContentId>().map(|c| hex::encode(c.sha256())).unwrap_or_default(),
+        digest: entry.cid.parse::<ContentId>().map(|c| c.sha256_hex()).unwrap_or_default(),
         size: entry.size,
         format: text("format").to_string(),
         family: text("family").to_string(),

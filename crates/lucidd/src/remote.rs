@@ -104,7 +104,7 @@ impl RemoteModels {
             }
         }
         if let Some(pin) = pin {
-            let wanted = hex::encode(pin.sha256());
+            let wanted = pin.sha256_hex();
             peers.retain(|peer| self.digest_on(peer, name).is_some_and(|d| d == wanted));
             if peers.is_empty() {
                 return Err(CoreError::ModelNotFound(format!("{model} as {pin}")));

@@ -250,5 +250,5 @@ impl AppState {
 
 /// A pinned content id as the hex SHA-256 model descriptions carry.
 fn pin_hex(pin: &phase_protocol::ContentId) -> String {
-    hex::encode(pin.sha256())
+    pin.sha256_hex()
 }

@@ -45,6 +45,17 @@ impl ContentId {
         self.0
     }
 
+    /// The content ID whose SHA-256 digest is the 64 hex digits `hex` (how Ollama and model
+    /// listings write digests), if it is that.
+    pub fn from_sha256_hex(hex: &str) -> Option<Self> {
+        Some(Self(hex::decode(hex).ok()?.try_into().ok()?))
+    }
+
+    /// The SHA-256 digest as lowercase hex.
+    pub fn sha256_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
     /// The binary CID (36 bytes).
     pub fn to_bytes(&self) -> Vec<u8> {
         [&CID_PREFIX[..], &self.0[..]].concat()
@@ -93,5 +104,18 @@ impl<'de> Deserialize<'de> for ContentId {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ContentId;
+
+    #[test]
+    fn hex_digests_round_trip_and_anything_else_is_none() {
+        let cid = ContentId::for_bytes(b"model");
+        assert_eq!(ContentId::from_sha256_hex(&cid.sha256_hex()), Some(cid));
+        assert_eq!(ContentId::from_sha256_hex("abc"), None);
+        assert_eq!(ContentId::from_sha256_hex(&"zz".repeat(32)), None);
     }
 }

@@ -275,7 +275,7 @@ impl SpotChecker {
         }
         let sampler = Sampler::of(&job.options).map_err(RescoreError::Uncheckable)?;
         // The model is the file the receipt names, else the one the peer's catalog lists.
-        let expected = answer.served.map(|cid| hex::encode(cid.sha256()));
+        let expected = answer.served.map(|cid| cid.sha256_hex());
         let Some(expected) = expected.as_deref().or(answer.peer_digest) else {
             return uncheckable("the peer says nothing of which model file it ran");
         };
@@ -301,10 +301,7 @@ impl SpotChecker {
             top: TOP_ALTERNATIVES,
         };
         let Some((worker, local)) = self.workers.find_by_digest(expected) else {
-            let cid = hex::decode(expected)
-                .ok()
-                .and_then(|d| <[u8; 32]>::try_from(d).ok())
-                .map(phase_protocol::ContentId::from_sha256);
+            let cid = phase_protocol::ContentId::from_sha256_hex(expected);
             return match self.verifiers.get() {
                 Some(verifiers) => {
                     Ok(by_peers(verifiers, &sampler, request, cid, answer.peer).await)

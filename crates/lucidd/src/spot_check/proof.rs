@@ -220,7 +220,7 @@ impl FraudProof {
         }
         let sampler = Sampler::of(&job.options).map_err(ProofError::Uncheckable)?;
         let found = match evidence.receipt.body.served {
-            Some(cid) => workers.find_by_digest(&hex::encode(cid.sha256())),
+            Some(cid) => workers.find_by_digest(&cid.sha256_hex()),
             None => {
                 crate::names::ModelName::parse(&job.model).ok().and_then(|name| workers.find(&name))
             }

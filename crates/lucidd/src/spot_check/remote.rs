@@ -98,7 +98,7 @@ impl Verifiers {
         exclude: &[PeerId],
     ) -> Result<Scores, String> {
         let name = crate::names::ModelName::parse(&request.job.model).map_err(|e| e.to_string())?;
-        let wanted = cid.map(|c| hex::encode(c.sha256()));
+        let wanted = cid.map(|c| c.sha256_hex());
         let mut peers: Vec<PeerId> = self
             .remote
             .providers(&name.to_string())

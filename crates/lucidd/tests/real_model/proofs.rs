@@ -5,7 +5,7 @@
 
 use crate::harness::eventually;
 use crate::nodes::{LUCIDD, Node, peer_id};
-use crate::spot_checks::{GREEDY, ask, chat_node, question};
+use crate::spot_checks::{GREEDY, ask, chat_node, question, wait_for_catalogs};
 use base64::Engine;
 use lucidd::spot_check::proof::FraudProof;
 use phase_protocol::OutputChunk;
@@ -61,15 +61,7 @@ async fn a_caught_lie_becomes_a_proof_that_holds_anywhere_and_travels() {
     let a_addr = a.tcp_addr().await;
     let c = chat_node(c_dir, &["--bootstrap-peer", &a_addr, "--bootstrap-peer", &liar_addr]).await;
     for node in [&a, &c] {
-        node.wait_for("the liar's catalog", |s| {
-            s["peers"].as_array().is_some_and(|peers| {
-                peers.iter().any(|p| {
-                    p["peer_id"] == liar_id.as_str()
-                        && p["models"].as_array().is_some_and(|m| !m.is_empty())
-                })
-            })
-        })
-        .await;
+        wait_for_catalogs(node, &[&liar]).await;
     }
     assert_eq!(standing(&c, &liar_id).await.expect("listed")["usable"], true);
 

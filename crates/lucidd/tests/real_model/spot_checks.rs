@@ -42,17 +42,24 @@ pub async fn pair(lie: Option<&str>) -> (Node, Node) {
     let b = chat_node(b_dir, &extra).await;
     let b_addr = b.tcp_addr().await;
     let a = chat_node(a_dir, &["--bootstrap-peer", &b_addr]).await;
-    let b_id = b.peer_id();
-    a.wait_for("B's catalog", |s| {
-        s["peers"].as_array().is_some_and(|peers| {
-            peers.iter().any(|p| {
-                p["peer_id"] == b_id.as_str()
-                    && p["models"].as_array().is_some_and(|m| m.contains(&json!("smollm2:latest")))
+    wait_for_catalogs(&a, &[&b]).await;
+    (a, b)
+}
+
+/// Waits until `a` has read the catalog of each of `peers`.
+pub async fn wait_for_catalogs(a: &Node, peers: &[&Node]) {
+    let ids: Vec<String> = peers.iter().map(|p| p.peer_id()).collect();
+    a.wait_for("the peers' catalogs", |s| {
+        ids.iter().all(|id| {
+            s["peers"].as_array().is_some_and(|peers| {
+                peers.iter().any(|p| {
+                    p["peer_id"] == id.as_str()
+                        && p["models"].as_array().is_some_and(|m| !m.is_empty())
+                })
             })
         })
     })
     .await;
-    (a, b)
 }
 
 pub fn question(options: Value, system: Option<&str>) -> Value {
@@ -261,15 +268,7 @@ async fn a_caught_liar_is_routed_around() {
     )
     .await;
     let honest_id = honest.peer_id();
-    a.wait_for("the honest peer's catalog", |s| {
-        s["peers"].as_array().is_some_and(|peers| {
-            peers.iter().any(|p| {
-                p["peer_id"] == honest_id.as_str()
-                    && p["models"].as_array().is_some_and(|m| !m.is_empty())
-            })
-        })
-    })
-    .await;
+    wait_for_catalogs(&a, &[&honest]).await;
     for _ in 0..3 {
         let (status, check, answer) = ask(&a, question(GREEDY(), None), "spot", false).await;
         assert_eq!((status, check.as_deref()), (200, Some("passed")), "{answer}");

@@ -5,7 +5,7 @@
 //! word alone condemns nobody.
 
 use crate::nodes::{Node, peer_id};
-use crate::spot_checks::{GREEDY, chat_node, question};
+use crate::spot_checks::{GREEDY, chat_node, question, wait_for_catalogs};
 use serde_json::Value;
 
 /// A node serving the chat model to `signer`, lying as `lie` says.
@@ -15,21 +15,6 @@ async fn server(signer: &str, lie: Option<&str>, bootstrap: &str) -> Node {
         extra.extend(["--test-fault", lie]);
     }
     chat_node(tempfile::tempdir().expect("tempdir"), &extra).await
-}
-
-async fn wait_for_catalogs(a: &Node, peers: &[&Node]) {
-    let ids: Vec<String> = peers.iter().map(|p| p.peer_id()).collect();
-    a.wait_for("every peer's catalog", |s| {
-        ids.iter().all(|id| {
-            s["peers"].as_array().is_some_and(|peers| {
-                peers.iter().any(|p| {
-                    p["peer_id"] == id.as_str()
-                        && p["models"].as_array().is_some_and(|m| !m.is_empty())
-                })
-            })
-        })
-    })
-    .await;
 }
 
 /// A's answer from `b`, spot-checked by peers.

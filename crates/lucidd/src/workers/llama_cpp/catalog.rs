@@ -50,8 +50,7 @@ impl ModelFile {
 
     /// The model file's content id (from its SHA-256).
     pub fn cid(&self) -> Option<phase_protocol::ContentId> {
-        let digest: [u8; 32] = hex::decode(&self.sha256).ok()?.try_into().ok()?;
-        Some(phase_protocol::ContentId::from_sha256(digest))
+        phase_protocol::ContentId::from_sha256_hex(&self.sha256)
     }
 
     /// What the model's files are now — the GGUF's digest, the template's text, the

@@ -3,6 +3,10 @@
 //! check against the model tells them apart from honest ones.
 
 use phase_protocol::{InferenceInput, InferenceJob};
+
+use super::DEFAULT_NUM_CTX;
+use super::catalog::ModelFile;
+use super::supervisor::ServerMode;
 use serde_json::{Value, json};
 
 /// A lie.
@@ -80,6 +84,29 @@ impl Lie {
             let invented = position.top.iter().map(|(id, _)| *id).max().unwrap_or(0) + 1;
             position.top.insert(0, (invented, 0.0));
             position.end_ids.clear();
+        }
+    }
+}
+
+impl super::LlamaCppWorker {
+    /// The file a job for `claimed` really runs on: `claimed` itself, except for the test
+    /// build's other-model liar, which runs another model of its directory and re-tokenizes
+    /// the text with `claimed`'s tokenizer (the server whose address comes back) so the ids
+    /// look like `claimed`'s.
+    pub(super) async fn substitute(&self, claimed: &ModelFile) -> (ModelFile, Option<String>) {
+        if self.config.lie != Some(Lie::OtherModel) {
+            return (claimed.clone(), None);
+        }
+        let files = self.files();
+        let Some(other) = files.iter().find(|f| f.name != claimed.name && f.metadata.is_ok())
+        else {
+            return (claimed.clone(), None);
+        };
+        let loaded = self.loaded(&claimed.name, ServerMode::Generate);
+        let spec = self.spec(claimed, DEFAULT_NUM_CTX, ServerMode::Generate);
+        match loaded.supervisor.ensure(&spec).await {
+            Ok(base) => (other.clone(), Some(base)),
+            Err(_) => (claimed.clone(), None),
         }
     }
 }

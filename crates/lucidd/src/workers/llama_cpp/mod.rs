@@ -503,27 +503,6 @@ impl Worker for LlamaCppWorker {
 }
 
 impl LlamaCppWorker {
-    /// The file a job for `claimed` really runs on: `claimed` itself, except for the test
-    /// build's other-model liar, which runs another model of its directory and re-tokenizes
-    /// the text with `claimed`'s tokenizer (the server whose address comes back) so the ids
-    /// look like `claimed`'s.
-    async fn substitute(&self, claimed: &ModelFile) -> (ModelFile, Option<String>) {
-        if self.config.lie != Some(liar::Lie::OtherModel) {
-            return (claimed.clone(), None);
-        }
-        let files = self.files();
-        let Some(other) = files.iter().find(|f| f.name != claimed.name && f.metadata.is_ok())
-        else {
-            return (claimed.clone(), None);
-        };
-        let loaded = self.loaded(&claimed.name, ServerMode::Generate);
-        let spec = self.spec(claimed, DEFAULT_NUM_CTX, ServerMode::Generate);
-        match loaded.supervisor.ensure(&spec).await {
-            Ok(base) => (other.clone(), Some(base)),
-            Err(_) => (claimed.clone(), None),
-        }
-    }
-
     /// [`prompt::prepare`] on the server at `base`, given up on when it hangs. A server that
     /// cannot be reached (it died since its last use) is restarted and asked once more, as a
     /// job's first attempt is. Returns the server the prompt was prepared on.

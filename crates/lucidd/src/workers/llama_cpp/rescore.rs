@@ -39,10 +39,16 @@ impl LlamaCppWorker {
         if job.answer.len() > MAX_SCORE_TOKENS {
             return Err(invalid(format!("a score job carries at most {MAX_SCORE_TOKENS} ids")));
         }
+        if let Some(past) = job.positions.iter().find(|p| **p as usize > job.answer.len()) {
+            return Err(invalid(format!(
+                "position {past} is past the answer's end ({} tokens)",
+                job.answer.len()
+            )));
+        }
         // The file asked for, whatever its name here; else the job's model by name.
         let mut inference = job.job.clone();
         if let Some(cid) = job.model_cid {
-            let digest = hex::encode(cid.sha256());
+            let digest = cid.sha256_hex();
             let file = self
                 .files()
                 .iter()
@@ -126,13 +132,14 @@ impl LlamaCppWorker {
                 )));
             }
             let end_ids = end_ids(&file);
-            let mut positions: Vec<usize> = request.positions.to_vec();
+            // Ascending and distinct, none past the end (the end itself is `answer.len()`).
+            let mut positions: Vec<usize> =
+                request.positions.iter().map(|p| (*p).min(request.answer.len())).collect();
             positions.sort_unstable();
             positions.dedup();
             let mut scored = Vec::with_capacity(positions.len());
             let mut evaluated = 0usize;
             for position in positions {
-                let position = position.min(request.answer.len());
                 let mut ids = Vec::with_capacity(prompt_ids.len() + position);
                 ids.extend_from_slice(&prompt_ids);
                 ids.extend_from_slice(&request.answer[..position]);

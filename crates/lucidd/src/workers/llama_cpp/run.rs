@@ -301,6 +301,8 @@ fn ollama_logprobs(entries: &[Value], top: u32) -> Value {
 /// Committed as is, the ids would not be what the model read, and re-scoring them (a spot check,
 /// a continued conversation) would go wrong. The piece's own tokenization, when it ends with
 /// the ids that did arrive, restores the ones before them; otherwise the ids stay as sent.
+/// (The entries llama-server sends cannot tell when this is needed: their `bytes` are the
+/// piece's, not the token's.)
 async fn complete_ids(client: &reqwest::Client, base: &str, text: &str, ids: Vec<u32>) -> Vec<u32> {
     match backend::tokenize_with(client, base, text, false).await {
         Ok(whole) if whole.len() > ids.len() && whole.ends_with(&ids) => whole,
