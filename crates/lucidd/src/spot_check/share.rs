@@ -3,14 +3,16 @@
 //! it counts. One that reproduces lowers the accused's standing, is saved, and goes on to this
 //! node's other peers; one that does not counts against whoever sent it, so nobody can slander
 //! an honest peer; one this node cannot re-check (no copy of the model) changes nothing and is
-//! not passed on. Each proof is handled once (by its hash).
+//! not passed on. Each proof is handled once (by its hash). The directory is bounded: past
+//! [`MAX_SAVED`] proofs or [`MAX_SAVED_BYTES`], the oldest are deleted, so peers that keep
+//! lying (or keep being caught) cannot fill the disk.
 
 use parking_lot::Mutex;
 use phase_net::{Network, PeerId};
 use phase_node::{Evidence, Reputation};
 use sha2::{Digest, Sha256};
 use std::collections::{HashSet, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::proof::{FraudProof, Recheck};
@@ -20,6 +22,10 @@ use crate::workers::LocalWorkers;
 const SEEN: usize = 4096;
 /// Most positions of a peer's proof re-scored here.
 const MAX_RECHECK_POSITIONS: usize = 64;
+/// Most proofs kept in the directory.
+pub const MAX_SAVED: usize = 1000;
+/// Most bytes of proofs kept in the directory.
+pub const MAX_SAVED_BYTES: u64 = 64 << 20;
 
 /// What became of a proof a peer sent.
 #[derive(Debug, Clone, PartialEq)]
@@ -147,7 +153,9 @@ impl Proofs {
             std::fs::create_dir_all(&dir)?;
             let tmp = path.with_extension("tmp");
             std::fs::write(&tmp, &bytes)?;
-            std::fs::rename(&tmp, &path).map(|()| path)
+            std::fs::rename(&tmp, &path)?;
+            prune(&dir, MAX_SAVED, MAX_SAVED_BYTES)?;
+            Ok::<_, std::io::Error>(path)
         })
         .await;
         match saved {
@@ -171,5 +179,81 @@ impl Proofs {
                 tracing::debug!(%peer, error = %e, "could not pass a fraud proof on");
             }
         }
+    }
+}
+
+/// Deletes the oldest proofs in `dir` (by modification time, then name) until at most
+/// `max_files` and `max_bytes` remain. Returns how many were deleted.
+fn prune(dir: &Path, max_files: usize, max_bytes: u64) -> std::io::Result<usize> {
+    let mut proofs = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let meta = entry.metadata()?;
+        proofs.push((meta.modified()?, path, meta.len()));
+    }
+    proofs.sort();
+    let mut files = proofs.len();
+    let mut bytes: u64 = proofs.iter().map(|p| p.2).sum();
+    let mut deleted = 0;
+    for (_, path, len) in proofs {
+        if files <= max_files && bytes <= max_bytes {
+            break;
+        }
+        std::fs::remove_file(&path)?;
+        files -= 1;
+        bytes -= len;
+        deleted += 1;
+    }
+    if deleted > 0 {
+        tracing::info!(deleted, dir = %dir.display(), "old fraud proofs deleted to keep the directory bounded");
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    fn write(dir: &Path, name: &str, len: usize, age_secs: u64) {
+        let path = dir.join(name);
+        std::fs::write(&path, vec![b'x'; len]).unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(SystemTime::now() - Duration::from_secs(age_secs)).unwrap();
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_oldest_proofs_go_first_when_there_are_too_many() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.json", 10, 300);
+        write(dir.path(), "b.json", 10, 100);
+        write(dir.path(), "c.json", 10, 200);
+        write(dir.path(), "notes.txt", 10, 900);
+        assert_eq!(prune(dir.path(), 2, u64::MAX).unwrap(), 1);
+        assert_eq!(names(dir.path()), ["b.json", "c.json", "notes.txt"]);
+    }
+
+    #[test]
+    fn the_oldest_proofs_go_first_when_they_are_too_big() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.json", 100, 300);
+        write(dir.path(), "b.json", 100, 100);
+        write(dir.path(), "c.json", 100, 200);
+        assert_eq!(prune(dir.path(), 10, 150).unwrap(), 2);
+        assert_eq!(names(dir.path()), ["b.json"]);
+        assert_eq!(prune(dir.path(), 10, 150).unwrap(), 0);
     }
 }
