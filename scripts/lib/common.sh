@@ -186,6 +186,28 @@ PY
   export PHASE_TEST_MODEL="$models/gemma3.gguf" PHASE_CHAT_MODEL="$models/smollm2.gguf"
 }
 
+# A cruder quantization of the chat model, for the quantization liar of the spot-check tests and
+# bench/verify: $PHASE_CACHE_DIR/models/smollm2-crude.gguf, made by llama-quantize from the same
+# llama.cpp build tree (seconds) by requantizing Q4_1 to Q2_K (most of SmolLM2's tensors fall back
+# to Q4_0, some become Q3_K). Needs install_llama_server_and_model first. Idempotent.
+install_crude_model() {
+  local root="$PHASE_CACHE_DIR/llama.cpp" crude="$PHASE_CACHE_DIR/models/smollm2-crude.gguf"
+  if [ ! -s "$crude" ]; then
+    step "making a cruder quantization of SmolLM2 (llama-quantize, once)"
+    if [ ! -f "$root/build/build.ninja" ]; then
+      # The cached llama-server outlived its build tree: build both again.
+      rm -f "$root/.built-sha256"
+      install_llama_server
+    fi
+    PATH="$PHASE_CACHE_DIR/venv-llama/bin:$PATH" cmake --build "$root/build" --target llama-quantize -j "$(nproc)" \
+      >>"$PHASE_CACHE_DIR/llama-build.log" 2>&1 || die "building llama-quantize failed; the log is $PHASE_CACHE_DIR/llama-build.log"
+    "$root/build/bin/llama-quantize" --allow-requantize "$PHASE_CHAT_MODEL" "$crude.tmp" Q2_K \
+      >"$PHASE_CACHE_DIR/quantize.log" 2>&1 || die "llama-quantize failed; the log is $PHASE_CACHE_DIR/quantize.log"
+    mv "$crude.tmp" "$crude"
+  fi
+  export PHASE_CRUDE_MODEL="$crude"
+}
+
 install_llama_server_and_model() {
   install_llama_server
   install_models

@@ -34,6 +34,11 @@ pub fn chat_model_file() -> PathBuf {
     file_from_env("PHASE_CHAT_MODEL", "the chat model's GGUF file")
 }
 
+/// A cruder quantization of the chat model (Q2_K from its Q4_1), from `PHASE_CRUDE_MODEL`.
+pub fn crude_model_file() -> PathBuf {
+    file_from_env("PHASE_CRUDE_MODEL", "a cruder quantization of the chat model")
+}
+
 pub fn llama_server() -> PathBuf {
     let path = std::env::var_os("LLAMA_SERVER_BINARY").map(PathBuf::from).expect(
         "LLAMA_SERVER_BINARY must name llama-server: run scripts/setup, or use scripts/test",

@@ -23,21 +23,28 @@ pub async fn chat_node(dir: tempfile::TempDir, extra: &[&str]) -> Node {
     Node::start(dir, &args).await
 }
 
-/// B (lying as `lie` says, or honest) serving A, which holds the same model.
+/// B (lying as `lie` says, or honest) serving A, which holds the same model. `lie` is one of
+/// the test build's faults, or `crude-quant`: the other-model liar running a cruder
+/// quantization of the same model.
 pub async fn pair(lie: Option<&str>) -> (Node, Node) {
     let a_dir = tempfile::tempdir().expect("tempdir");
     let a_id = peer_id(&a_dir);
     let mut extra = vec!["--allow-signer", &a_id];
     if let Some(lie) = lie {
-        extra.extend(["--test-fault", lie]);
+        extra.extend(["--test-fault", if lie == "crude-quant" { "other-model" } else { lie }]);
     }
     let b_dir = tempfile::tempdir().expect("tempdir");
-    if lie == Some("other-model") {
-        // What it really runs: Gemma 3, under SmolLM2's name.
+    // What the other-model liar really runs under SmolLM2's name: Gemma 3, or (as the
+    // quantization liar) a cruder quantization of SmolLM2 itself.
+    let other = match lie {
+        Some("other-model") => Some(crate::harness::model_file()),
+        Some("crude-quant") => Some(crate::harness::crude_model_file()),
+        _ => None,
+    };
+    if let Some(other) = other {
         let models = b_dir.path().join("models");
         std::fs::create_dir_all(&models).expect("mkdir");
-        std::os::unix::fs::symlink(crate::harness::model_file(), models.join("other.gguf"))
-            .expect("link");
+        std::os::unix::fs::symlink(other, models.join("other.gguf")).expect("link");
     }
     let b = chat_node(b_dir, &extra).await;
     let b_addr = b.tcp_addr().await;
@@ -203,6 +210,53 @@ async fn every_lie_is_caught_and_refused_or_marked() {
         assert_eq!(answer["spot_check"]["result"], "failed");
         assert_eq!(answer["receipt_verified"], false, "a caught lie is not verified");
         assert_eq!(answer["routed_via"], b.peer_id());
+    }
+}
+
+/// A cruder quantization of the same model (Q2_K from Q4_1) under its name passes every receipt
+/// check; the spot checks see it within ten answers of 128 tokens: greedy answers fail a check,
+/// and sampled ones lower the peer's summed statistic until it counts as caught and the peer
+/// falls under the reputation floor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cruder_quantization_is_caught_within_ten_answers() {
+    let questions = [
+        "Why do birds sing?",
+        "Explain what a noun is.",
+        "Tell me a fun fact about the moon.",
+        "Give me a tip for sleeping well.",
+        "Write a haiku about rain.",
+        "Describe a cat in one sentence.",
+        "What is water made of?",
+        "Give one reason to read books.",
+        "What do bees make?",
+        "Write a short greeting for a friend.",
+    ];
+    let greedy = || json!({"temperature": 0, "num_predict": 128});
+    let sampled = || json!({"seed": 11, "num_predict": 128});
+    for (kind, options) in [("greedy", greedy as fn() -> Value), ("sampled", sampled)] {
+        let (a, _b) = pair(Some("crude-quant")).await;
+        let mut caught = None;
+        for (n, text) in questions.iter().enumerate() {
+            let mut body = question(options(), None);
+            body["messages"][0]["content"] = json!(text);
+            let (status, check, answer) = ask(&a, body, "spot", true).await;
+            if status == 502 {
+                // Refused before asking: the peer's standing fell under the floor.
+                let error = answer["error"].as_str().expect("error");
+                assert!(error.contains("reputation floor"), "{kind}: {error}");
+                caught = Some(n);
+                break;
+            }
+            assert_eq!(status, 200, "{kind}: {answer}");
+            eprintln!("crude-quant {kind} answer {}: {}", n + 1, answer["spot_check"]);
+            if check.as_deref() == Some("failed") {
+                caught = Some(n + 1);
+                break;
+            }
+            assert_eq!(check.as_deref(), Some("passed"), "{kind}: {answer}");
+        }
+        let caught = caught.unwrap_or_else(|| panic!("{kind}: not caught in ten answers"));
+        eprintln!("crude-quant {kind}: caught after {caught} answers");
     }
 }
 
