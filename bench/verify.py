@@ -23,7 +23,11 @@ OTHER_MODELS = {"other-model": os.environ.get("OTHER_MODEL"), "crude-quant": os.
 HONEST = int(os.environ.get("VERIFY_HONEST", "1000"))
 LIES = int(os.environ.get("VERIFY_LIES", "50"))
 PREDICT = int(os.environ.get("VERIFY_TOKENS", "128"))
-LIARS = ["made-up-text", "truncate", "drop-system", "other-model", "hotter", "crude-quant"]
+ALL_LIARS = "made-up-text,truncate,drop-system,other-model,hotter,crude-quant"
+LIARS = [lie for lie in os.environ.get("VERIFY_LIARS", ALL_LIARS).split(",") if lie]
+# Liars measured a second time with every position checked (`X-Lucid-Verify: full`): a changed
+# prompt shows where the answer departs from the asked one, which a spot check may not look at.
+FULL_LIARS = [lie for lie in os.environ.get("VERIFY_FULL_LIARS", "drop-system").split(",") if lie]
 DEFAULT_SHARE = 0.1
 
 QUESTIONS = [
@@ -90,11 +94,11 @@ class Node:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def ask(a, body):
+def ask(a, body, route="peer", verify="spot"):
     request = urllib.request.Request(
         a.http + "/api/chat", data=json.dumps(body).encode(),
-        headers={"content-type": "application/json", "X-Lucid-Route": "peer",
-                 "X-Lucid-Verify": "spot", "X-Lucid-Accept-Unverified": "true"})
+        headers={"content-type": "application/json", "X-Lucid-Route": route,
+                 "X-Lucid-Verify": verify, "X-Lucid-Accept-Unverified": "true"})
     try:
         return json.load(urllib.request.urlopen(request, timeout=300))
     except urllib.error.HTTPError as e:
@@ -147,22 +151,32 @@ def start_pair(lie):
     return a, b
 
 
-def run(lie, count, rng):
+def run(lie, count, rng, verify="spot"):
     a, b = start_pair(lie)
     outcomes = {"greedy": {"passed": 0, "failed": 0, "not_checked": 0},
                 "sampled": {"passed": 0, "failed": 0, "not_checked": 0}}
     zs = []
     shares = []
+    # Greedy lies whose text is what the honest model says too (the lie changed nothing a
+    # check of the output could see), and how many of the others were caught.
+    same = {"identical": 0, "differing": 0, "differing_caught": 0}
     reasons = {}
     seen = 0
     try:
         for i in range(count):
             greedy, body = question(rng, lie)
-            answer = ask(a, body)
+            answer = ask(a, body, verify=verify)
             check = answer.get("spot_check") or {"result": "not_checked", "reason": answer.get("error", "no check")}
             if check["result"] == "not_checked":
                 reasons[check.get("reason", "?")[:90]] = reasons.get(check.get("reason", "?")[:90], 0) + 1
             kind = "greedy" if greedy else "sampled"
+            if lie == "drop-system" and greedy and check["result"] != "not_checked":
+                honest = ask(a, body, route="local")
+                if honest.get("message", {}).get("content") == answer.get("message", {}).get("content"):
+                    same["identical"] += 1
+                else:
+                    same["differing"] += 1
+                    same["differing_caught"] += check["result"] == "failed"
             outcomes[kind][check["result"]] += 1
             if check.get("z") is not None:
                 zs.append(check["z"])
@@ -181,13 +195,13 @@ def run(lie, count, rng):
         b.stop()
     for reason, n in sorted(reasons.items(), key=lambda r: -r[1]):
         log(f"  not checked ({lie or 'honest'}) x{n}: {reason}")
-    return outcomes, zs, shares
+    return outcomes, zs, shares, same
 
 
 def main():
     rng = random.Random(15)
     log(f"honest answers: {HONEST}; per liar: {LIES}; up to {PREDICT} tokens each")
-    honest, honest_z, shares = run(None, HONEST, rng)
+    honest, honest_z, shares, _ = run(None, HONEST, rng)
     checked = sum(o["passed"] + o["failed"] for o in honest.values())
     alarms = sum(o["failed"] for o in honest.values())
     shares.sort()
@@ -205,15 +219,25 @@ def main():
               f"{DEFAULT_SHARE * mean_share:.3f} of generation compute")
     print("\n| liar | greedy caught | sampled caught | sampled z (mean) |", flush=True)
     print("|---|---|---|---|")
-    for lie in LIARS:
-        outcomes, zs, _ = run(lie, LIES, rng)
+    for lie, verify in [(lie, "spot") for lie in LIARS] + [(lie, "full") for lie in FULL_LIARS]:
+        outcomes, zs, _, same = run(lie, LIES, rng, verify)
         def rate(o):
             n = o["passed"] + o["failed"]
             return f"{o['failed']}/{n} ({100.0 * o['failed'] / max(n, 1):.0f}%)"
         zmean = f"{sum(zs) / len(zs):.2f}" if zs else "-"
-        print(f"| {lie} | {rate(outcomes['greedy'])} | {rate(outcomes['sampled'])} | {zmean} |", flush=True)
+        name = lie if verify == "spot" else f"{lie} (full check)"
+        print(f"| {name} | {rate(outcomes['greedy'])} | {rate(outcomes['sampled'])} | {zmean} |", flush=True)
         if lie in ("hotter", "crude-quant") and zs:
             print(f"  {lie}, sampled: {summed(zs)}")
+        if lie == "crude-quant":
+            for kind in ("greedy", "sampled"):
+                o = outcomes[kind]
+                p = o["failed"] / max(o["passed"] + o["failed"], 1)
+                print(f"  {lie}, {kind}: caught within 10 checked answers with probability "
+                      f"{100.0 * (1 - (1 - p) ** 10):.2f}% (from the rate per answer, as independent)")
+        if lie == "drop-system" and same["identical"] + same["differing"]:
+            print(f"  {lie}, greedy: {same['identical']} answers were what the honest model says "
+                  f"too; of the {same['differing']} that differed, {same['differing_caught']} were caught")
     if honest_z:
         print(f"  honest, sampled (for comparison): {summed(honest_z)}")
 
