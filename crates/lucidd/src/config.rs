@@ -181,6 +181,11 @@ pub struct ServeArgs {
     /// image projector (vision).
     #[arg(long, env = "LUCIDD_MODEL_DIR")]
     pub model_dir: Option<PathBuf>,
+    /// An Ollama model store to serve read-only, in place (manifests/ and blobs/; default:
+    /// ~/.ollama/models when it exists): an Ollama user keeps the models they have.
+    /// `--ollama-models ''` serves none.
+    #[arg(long, env = "OLLAMA_MODELS")]
+    pub ollama_models: Option<PathBuf>,
     /// The llama-server binary (default: the one scripts/setup installed, then PATH).
     #[arg(long, env = "LLAMA_SERVER_BINARY")]
     pub llama_server_binary: Option<PathBuf>,
@@ -323,6 +328,18 @@ pub fn parse_listen_addr(value: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
         .next()
         .ok_or_else(|| format!("{host:?} resolves to no address"))
+}
+
+/// The Ollama store to serve: `--ollama-models` / `OLLAMA_MODELS` (empty for none), else
+/// `~/.ollama/models` when it exists.
+pub fn ollama_store(asked: Option<&PathBuf>) -> Option<PathBuf> {
+    match asked {
+        Some(path) if path.as_os_str().is_empty() => None,
+        Some(path) => Some(path.clone()),
+        None => std::env::var_os("HOME")
+            .map(|home| PathBuf::from(home).join(".ollama").join("models"))
+            .filter(|path| path.join("manifests").is_dir()),
+    }
 }
 
 #[cfg(test)]

@@ -24,4 +24,5 @@ pub mod remote;
 pub mod server;
 pub mod spot_check;
 pub mod state;
+pub mod store;
 pub mod workers;

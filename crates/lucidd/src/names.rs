@@ -77,6 +77,22 @@ impl ModelName {
     pub fn namespace(&self) -> &str {
         &self.namespace
     }
+
+    /// The registry host (`registry.ollama.ai` unless the name gives one).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The tag (`latest` unless the name gives one).
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Where an Ollama store keeps this name's manifest, under its `manifests/` directory:
+    /// `HOST/NAMESPACE/MODEL/TAG`.
+    pub fn manifest_path(&self) -> std::path::PathBuf {
+        [&self.host, &self.namespace, &self.model, &self.tag].iter().collect()
+    }
 }
 
 impl fmt::Display for ModelName {

@@ -81,8 +81,15 @@ pub async fn start_with_workers(
         match kind {
             WorkerKind::Echo => workers.add(Arc::new(EchoWorker::new(identity.clone()))),
             WorkerKind::LlamaCpp => {
+                // This node's own store (pulls write there), then the Ollama store, if any.
+                let own_store = data_dir.join("models");
+                std::fs::create_dir_all(own_store.join("manifests"))
+                    .with_context(|| format!("creating the model store {}", own_store.display()))?;
+                let mut stores = vec![own_store];
+                stores.extend(config::ollama_store(args.ollama_models.as_ref()));
                 let config = LlamaCppConfig {
                     model_dir: args.model_dir.clone().unwrap_or_else(|| data_dir.join("gguf")),
+                    stores,
                     binary: config::default_llama_server(args.llama_server_binary.as_ref()),
                     state_dir: data_dir.join("llama"),
                     parallel: args.parallel.max(1),

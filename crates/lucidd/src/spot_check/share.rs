@@ -221,15 +221,15 @@ mod tests {
 
     fn write(dir: &Path, name: &str, len: usize, age_secs: u64) {
         let path = dir.join(name);
-        std::fs::write(&path, vec![b'x'; len]).unwrap();
-        let file = std::fs::File::options().write(true).open(&path).unwrap();
-        file.set_modified(SystemTime::now() - Duration::from_secs(age_secs)).unwrap();
+        std::fs::write(&path, vec![b'x'; len]).expect("fixture");
+        let file = std::fs::File::options().write(true).open(&path).expect("fixture");
+        file.set_modified(SystemTime::now() - Duration::from_secs(age_secs)).expect("fixture");
     }
 
     fn names(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .expect("fixture")
+            .map(|e| e.expect("fixture").file_name().into_string().expect("fixture"))
             .collect();
         names.sort();
         names
@@ -237,23 +237,23 @@ mod tests {
 
     #[test]
     fn the_oldest_proofs_go_first_when_there_are_too_many() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("fixture");
         write(dir.path(), "a.json", 10, 300);
         write(dir.path(), "b.json", 10, 100);
         write(dir.path(), "c.json", 10, 200);
         write(dir.path(), "notes.txt", 10, 900);
-        assert_eq!(prune(dir.path(), 2, u64::MAX).unwrap(), 1);
+        assert_eq!(prune(dir.path(), 2, u64::MAX).expect("fixture"), 1);
         assert_eq!(names(dir.path()), ["b.json", "c.json", "notes.txt"]);
     }
 
     #[test]
     fn the_oldest_proofs_go_first_when_they_are_too_big() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("fixture");
         write(dir.path(), "a.json", 100, 300);
         write(dir.path(), "b.json", 100, 100);
         write(dir.path(), "c.json", 100, 200);
-        assert_eq!(prune(dir.path(), 10, 150).unwrap(), 2);
+        assert_eq!(prune(dir.path(), 10, 150).expect("fixture"), 2);
         assert_eq!(names(dir.path()), ["b.json"]);
-        assert_eq!(prune(dir.path(), 10, 150).unwrap(), 0);
+        assert_eq!(prune(dir.path(), 10, 150).expect("fixture"), 0);
     }
 }

@@ -17,6 +17,7 @@ mod lifecycle;
 #[allow(dead_code)]
 #[path = "../it/nodes.rs"]
 mod nodes;
+mod ollama_store;
 mod proofs;
 mod relayed;
 mod spot_checks;

@@ -3,7 +3,8 @@
 //! are cached by path, size and modification time in `hash-cache.json`. A `NAME.jinja` beside
 //! `NAME.gguf` replaces the model's chat template (see [`super::template`]); a
 //! `NAME.mmproj.gguf` beside it is the model's multimodal projector (image encoder), which lets it
-//! see images, and is not a model of its own.
+//! see images, and is not a model of its own. Models in Ollama stores (see [`crate::store`])
+//! join them, read in place; a name in the directory wins over the same name in a store.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -75,8 +76,48 @@ struct CachedDigest {
     sha256: String,
 }
 
-/// Scans `dir` for models; `cache` is the digest cache file.
-pub fn scan(dir: &Path, cache: &Path) -> std::io::Result<Vec<ModelFile>> {
+/// Scans `dir` for models, then each of `stores`; `cache` is the digest cache file.
+pub fn scan(dir: &Path, stores: &[PathBuf], cache: &Path) -> std::io::Result<Vec<ModelFile>> {
+    let mut models = scan_dir(dir, cache)?;
+    for root in stores {
+        for stored in crate::store::scan(root) {
+            if models.iter().any(|m| m.name == stored.name) {
+                tracing::info!(name = %stored.name, store = %root.display(), "a model of the same name in the model directory wins over the store's");
+                continue;
+            }
+            models.push(from_store(stored));
+        }
+    }
+    Ok(models)
+}
+
+/// A store's model as a model file: its digest is its blob's name, and its chat template the
+/// GGUF's own.
+fn from_store(stored: crate::store::StoredModel) -> ModelFile {
+    let modified_ns = std::fs::metadata(&stored.gguf)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let metadata = GgufMetadata::read(&stored.gguf).map_err(|e| {
+        format!("{} ({}) is not a usable model: {e}", stored.name, stored.gguf.display())
+    });
+    if let Err(problem) = &metadata {
+        tracing::warn!(%problem, "model refused");
+    }
+    ModelFile {
+        name: stored.name,
+        path: stored.gguf,
+        size: stored.size,
+        modified_ns,
+        sha256: stored.sha256,
+        metadata,
+        template: None,
+        projector: stored.projector,
+    }
+}
+
+fn scan_dir(dir: &Path, cache: &Path) -> std::io::Result<Vec<ModelFile>> {
     let mut digests: BTreeMap<PathBuf, CachedDigest> =
         std::fs::read(cache).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
     let mut models = Vec::new();

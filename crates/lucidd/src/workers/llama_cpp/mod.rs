@@ -50,6 +50,8 @@ const REAP_INTERVAL: Duration = Duration::from_millis(500);
 pub struct LlamaCppConfig {
     /// Directory of `*.gguf` files.
     pub model_dir: PathBuf,
+    /// Ollama-layout stores whose models are served too (see [`crate::store`]).
+    pub stores: Vec<PathBuf>,
     /// The llama-server binary.
     pub binary: PathBuf,
     /// Where server logs and the digest cache go.
@@ -103,10 +105,14 @@ impl LlamaCppWorker {
     /// Scans the model directory and starts the idle reaper. Call inside the runtime.
     pub fn start(identity: NodeIdentity, config: LlamaCppConfig) -> anyhow::Result<Arc<Self>> {
         std::fs::create_dir_all(&config.state_dir)?;
-        let models = catalog::scan(&config.model_dir, &config.state_dir.join("hash-cache.json"))
-            .map_err(|e| {
-                anyhow::anyhow!("reading the model directory {}: {e}", config.model_dir.display())
-            })?;
+        let models = catalog::scan(
+            &config.model_dir,
+            &config.stores,
+            &config.state_dir.join("hash-cache.json"),
+        )
+        .map_err(|e| {
+            anyhow::anyhow!("reading the model directory {}: {e}", config.model_dir.display())
+        })?;
         tracing::info!(dir = %config.model_dir.display(), models = models.len(), binary = %config.binary.display(), "llama.cpp worker ready");
         for note in models.iter().flat_map(|m| model_info(m).notes) {
             tracing::warn!("{note}");
@@ -121,7 +127,9 @@ impl LlamaCppWorker {
             servers: Mutex::new(HashMap::new()),
         });
         tokio::spawn(reap_idle(Arc::downgrade(&worker)));
-        match rescan::watch(Arc::downgrade(&worker), &worker.config.model_dir) {
+        let stores: Vec<PathBuf> =
+            worker.config.stores.iter().map(|root| root.join("manifests")).collect();
+        match rescan::watch(Arc::downgrade(&worker), &worker.config.model_dir, &stores) {
             Ok(watcher) => *worker._watch.lock() = Some(watcher),
             Err(e) => {
                 tracing::warn!(dir = %worker.config.model_dir.display(), error = %e, "cannot watch the model directory; models added later need a restart")
@@ -138,7 +146,7 @@ impl LlamaCppWorker {
     /// Reads the model directory again; says so when the models changed.
     fn rescan(&self) {
         let cache = self.config.state_dir.join("hash-cache.json");
-        match catalog::scan(&self.config.model_dir, &cache) {
+        match catalog::scan(&self.config.model_dir, &self.config.stores, &cache) {
             Ok(models) => {
                 let fingerprints = |m: &[ModelFile]| -> Vec<u64> {
                     m.iter().map(ModelFile::fingerprint).collect()

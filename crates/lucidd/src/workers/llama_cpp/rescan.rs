@@ -1,12 +1,13 @@
 //! Watching the model directory: a GGUF file copied in (or a `.jinja` template, or a
-//! projector) becomes a model without a restart, and one removed stops being listed.
+//! projector) becomes a model without a restart, and one removed stops being listed. The
+//! stores' manifest trees are watched too: a pulled model appears when its manifest is written.
 //!
 //! Change notifications arrive in bursts while a large file is written; the directory is read
 //! again once they have been quiet for [`SETTLE`], on a thread of its own (hashing a new model
 //! file is disk work), and the digest cache keeps files already hashed from being hashed again.
 
 use notify::{RecursiveMode, Watcher};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Weak;
 use std::time::Duration;
 
@@ -15,10 +16,13 @@ use super::LlamaCppWorker;
 /// Quiet time after the last change before the directory is read again.
 const SETTLE: Duration = Duration::from_millis(300);
 
-/// Watches `dir` for `worker`, until the returned watcher (or the worker) is dropped.
+/// Watches `dir` and the trees of `manifests` that exist (a store's manifest directory is
+/// made when it is first written to, and watched from the next start) for `worker`, until the
+/// returned watcher (or the worker) is dropped.
 pub(super) fn watch(
     worker: Weak<LlamaCppWorker>,
     dir: &Path,
+    manifests: &[PathBuf],
 ) -> notify::Result<notify::RecommendedWatcher> {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -27,6 +31,9 @@ pub(super) fn watch(
         }
     })?;
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    for tree in manifests.iter().filter(|t| t.is_dir()) {
+        watcher.watch(tree, RecursiveMode::Recursive)?;
+    }
     std::thread::Builder::new()
         .name("model-dir-watch".into())
         .spawn(move || {
