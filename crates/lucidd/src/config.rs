@@ -183,9 +183,18 @@ pub struct ServeArgs {
     pub model_dir: Option<PathBuf>,
     /// An Ollama model store to serve read-only, in place (manifests/ and blobs/; default:
     /// ~/.ollama/models when it exists): an Ollama user keeps the models they have.
-    /// `--ollama-models ''` serves none.
     #[arg(long, env = "OLLAMA_MODELS")]
     pub ollama_models: Option<PathBuf>,
+    /// Serve no Ollama store, not even ~/.ollama/models.
+    #[arg(long, conflicts_with = "ollama_models")]
+    pub no_ollama_models: bool,
+    /// The Ollama-compatible registry `/api/pull` and `lucidd pull` fetch models from, for
+    /// names without a host of their own.
+    #[arg(long, env = "LUCIDD_REGISTRY", default_value = crate::store::pull::DEFAULT_REGISTRY)]
+    pub registry: String,
+    /// Most bytes per second a pull downloads (e.g. 10M, 500K; default: no limit).
+    #[arg(long, value_parser = parse_rate)]
+    pub pull_rate: Option<u64>,
     /// The llama-server binary (default: the one scripts/setup installed, then PATH).
     #[arg(long, env = "LLAMA_SERVER_BINARY")]
     pub llama_server_binary: Option<PathBuf>,
@@ -330,10 +339,34 @@ pub fn parse_listen_addr(value: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{host:?} resolves to no address"))
 }
 
-/// The Ollama store to serve: `--ollama-models` / `OLLAMA_MODELS` (empty for none), else
-/// `~/.ollama/models` when it exists.
-pub fn ollama_store(asked: Option<&PathBuf>) -> Option<PathBuf> {
+/// A byte rate: a number with an optional K, M or G suffix (powers of 1024).
+fn parse_rate(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_uppercase()),
+        _ => (text, 'B'),
+    };
+    let factor: u64 = match unit {
+        'B' => 1,
+        'K' => 1 << 10,
+        'M' => 1 << 20,
+        'G' => 1 << 30,
+        _ => return Err(format!("{text:?}: expected bytes per second, like 500K or 10M")),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected bytes per second, like 500K or 10M"))?;
+    if !(value.is_finite() && value > 0.0) {
+        return Err(format!("{text:?}: the rate must be above zero"));
+    }
+    Ok((value * factor as f64) as u64)
+}
+
+/// The Ollama store to serve: `--ollama-models` / `OLLAMA_MODELS`, else `~/.ollama/models`
+/// when it exists; none with `--no-ollama-models` (or an empty `OLLAMA_MODELS`).
+pub fn ollama_store(asked: Option<&PathBuf>, none: bool) -> Option<PathBuf> {
     match asked {
+        _ if none => None,
         Some(path) if path.as_os_str().is_empty() => None,
         Some(path) => Some(path.clone()),
         None => std::env::var_os("HOME")

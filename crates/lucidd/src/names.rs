@@ -6,7 +6,8 @@
 
 use std::fmt;
 
-const DEFAULT_HOST: &str = "registry.ollama.ai";
+/// The host of names that give none: Ollama's registry.
+pub const DEFAULT_HOST: &str = "registry.ollama.ai";
 const DEFAULT_NAMESPACE: &str = "library";
 const DEFAULT_TAG: &str = "latest";
 /// Longest name part Ollama accepts; also keeps hostile input out of maps and logs.

@@ -76,6 +76,7 @@ pub async fn start_with_workers(
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
     let identity = load_identity(&data_dir)?;
     let mut workers = LocalWorkers::default();
+    let mut puller = None;
     let kinds = if args.no_workers { &[][..] } else { &args.workers[..] };
     for kind in kinds {
         match kind {
@@ -85,8 +86,18 @@ pub async fn start_with_workers(
                 let own_store = data_dir.join("models");
                 std::fs::create_dir_all(own_store.join("manifests"))
                     .with_context(|| format!("creating the model store {}", own_store.display()))?;
+                puller = Some(Arc::new(crate::store::pull::Puller::new(
+                    own_store.clone(),
+                    crate::store::pull::PullConfig {
+                        registry: args.registry.clone(),
+                        rate: args.pull_rate,
+                    },
+                )));
                 let mut stores = vec![own_store];
-                stores.extend(config::ollama_store(args.ollama_models.as_ref()));
+                stores.extend(config::ollama_store(
+                    args.ollama_models.as_ref(),
+                    args.no_ollama_models,
+                ));
                 let config = LlamaCppConfig {
                     model_dir: args.model_dir.clone().unwrap_or_else(|| data_dir.join("gguf")),
                     stores,
@@ -194,6 +205,7 @@ pub async fn start_with_workers(
     proofs.listen();
     let state = Arc::new(AppState {
         checks: crate::spot_check::log::CheckLog::new(&data_dir.join("receipts")),
+        puller,
         spot_checker,
         proofs,
         reputation,

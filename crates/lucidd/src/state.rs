@@ -77,6 +77,8 @@ pub struct AppState {
     pub proofs: std::sync::Arc<crate::spot_check::share::Proofs>,
     /// How each spot check came out, beside the receipt log.
     pub checks: crate::spot_check::log::CheckLog,
+    /// Pulls models from registries into this node's store (with a worker that loads them).
+    pub puller: Option<std::sync::Arc<crate::store::pull::Puller>>,
 }
 
 /// How a request wants its answer routed and checked.

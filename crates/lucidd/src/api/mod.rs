@@ -17,7 +17,7 @@ use axum::routing::{get, head, post};
 use std::sync::Arc;
 
 use crate::state::AppState;
-use ollama::{blobs, embed, inference, models, proofs};
+use ollama::{blobs, embed, inference, models, proofs, pull};
 
 /// Largest blob upload (a model file).
 pub const MAX_BLOB_BYTES: usize = 64 * 1024 * 1024 * 1024;
@@ -51,7 +51,7 @@ pub fn router(state: Arc<AppState>, guard: guard::GuardConfig) -> Router {
         .route("/api/copy", post(models::copy))
         .route("/api/delete", axum::routing::delete(models::delete))
         .route("/api/create", post(models::create))
-        .route("/api/pull", post(models::pull))
+        .route("/api/pull", post(pull::pull))
         .route("/api/push", post(models::push))
         .route("/api/chat", post(inference::chat))
         .route("/api/generate", post(inference::generate))

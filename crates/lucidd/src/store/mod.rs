@@ -10,9 +10,14 @@
 //! digest, checked when it was downloaded, so it is not hashed again here.
 
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::names::ModelName;
+
+mod parts;
+pub mod pull;
 
 /// Media type of the layer that is the model's GGUF.
 pub const MODEL_LAYER: &str = "application/vnd.ollama.image.model";
@@ -108,6 +113,14 @@ pub fn scan(root: &Path) -> Vec<StoredModel> {
     found
 }
 
+/// Every readable manifest in the store at `root`.
+pub fn all_manifests(root: &Path) -> Vec<Manifest> {
+    manifest_files(&root.join("manifests"))
+        .into_iter()
+        .filter_map(|(_, path)| read_manifest(&path).ok())
+        .collect()
+}
+
 /// Reads one manifest file, bounded.
 pub fn read_manifest(path: &Path) -> Result<Manifest, String> {
     let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
@@ -176,6 +189,21 @@ fn manifest_files(manifests: &Path) -> Vec<(ModelName, PathBuf)> {
         }
     }
     files
+}
+
+/// The SHA-256 of a file's bytes, hex, read in 1 MiB blocks.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 #[cfg(test)]

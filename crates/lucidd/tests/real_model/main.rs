@@ -19,6 +19,7 @@ mod lifecycle;
 mod nodes;
 mod ollama_store;
 mod proofs;
+mod pull;
 mod relayed;
 mod spot_checks;
 mod verifiers;

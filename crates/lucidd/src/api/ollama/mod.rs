@@ -5,5 +5,6 @@ pub mod embed;
 pub mod inference;
 pub mod models;
 pub mod proofs;
+pub mod pull;
 pub mod requests;
 pub mod validate;

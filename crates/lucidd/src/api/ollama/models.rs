@@ -273,7 +273,7 @@ pub async fn delete(
 }
 
 /// Answers a progress sequence: NDJSON lines, or only the last one when not streaming.
-fn progress(lines: Vec<Value>, stream: bool) -> Response {
+pub(super) fn progress(lines: Vec<Value>, stream: bool) -> Response {
     if stream {
         let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
         ([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
@@ -343,33 +343,6 @@ pub async fn create(
     let lines = vec![
         json!({"status": "reading model metadata"}),
         json!({"status": format!("using existing layer sha256:{}", base.base.digest)}),
-        json!({"status": "writing manifest"}),
-        json!({"status": "success"}),
-    ];
-    Ok(progress(lines, stream))
-}
-
-/// `POST /api/pull`. Models come from this node's workers (and, later, from peers); there is no
-/// central registry to download from. Pulling a model that is here reports it complete.
-pub async fn pull(
-    State(state): State<Arc<AppState>>,
-    JsonBody(req): JsonBody<NamedRequest>,
-) -> Result<Response, ApiError> {
-    let asked = req.model_name().to_string();
-    let name = validate::model_name(&asked)?;
-    let stream = req.stream.unwrap_or(true);
-    let Some(model) = state.registry.resolve(&name) else {
-        let lines = vec![
-            json!({"status": "pulling manifest"}),
-            json!({"error": format!("pull model manifest: model \"{asked}\" is not served by this node or its workers")}),
-        ];
-        return Ok(progress(lines, stream));
-    };
-    let digest = model.base.digest.clone();
-    let lines = vec![
-        json!({"status": "pulling manifest"}),
-        json!({"status": format!("pulling {}", digest.get(..12).unwrap_or(&digest)), "digest": format!("sha256:{digest}"), "total": model.base.size, "completed": model.base.size}),
-        json!({"status": "verifying sha256 digest"}),
         json!({"status": "writing manifest"}),
         json!({"status": "success"}),
     ];

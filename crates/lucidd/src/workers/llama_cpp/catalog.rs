@@ -7,9 +7,7 @@
 //! join them, read in place; a name in the directory wins over the same name in a store.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
@@ -149,7 +147,7 @@ fn scan_dir(dir: &Path, cache: &Path) -> std::io::Result<Vec<ModelFile>> {
             Some(c) if c.size == size && c.modified_ns == modified_ns => c.sha256.clone(),
             _ => {
                 tracing::info!(path = %path.display(), size, "hashing model file (once; cached by size and mtime)");
-                let digest = hash_file(&path)?;
+                let digest = crate::store::sha256_file(&path)?;
                 digests.insert(
                     path.clone(),
                     CachedDigest { size, modified_ns, sha256: digest.clone() },
@@ -184,18 +182,4 @@ fn scan_dir(dir: &Path, cache: &Path) -> std::io::Result<Vec<ModelFile>> {
         let _ = std::fs::rename(&tmp, cache);
     }
     Ok(models)
-}
-
-fn hash_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
 }

@@ -1,0 +1,316 @@
+//! `/api/pull` from a real registry: Debian's `docker-registry` (CNCF distribution 2.8) started
+//! on loopback, holding Gemma 3's GGUF pushed as an Ollama-format manifest. The pull shows
+//! Ollama's progress lines, resumes after the client hung up half-way, verifies the digest, and
+//! the model is served once `success` arrives. A registry that serves damaged bytes, and a
+//! name it does not have, fail clearly and leave no model behind.
+
+use crate::harness::{llama_server, model_file};
+use crate::nodes::Node;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A registry process on a free loopback port, with its storage in a temporary directory.
+struct Registry {
+    child: Child,
+    base: String,
+    storage: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn registry_binary() -> PathBuf {
+    std::env::var_os("PHASE_REGISTRY_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/docker-registry"))
+}
+
+impl Registry {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = dir.path().join("data");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n  secret: phase-test\n",
+                storage.display()
+            ),
+        )
+        .expect("config");
+        let log = dir.path().join("log");
+        let binary = registry_binary();
+        let child = Command::new(&binary)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {} ({e}): install Debian's docker-registry", binary.display())
+            });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let base = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(rest) = text.split("listening on ").nth(1) {
+                let addr: String =
+                    rest.chars().take_while(|c| !c.is_whitespace() && *c != '"').collect();
+                break format!("http://{addr}");
+            }
+            assert!(Instant::now() < deadline, "the registry did not start: {text}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Self { child, base, storage, _dir: dir }
+    }
+
+    /// Uploads `bytes` as a blob of `repository` (one monolithic upload), returning its digest.
+    async fn push_blob(&self, http: &reqwest::Client, repository: &str, bytes: Vec<u8>) -> String {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        let started = http
+            .post(format!("{}/v2/{repository}/blobs/uploads/", self.base))
+            .send()
+            .await
+            .expect("start upload");
+        assert_eq!(started.status(), 202);
+        let location = started.headers()["location"].to_str().expect("location").to_string();
+        let location =
+            if location.starts_with('/') { format!("{}{location}", self.base) } else { location };
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let put = http
+            .put(format!("{location}{sep}digest={digest}"))
+            .header("content-type", "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await
+            .expect("upload");
+        assert_eq!(put.status(), 201, "{}", put.text().await.unwrap_or_default());
+        digest
+    }
+
+    /// Pushes `gguf` as Ollama model `repository:tag` (config, model and params layers).
+    async fn push_model(&self, repository: &str, tag: &str, gguf: &Path) -> Value {
+        let http = reqwest::Client::new();
+        let model = std::fs::read(gguf).expect("read model");
+        let model_size = model.len();
+        let config = serde_json::to_vec(
+            &json!({"model_format": "gguf", "model_family": "gemma3", "file_type": "Q4_K_M"}),
+        )
+        .expect("json");
+        let params = serde_json::to_vec(&json!({"temperature": 0})).expect("json");
+        let (config_size, params_size) = (config.len(), params.len());
+        let config_digest = self.push_blob(&http, repository, config).await;
+        let model_digest = self.push_blob(&http, repository, model).await;
+        let params_digest = self.push_blob(&http, repository, params).await;
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": config_digest, "size": config_size},
+            "layers": [
+                {"mediaType": "application/vnd.ollama.image.model", "digest": model_digest, "size": model_size},
+                {"mediaType": "application/vnd.ollama.image.params", "digest": params_digest, "size": params_size},
+            ],
+        });
+        let put = http
+            .put(format!("{}/v2/{repository}/manifests/{tag}", self.base))
+            .header("content-type", "application/vnd.docker.distribution.manifest.v2+json")
+            .body(manifest.to_string())
+            .send()
+            .await
+            .expect("manifest");
+        assert_eq!(put.status(), 201, "{}", put.text().await.unwrap_or_default());
+        manifest
+    }
+
+    /// The file the registry keeps a blob's bytes in.
+    fn blob_data(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.storage.join("docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")
+    }
+}
+
+async fn node_pulling_from(registry: &Registry, rate: &str) -> Node {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let empty = dir.path().join("gguf");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    let binary = llama_server().to_str().expect("utf-8").to_string();
+    Node::start(
+        dir,
+        &[
+            "--worker",
+            "llama-cpp",
+            "--model-dir",
+            empty.to_str().expect("utf-8"),
+            "--llama-server-binary",
+            &binary,
+            "--no-ollama-models",
+            "--registry",
+            &registry.base,
+            "--pull-rate",
+            rate,
+        ],
+    )
+    .await
+}
+
+/// Reads NDJSON lines from a streamed pull until `enough` says stop (or the stream ends).
+async fn read_lines(response: reqwest::Response, enough: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    let mut lines = Vec::new();
+    while let Some(bytes) = body.next().await {
+        text.push_str(std::str::from_utf8(&bytes.expect("bytes")).expect("utf-8"));
+        while let Some(end) = text.find('\n') {
+            let line: Value = serde_json::from_str(&text[..end]).expect("a JSON line");
+            text.drain(..=end);
+            let stop = enough(&line);
+            lines.push(line);
+            if stop {
+                return lines;
+            }
+        }
+    }
+    lines
+}
+
+fn partial_files(node: &Node) -> Vec<String> {
+    std::fs::read_dir(node.dir.path().join("models/blobs"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains("-partial"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_is_pulled_from_a_registry_resumed_and_served() {
+    let registry = Registry::start();
+    let manifest = registry.push_model("library/gemma3", "270m", &model_file()).await;
+    let model_digest = manifest["layers"][0]["digest"].as_str().expect("digest").to_string();
+    let model_size = manifest["layers"][0]["size"].as_u64().expect("size");
+    // Slow enough (about 5 s for the model) to hang up half-way.
+    let node = node_pulling_from(&registry, "48M").await;
+
+    // The client hangs up once a fifth has arrived: the pull stops, keeping what it has.
+    let response =
+        node.post("/api/pull", json!({"model": "gemma3:270m"})).send().await.expect("pull");
+    assert_eq!(response.status(), 200);
+    let first = read_lines(response, |l| {
+        l["digest"] == model_digest.as_str()
+            && l["completed"].as_u64().is_some_and(|c| c > model_size / 5)
+    })
+    .await;
+    assert_eq!(first[0]["status"], "pulling manifest", "{first:?}");
+    let seen = first.last().and_then(|l| l["completed"].as_u64()).expect("progress");
+    assert!(seen < model_size, "hung up before the end: {first:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !partial_files(&node).iter().any(|n| n.ends_with("-partial.parts")) {
+        assert!(Instant::now() < deadline, "no partial download kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let tags = node.get_json("/api/tags").await;
+    assert_eq!(tags["models"].as_array().map(Vec::len), Some(0), "no half model: {tags}");
+
+    // Pulled again, it resumes: its first progress for the model is not zero, and progress
+    // never goes back.
+    let response =
+        node.post("/api/pull", json!({"model": "gemma3:270m"})).send().await.expect("pull");
+    let lines = read_lines(response, |_| false).await;
+    let statuses: Vec<&str> = lines.iter().filter_map(|l| l["status"].as_str()).collect();
+    assert_eq!(statuses.first(), Some(&"pulling manifest"), "{lines:?}");
+    assert_eq!(
+        &statuses[statuses.len() - 3..],
+        ["writing manifest", "removing any unused layers", "success"],
+        "{lines:?}"
+    );
+    assert!(statuses.contains(&"verifying sha256 digest"), "{lines:?}");
+    let model_progress: Vec<u64> = lines
+        .iter()
+        .filter(|l| l["digest"] == model_digest.as_str())
+        .filter_map(|l| l["completed"].as_u64())
+        .collect();
+    assert!(model_progress[0] > 0, "resumed, not restarted: {model_progress:?}");
+    assert!(model_progress.windows(2).all(|w| w[0] <= w[1]), "{model_progress:?}");
+    assert_eq!(model_progress.last(), Some(&model_size));
+    let line = lines.iter().find(|l| l["digest"] == model_digest.as_str()).expect("a model line");
+    assert_eq!(line["status"], format!("pulling {}", &model_digest[7..19]));
+    assert_eq!(line["total"], model_size);
+    assert!(partial_files(&node).is_empty(), "{:?}", partial_files(&node));
+
+    // Served at once, from the file whose digest the registry named.
+    let tags = node.get_json("/api/tags").await;
+    assert_eq!(tags["models"][0]["name"], "gemma3:270m", "{tags}");
+    let answer: Value = node
+        .post(
+            "/api/generate",
+            json!({"model": "gemma3:270m", "prompt": "The capital of France is", "stream": false, "options": {"temperature": 0, "num_predict": 8}}),
+        )
+        .send()
+        .await
+        .expect("generate")
+        .json()
+        .await
+        .expect("json");
+    assert!(!answer["response"].as_str().expect("response").is_empty(), "{answer}");
+    let cid = phase_protocol::ContentId::from_sha256_hex(&model_digest[7..]).expect("cid");
+    assert_eq!(answer["receipt"]["body"]["served"], cid.to_string(), "{answer}");
+
+    // Pulling it again fetches nothing and succeeds.
+    let again: Value = node
+        .post("/api/pull", json!({"model": "gemma3:270m", "stream": false}))
+        .send()
+        .await
+        .expect("pull")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(again["status"], "success", "{again}");
+
+    // A name the registry does not have: a 404 that names the registry.
+    let unknown = node
+        .post("/api/pull", json!({"model": "nothing-here", "stream": false}))
+        .send()
+        .await
+        .expect("pull");
+    assert_eq!(unknown.status(), 404);
+    let unknown: Value = unknown.json().await.expect("json");
+    let error = unknown["error"].as_str().expect("error");
+    assert!(error.contains("not in the registry") && error.contains(&registry.base), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_bytes_from_a_registry_are_refused_and_leave_no_model() {
+    let registry = Registry::start();
+    let manifest = registry.push_model("library/damaged", "latest", &model_file()).await;
+    let model_digest = manifest["layers"][0]["digest"].as_str().expect("digest").to_string();
+    // The registry's copy is damaged on its disk after the upload: it serves what it has.
+    let data = registry.blob_data(&model_digest);
+    let mut bytes = std::fs::read(&data).expect("blob data");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&data, bytes).expect("damage");
+    let node = node_pulling_from(&registry, "1G").await;
+    let response = node
+        .post("/api/pull", json!({"model": "damaged", "stream": false}))
+        .send()
+        .await
+        .expect("pull");
+    assert_eq!(response.status(), 500);
+    let body: Value = response.json().await.expect("json");
+    let error = body["error"].as_str().expect("error");
+    assert!(error.contains("digest mismatch") && error.contains(&model_digest), "{error}");
+    let tags = node.get_json("/api/tags").await;
+    assert_eq!(tags["models"].as_array().map(Vec::len), Some(0), "{tags}");
+    assert!(partial_files(&node).is_empty(), "the damaged bytes were deleted");
+}
