@@ -58,6 +58,20 @@ pub enum Command {
         #[command(flatten)]
         node: NodeArg,
     },
+    /// Pull a model into a running node's store from its registry (`--registry`), as
+    /// `ollama pull` does: progress per blob, resumable (pull again after an interruption and
+    /// nothing already downloaded is fetched again), the digest checked before the model is
+    /// served.
+    Pull {
+        /// The model: `[host/][namespace/]model[:tag]`, e.g. `gemma3:270m`.
+        name: String,
+        /// Allow plain HTTP to a registry named in the model name.
+        #[arg(long)]
+        insecure: bool,
+        /// The node that pulls.
+        #[command(flatten)]
+        node: NodeArg,
+    },
     /// Show a running node's peers: latency, standing (from checks of their answers) and
     /// whether it still sends them jobs, and their models.
     Peers {

@@ -1,23 +1,30 @@
-//! Commands that ask a running node (`OLLAMA_HOST`) over its HTTP API: `lucidd verify-proof`
-//! and `lucidd peers`.
+//! Commands that ask a running node (`OLLAMA_HOST`) over its HTTP API: `lucidd verify-proof`,
+//! `lucidd peers` and `lucidd pull`.
 
 use anyhow::{Context, bail};
 use serde_json::Value;
 
+/// The node's address for `path`, and a runtime to ask it on.
+fn node(host: &str, path: &str) -> anyhow::Result<(String, tokio::runtime::Runtime)> {
+    let addr = crate::config::parse_listen_addr(host).map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    Ok((format!("http://{addr}{path}"), runtime))
+}
+
+fn unreachable(url: &str) -> String {
+    format!("reaching lucidd at {url} (is it running? set OLLAMA_HOST)")
+}
+
 /// Sends a request to the node at `host` and reads its JSON answer.
 fn ask(host: &str, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<(u16, Value)> {
-    let addr = crate::config::parse_listen_addr(host).map_err(anyhow::Error::msg)?;
-    let url = format!("http://{addr}{path}");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (url, runtime) = node(host, path)?;
     runtime.block_on(async {
         let client = reqwest::Client::new();
         let request = match body {
             Some(body) => client.post(&url).header("content-type", "application/json").body(body),
             None => client.get(&url),
         };
-        let response = request.send().await.with_context(|| {
-            format!("reaching lucidd at {addr} (is it running? set OLLAMA_HOST)")
-        })?;
+        let response = request.send().await.with_context(|| unreachable(&url))?;
         let status = response.status().as_u16();
         let answer: Value = response.json().await.context("reading the answer")?;
         Ok((status, answer))
@@ -56,6 +63,75 @@ pub fn peers(host: &str) -> anyhow::Result<()> {
     let peers = status["peers"].as_array().cloned().unwrap_or_default();
     println!("{}", table(&peers));
     Ok(())
+}
+
+/// `lucidd pull NAME`: the node pulls the model (from its registry) and this shows the
+/// progress: a bar per blob with bytes, rate and time left, and each step as it happens.
+pub fn pull(name: &str, insecure: bool, host: &str) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+    let (url, runtime) = node(host, "/api/pull")?;
+    runtime.block_on(async {
+        let body = serde_json::json!({"model": name, "insecure": insecure, "stream": true});
+        let response = reqwest::Client::new()
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| unreachable(&url))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let answer: Value = response.json().await.unwrap_or_default();
+            bail!(
+                "{}",
+                answer["error"]
+                    .as_str()
+                    .map_or_else(|| format!("the node answered {status}"), str::to_string)
+            );
+        }
+        let style = ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}, {eta} left",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        let bars = MultiProgress::new();
+        let mut by_digest: std::collections::HashMap<String, ProgressBar> = Default::default();
+        let mut body = response.bytes_stream();
+        let mut text = String::new();
+        while let Some(bytes) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&bytes.context("reading the progress")?));
+            while let Some(end) = text.find('\n') {
+                let line: Value = serde_json::from_str(&text[..end]).unwrap_or_default();
+                text.drain(..=end);
+                if let Some(error) = line["error"].as_str() {
+                    by_digest.values().for_each(ProgressBar::abandon);
+                    bail!("{error}");
+                }
+                let status = line["status"].as_str().unwrap_or_default();
+                match (line["digest"].as_str(), line["total"].as_u64()) {
+                    (Some(digest), Some(total)) => {
+                        let bar = by_digest.entry(digest.to_string()).or_insert_with(|| {
+                            let bar = bars.add(ProgressBar::new(total).with_style(style.clone()));
+                            bar.set_message(status.to_string());
+                            bar
+                        });
+                        bar.set_position(line["completed"].as_u64().unwrap_or(0));
+                    }
+                    _ => {
+                        by_digest
+                            .values()
+                            .filter(|b| b.position() >= b.length().unwrap_or(0))
+                            .for_each(ProgressBar::finish);
+                        let _ = bars.println(status);
+                        if bars.is_hidden() {
+                            println!("{status}");
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
 /// The peers as a table a person reads.

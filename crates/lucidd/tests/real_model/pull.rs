@@ -277,6 +277,22 @@ async fn a_model_is_pulled_from_a_registry_resumed_and_served() {
         .expect("json");
     assert_eq!(again["status"], "success", "{again}");
 
+    // The CLI asks the node to pull and shows its steps; an unknown name fails with the
+    // node's explanation.
+    let host = node.http.trim_start_matches("http://").to_string();
+    let cli = Command::new(crate::nodes::LUCIDD)
+        .args(["pull", "gemma3:270m", "--host", &host])
+        .output()
+        .expect("lucidd pull");
+    let shown = String::from_utf8_lossy(&cli.stdout);
+    assert!(cli.status.success() && shown.contains("success"), "{shown}");
+    let cli = Command::new(crate::nodes::LUCIDD)
+        .args(["pull", "nothing-here", "--host", &host])
+        .output()
+        .expect("lucidd pull");
+    let shown = String::from_utf8_lossy(&cli.stderr);
+    assert!(!cli.status.success() && shown.contains("not in the registry"), "{shown}");
+
     // A name the registry does not have: a 404 that names the registry.
     let unknown = node
         .post("/api/pull", json!({"model": "nothing-here", "stream": false}))
