@@ -94,7 +94,9 @@ pub enum RegistryError {
     #[error("model '{0}' not found")]
     NotFound(String),
     /// Built-in models cannot be deleted or replaced.
-    #[error("'{0}' is served by a worker and cannot be deleted or replaced")]
+    #[error(
+        "'{0}' is served by a worker from its model directory or an Ollama store, which this node only reads: remove its file there (or `ollama rm` it) to withdraw it"
+    )]
     Builtin(String),
     /// Saving failed.
     #[error("saving the model registry: {0}")]

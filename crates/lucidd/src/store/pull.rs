@@ -325,6 +325,16 @@ impl Puller {
         Ok(())
     }
 
+    /// Removes `name` from the store: its manifest, then the blobs no other manifest names.
+    /// False when the store does not hold it.
+    pub fn remove(&self, name: &ModelName) -> std::io::Result<bool> {
+        let path = self.root.join("manifests").join(name.manifest_path());
+        let Ok(manifest) = read_manifest(&path) else { return Ok(false) };
+        std::fs::remove_file(&path)?;
+        self.remove_unused(&manifest);
+        Ok(true)
+    }
+
     /// Deletes the blobs `previous` named that no manifest in the store names now.
     fn remove_unused(&self, previous: &Manifest) {
         let used: HashSet<String> = super::all_manifests(&self.root)

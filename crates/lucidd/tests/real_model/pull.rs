@@ -293,6 +293,20 @@ async fn a_model_is_pulled_from_a_registry_resumed_and_served() {
     let shown = String::from_utf8_lossy(&cli.stderr);
     assert!(!cli.status.success() && shown.contains("not in the registry"), "{shown}");
 
+    // Deleted: the manifest and the blobs go, and the model is withdrawn.
+    let deleted = node
+        .client
+        .delete(format!("{}/api/delete", node.http))
+        .json(&json!({"model": "gemma3:270m"}))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(deleted.status(), 200);
+    let tags = node.get_json("/api/tags").await;
+    assert_eq!(tags["models"].as_array().map(Vec::len), Some(0), "{tags}");
+    let blob = node.dir.path().join("models/blobs").join(format!("sha256-{}", &model_digest[7..]));
+    assert!(!blob.exists(), "the model's blob was removed");
+
     // A name the registry does not have: a 404 that names the registry.
     let unknown = node
         .post("/api/pull", json!({"model": "nothing-here", "stream": false}))

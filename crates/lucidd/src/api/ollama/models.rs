@@ -266,6 +266,21 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let asked = req.model_name();
     let name = validate::model_name(asked)?;
+    // A pulled model: its manifest goes, then the blobs nothing else uses; it is withdrawn
+    // once the worker has seen it go.
+    let pulled = match &state.puller {
+        Some(puller) => puller.remove(&name).map_err(|e| {
+            ApiError::internal(format!("removing {name} from {}: {e}", puller.root().display()))
+        })?,
+        None => false,
+    };
+    if pulled {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while state.registry.resolve(&name).is_some() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        return Ok(StatusCode::OK);
+    }
     match state.registry.delete(&name) {
         Err(RegistryError::NotFound(_)) => Err(ApiError::model_not_found(asked)),
         other => other.map(|()| StatusCode::OK).map_err(ApiError::from),
