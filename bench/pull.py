@@ -1,0 +1,140 @@
+"""Driver of bench/pull: lucidd's registry pull against curl, from one registry on loopback.
+Standard library only. Reports ratios of throughput, never absolute times as results."""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+LUCIDD = os.environ["LUCIDD_BIN"]
+LLAMA = os.environ["LLAMA_SERVER_BINARY"]
+MODEL = os.environ["MODEL"]
+RUNS = int(os.environ.get("PULL_RUNS", "5"))
+
+
+def wait_for(what, ready, timeout=60):
+    deadline = time.time() + timeout
+    while True:
+        value = ready()
+        if value:
+            return value
+        if time.time() > deadline:
+            raise SystemExit(f"{what} did not happen in {timeout} s")
+        time.sleep(0.02)
+
+
+def start_registry(work):
+    config = os.path.join(work, "registry.yml")
+    with open(config, "w") as f:
+        f.write(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {work}/registry\n"
+                "http:\n  addr: 127.0.0.1:0\n  secret: bench\n")
+    log = os.path.join(work, "registry.log")
+    # info level for the one line that gives the address.
+    with open(config) as f:
+        text = f.read().replace("level: error", "level: info")
+    with open(config, "w") as f:
+        f.write(text)
+    proc = subprocess.Popen(["docker-registry", "serve", config], stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    addr = wait_for("the registry", lambda: (re.findall(r"listening on ([0-9.:]+)", open(log).read()) or [None])[0])
+    return proc, f"http://{addr}"
+
+
+def request(method, url, data=None, headers=None):
+    r = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    return urllib.request.urlopen(r)
+
+
+def push(base, repository, tag, data):
+    def blob(bytes_):
+        digest = "sha256:" + hashlib.sha256(bytes_).hexdigest()
+        location = request("POST", f"{base}/v2/{repository}/blobs/uploads/").headers["Location"]
+        location = base + location if location.startswith("/") else location
+        sep = "&" if "?" in location else "?"
+        request("PUT", f"{location}{sep}digest={digest}", bytes_, {"Content-Type": "application/octet-stream"})
+        return {"digest": digest, "size": len(bytes_)}
+    config = blob(json.dumps({"model_format": "gguf"}).encode())
+    model = blob(data)
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {"mediaType": "application/vnd.docker.container.image.v1+json", **config},
+                "layers": [{"mediaType": "application/vnd.ollama.image.model", **model}]}
+    request("PUT", f"{base}/v2/{repository}/manifests/{tag}", json.dumps(manifest).encode(),
+            {"Content-Type": "application/vnd.docker.distribution.manifest.v2+json"})
+    return model
+
+
+def start_lucidd(work, registry):
+    data = os.path.join(work, "lucidd")
+    os.makedirs(os.path.join(data, "gguf"), exist_ok=True)
+    addr_file = os.path.join(data, "addr")
+    proc = subprocess.Popen(
+        [LUCIDD, "--listen", "127.0.0.1:0", "--no-p2p", "--data-dir", data, "--addr-file", addr_file,
+         "--worker", "llama-cpp", "--model-dir", os.path.join(data, "gguf"), "--no-ollama-models",
+         "--llama-server-binary", LLAMA, "--registry", registry],
+        stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "lucidd.log"), "w"))
+    addr = wait_for("lucidd", lambda: os.path.exists(addr_file) and open(addr_file).read().strip())
+    return proc, f"http://{addr}"
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="bench-pull-")
+    registry, base = start_registry(work)
+    lucidd = None
+    try:
+        with open(MODEL, "rb") as f:
+            data = f.read()
+        layer = push(base, "library/gemma3", "270m", data)
+        lucidd, http = start_lucidd(work, base)
+        blob_url = f"{base}/v2/library/gemma3/blobs/{layer['digest']}"
+        target = os.path.join(work, "curl.out")
+
+        def curl():
+            subprocess.run(["curl", "-sSf", "-o", target, blob_url], check=True)
+
+        def curl_and_hash():
+            curl()
+            subprocess.run(["sha256sum", target], check=True, stdout=subprocess.DEVNULL)
+
+        def pull():
+            body = json.dumps({"model": "gemma3:270m", "stream": False}).encode()
+            answer = json.load(request("POST", f"{http}/api/pull", body, {"Content-Type": "application/json"}))
+            assert answer.get("status") == "success", answer
+            delete = json.dumps({"model": "gemma3:270m"}).encode()
+            request("DELETE", f"{http}/api/delete", delete, {"Content-Type": "application/json"})
+
+        # Alternating, so both see the same page cache and machine state.
+        times = {"curl": [], "curl + sha256sum": [], "lucidd pull": []}
+        for _ in range(RUNS):
+            times["curl"].append(timed(curl))
+            times["curl + sha256sum"].append(timed(curl_and_hash))
+            times["lucidd pull"].append(timed(pull))
+        best = {name: min(t) for name, t in times.items()}
+        size = len(data)
+        print(f"\n## bench/pull (Gemma 3 270M GGUF, {size / 2**20:.0f} MiB, from docker-registry on loopback; best of {RUNS})\n")
+        print("| download | throughput vs curl |")
+        print("|---|---|")
+        for name, t in best.items():
+            print(f"| {name} | {best['curl'] / t:.2f} |")
+        print(f"\nlucidd pull / (curl + sha256sum): {best['curl + sha256sum'] / best['lucidd pull']:.2f}")
+        print("(lucidd pull includes the manifest, the digest check, the manifest write and waiting until the model is served)")
+    finally:
+        for proc in (lucidd, registry):
+            if proc:
+                proc.terminate()
+                proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
