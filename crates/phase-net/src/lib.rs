@@ -14,6 +14,8 @@
 //!   stream on either side cancels the job.
 //! * **The model catalog** (`/phase/models/1`, `catalog`): what a peer serves, for listing
 //!   remote models.
+//! * **Blobs by range** (`/phase/blob/1`, [`blob`]): parts of content-addressed files, for
+//!   model pulls between peers.
 //! * **Admission** ([`admission`]): the gate a verified manifest passes before a worker sees
 //!   it; daemons plug their policy in.
 //! * **Bootstrap** ([`bootstrap`]): pinned `/p2p/<PeerId>` multiaddrs, given directly or read
@@ -21,6 +23,7 @@
 
 pub mod admission;
 mod behaviour;
+pub mod blob;
 pub mod bootstrap;
 mod catalog;
 pub mod config;

@@ -134,6 +134,8 @@ struct Inner {
     stats: Arc<RelayStats>,
     faults: Arc<Faults>,
     limits: crate::config::RelayLimits,
+    /// Cancelled when the node stops: what was started later (the blob server) ends with it.
+    stopped: CancellationToken,
     _stop: DropGuard,
 }
 
@@ -328,6 +330,7 @@ impl Network {
                 stats,
                 faults,
                 limits: config.relay,
+                stopped: stop.clone(),
                 _stop: stop.drop_guard(),
             }),
         })
@@ -342,6 +345,30 @@ impl Network {
     pub async fn send_report(&self, peer: PeerId, bytes: &[u8]) -> Result<(), String> {
         let mut control = self.inner.control.clone();
         crate::report::send_report(&mut control, peer, bytes).await
+    }
+
+    /// Serves ranges of the blobs `source` locates to any peer (`/phase/blob/1`), until the
+    /// node stops. Call once.
+    pub fn serve_blobs(&self, source: Arc<dyn crate::blob::BlobSource>) {
+        let control = self.inner.control.clone();
+        let stop = self.inner.stopped.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = crate::blob::serve_blobs(control, source) => {}
+            }
+        });
+    }
+
+    /// Fetches a range of a blob from `peer`; at most
+    /// [`MAX_RANGE_BYTES`](crate::blob::MAX_RANGE_BYTES).
+    pub async fn fetch_range(
+        &self,
+        peer: PeerId,
+        request: &crate::blob::RangeRequest,
+    ) -> Result<Vec<u8>, crate::blob::BlobError> {
+        let mut control = self.inner.control.clone();
+        crate::blob::fetch_range(&mut control, peer, request).await
     }
 
     /// This node's PeerId.

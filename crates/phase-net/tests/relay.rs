@@ -579,3 +579,58 @@ async fn reports_arrive_with_their_authenticated_sender_and_oversized_ones_are_r
     }
     assert!(heard < phase_net::report::REPORTS_PER_MINUTE as usize, "{heard} heard");
 }
+
+/// Serves one file as the blob named `cid`.
+struct OneBlob {
+    cid: String,
+    path: std::path::PathBuf,
+    len: u64,
+}
+
+impl phase_net::blob::BlobSource for OneBlob {
+    fn locate(&self, cid: &str) -> Option<(std::path::PathBuf, u64)> {
+        (cid == self.cid).then(|| (self.path.clone(), self.len))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_ranges_arrive_exactly_and_bad_ranges_are_refused() {
+    use phase_net::blob::{BlobError, MAX_RANGE_BYTES, RangeRequest};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("blob");
+    // 5 MiB of bytes that differ at every offset, so a misplaced range would show.
+    let bytes: Vec<u8> = (0..5u32 << 20).map(|i| (i % 251) as u8 ^ (i >> 16) as u8).collect();
+    std::fs::write(&path, &bytes).expect("write");
+    let server = server(SignerAllowlist::deny_all()).await;
+    server.net.serve_blobs(std::sync::Arc::new(OneBlob {
+        cid: "bafy-test".into(),
+        path,
+        len: bytes.len() as u64,
+    }));
+    let (client, _) = client(vec![server.addr.clone()]).await;
+    let to = server.net.peer_id();
+    let ask = |offset: u64, length: u64| RangeRequest { cid: "bafy-test".into(), offset, length };
+    let first =
+        wait_for("a first range", async || client.fetch_range(to, &ask(0, 1000)).await.ok()).await;
+    assert_eq!(first, bytes[..1000]);
+    let tail = client.fetch_range(to, &ask(1 << 20, 4 << 20)).await.expect("the rest");
+    assert_eq!(tail, bytes[1 << 20..]);
+    // Several at once, as a pull fetches pieces in parallel.
+    let requests: Vec<RangeRequest> = (0..5u64).map(|i| ask(i << 20, 1 << 20)).collect();
+    let pieces =
+        futures::future::join_all(requests.iter().map(|r| client.fetch_range(to, r))).await;
+    for (i, piece) in pieces.into_iter().enumerate() {
+        assert_eq!(piece.expect("piece"), bytes[i << 20..(i + 1) << 20]);
+    }
+
+    let past_end = client.fetch_range(to, &ask(5 << 20, 1)).await.expect_err("past the end");
+    assert!(
+        matches!(&past_end, BlobError::Refused(r) if r.contains("has 5242880 bytes")),
+        "{past_end}"
+    );
+    let unknown = RangeRequest { cid: "bafy-other".into(), offset: 0, length: 1 };
+    let refused = client.fetch_range(to, &unknown).await.expect_err("not served");
+    assert!(matches!(&refused, BlobError::Refused(r) if r.contains("does not serve")), "{refused}");
+    let huge = client.fetch_range(to, &ask(0, MAX_RANGE_BYTES + 1)).await.expect_err("too long");
+    assert!(matches!(huge, BlobError::Refused(_)));
+}
