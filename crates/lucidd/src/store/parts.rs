@@ -53,6 +53,18 @@ impl Parts {
         self.0.iter().map(|p| p.done).sum()
     }
 
+    /// Bytes done from the start without a gap: what can be hashed already.
+    pub(super) fn contiguous(&self) -> u64 {
+        let mut prefix = 0;
+        for part in &self.0 {
+            prefix += part.done;
+            if part.done < part.size {
+                break;
+            }
+        }
+        prefix
+    }
+
     /// The saved parts of an interrupted download of `total` bytes, or a new plan (and an
     /// empty partial file of that length) when there are none that fit.
     pub(super) async fn resume_or_plan(
@@ -169,6 +181,9 @@ impl Fetch {
                 limiter.take(chunk.len() as u64).await;
             }
             file.write_all(chunk).await.map_err(Attempt::Disk)?;
+            // Written through to the file before it counts as done: tokio's file buffers a
+            // write until flushed, and what counts as done is saved for a resume and hashed.
+            file.flush().await.map_err(Attempt::Disk)?;
             left -= chunk.len() as u64;
             self.parts.lock().0[self.index].done += chunk.len() as u64;
             self.downloaded.fetch_add(chunk.len() as u64, Ordering::Relaxed);
@@ -206,9 +221,56 @@ impl Limiter {
     }
 }
 
+/// Hashes `path` from its start as far as `ready` says bytes have been written, until all
+/// `total` are hashed: the digest is ready soon after the last byte arrives. Ends with an
+/// error when `ready`'s sender goes before that (the download failed).
+pub(super) fn spawn_hasher(
+    path: PathBuf,
+    mut ready: tokio::sync::watch::Receiver<u64>,
+    total: u64,
+) -> tokio::task::JoinHandle<std::io::Result<String>> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::File::open(&path)?;
+        let mut hasher = Sha256::new();
+        let mut hashed = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        while hashed < total {
+            let available = *ready.borrow_and_update();
+            if available <= hashed {
+                runtime
+                    .block_on(ready.changed())
+                    .map_err(|_| std::io::Error::other("the download stopped"))?;
+                continue;
+            }
+            let want = buf.len().min((available - hashed) as usize);
+            file.read_exact(&mut buf[..want])?;
+            hasher.update(&buf[..want]);
+            hashed += want as u64;
+        }
+        Ok(hex::encode(hasher.finalize()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_contiguous_start_stops_at_the_first_gap() {
+        let mut parts = Parts::plan(3 * MIN_PART);
+        assert_eq!(parts.contiguous(), 0);
+        parts.0[1].done = MIN_PART;
+        assert_eq!(parts.contiguous(), 0, "part 1 is done, but part 0 is not");
+        parts.0[0].done = 5;
+        assert_eq!(parts.contiguous(), 5);
+        parts.0[0].done = MIN_PART;
+        assert_eq!(parts.contiguous(), 2 * MIN_PART);
+        parts.0[2].done = MIN_PART;
+        assert_eq!(parts.contiguous(), 3 * MIN_PART);
+    }
 
     #[test]
     fn parts_follow_ollamas_bounds() {

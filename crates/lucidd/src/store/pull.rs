@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-use super::parts::{Fetch, FetchError, Limiter, Parts, RETRIES};
+use super::parts::{Fetch, FetchError, Limiter, Parts, RETRIES, spawn_hasher};
 use super::{Layer, MAX_MANIFEST_BYTES, MODEL_LAYER, Manifest, blob_path, read_manifest};
 use crate::names::ModelName;
 
@@ -289,6 +289,9 @@ impl Puller {
         });
         let all = futures::future::try_join_all(fetches);
         tokio::pin!(all);
+        // The hash follows the download's contiguous start, so it is done soon after the end.
+        let (ready, ready_rx) = tokio::sync::watch::channel(parts.lock().contiguous());
+        let hasher = spawn_hasher(partial.clone(), ready_rx, layer.size);
         let mut tick = tokio::time::interval(REPORT_EVERY);
         let result = loop {
             tokio::select! {
@@ -297,6 +300,7 @@ impl Puller {
                     // Dropped when the reader lags: the next one says more.
                     let _ = progress.try_send(Progress::layer(layer, downloaded.load(Ordering::Relaxed)));
                     let snapshot = parts.lock().clone();
+                    ready.send_replace(snapshot.contiguous());
                     // Losing a save costs only a re-download of what it would have recorded.
                     let _ = snapshot.save(&parts_path).await;
                 }
@@ -305,6 +309,7 @@ impl Puller {
         let snapshot = parts.lock().clone();
         snapshot.save(&parts_path).await.map_err(disk(&parts_path))?;
         if let Err(last) = result {
+            drop(ready);
             return Err(match last {
                 FetchError::Disk(source) => PullError::Disk { path: partial, source },
                 FetchError::Http(last) => {
@@ -314,7 +319,12 @@ impl Puller {
         }
         let _ = progress.send(Progress::layer(layer, layer.size)).await;
         let _ = progress.send(Progress::status("verifying sha256 digest")).await;
-        let got = hash_file(&partial).await.map_err(disk(&partial))?;
+        ready.send_replace(snapshot.contiguous());
+        let got = hasher
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|hashed| hashed)
+            .map_err(disk(&partial))?;
         if got != hex {
             let _ = tokio::fs::remove_file(&partial).await;
             let _ = tokio::fs::remove_file(&parts_path).await;
@@ -374,11 +384,4 @@ async fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PullError> {
     let tmp = path.with_extension("tmp");
     tokio::fs::write(&tmp, bytes).await.map_err(disk(&tmp))?;
     tokio::fs::rename(&tmp, path).await.map_err(disk(path))
-}
-
-async fn hash_file(path: &Path) -> std::io::Result<String> {
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || super::sha256_file(&path))
-        .await
-        .map_err(std::io::Error::other)?
 }

@@ -138,6 +138,10 @@ pub trait ModelWorker: Worker {
     fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
+
+    /// Looks at the worker's model files again now, rather than when its watcher next wakes
+    /// (a pull that just wrote a model wants it served before it says `success`). Blocking.
+    fn rescan_now(&self) {}
 }
 
 /// The workers of this node, looked up by model.
@@ -150,6 +154,13 @@ impl LocalWorkers {
     /// The change watches of every worker whose models can change.
     pub fn changes(&self) -> Vec<tokio::sync::watch::Receiver<u64>> {
         self.workers.iter().filter_map(|w| w.changes()).collect()
+    }
+
+    /// Every worker looks at its model files again now (on a blocking thread).
+    pub async fn rescan_now(&self) {
+        let workers = self.workers.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || workers.iter().for_each(|w| w.rescan_now())).await;
     }
 
     /// Adds a worker.

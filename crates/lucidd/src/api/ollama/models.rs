@@ -275,6 +275,7 @@ pub async fn delete(
         None => false,
     };
     if pulled {
+        state.registry.workers().rescan_now().await;
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         while state.registry.resolve(&name).is_some() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -114,6 +114,7 @@ async fn run(state: &AppState, name: &ModelName, insecure: bool, tx: &mpsc::Send
         let _ = tx.send(Err((status, e.to_string()))).await;
         return;
     }
+    state.registry.workers().rescan_now().await;
     let deadline = tokio::time::Instant::now() + SERVED_WITHIN;
     while state.registry.resolve(name).is_none() {
         if tokio::time::Instant::now() > deadline {

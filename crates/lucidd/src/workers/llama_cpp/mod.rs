@@ -347,6 +347,10 @@ impl ModelWorker for LlamaCppWorker {
         Some(self.changes.subscribe())
     }
 
+    fn rescan_now(&self) {
+        self.rescan();
+    }
+
     fn is_loaded(&self, model: &ModelName) -> Option<bool> {
         let servers = self.servers.lock();
         Some(ServerMode::ALL.iter().any(|mode| {
