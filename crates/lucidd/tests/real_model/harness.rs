@@ -39,6 +39,23 @@ pub fn crude_model_file() -> PathBuf {
     file_from_env("PHASE_CRUDE_MODEL", "a cruder quantization of the chat model")
 }
 
+/// A node running the llama.cpp worker over the model directory `models` inside `dir` (made
+/// when missing; files put there beforehand are its models), with `extra` arguments.
+pub async fn llama_node(
+    dir: tempfile::TempDir,
+    models: &str,
+    extra: &[&str],
+) -> crate::nodes::Node {
+    let models = dir.path().join(models);
+    std::fs::create_dir_all(&models).expect("mkdir");
+    let models = models.to_str().expect("utf-8").to_string();
+    let binary = llama_server().to_str().expect("utf-8").to_string();
+    let mut args = vec!["--worker", "llama-cpp", "--model-dir", &models];
+    args.extend(["--llama-server-binary", &binary]);
+    args.extend(extra);
+    crate::nodes::Node::start(dir, &args).await
+}
+
 pub fn llama_server() -> PathBuf {
     let path = std::env::var_os("LLAMA_SERVER_BINARY").map(PathBuf::from).expect(
         "LLAMA_SERVER_BINARY must name llama-server: run scripts/setup, or use scripts/test",

@@ -2,7 +2,7 @@
 //! them (here the blobs are links to the test models, as a store is never copied), read
 //! without a restart when a model is added, and answered from like any other model.
 
-use crate::harness::{chat_model_file, llama_server, model_file};
+use crate::harness::{chat_model_file, llama_node, model_file};
 use crate::nodes::Node;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -49,24 +49,10 @@ fn tags(listing: &Value) -> Vec<String> {
 async fn an_ollama_store_is_served_in_place_and_watched() {
     let store = tempfile::tempdir().expect("tempdir");
     let chat_hex = put(store.path(), "smollm2", "135m", &chat_model_file());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let empty = dir.path().join("gguf");
-    std::fs::create_dir_all(&empty).expect("mkdir");
-    let binary = llama_server().to_str().expect("utf-8").to_string();
-    let node = Node::start(
-        dir,
-        &[
-            "--worker",
-            "llama-cpp",
-            "--model-dir",
-            empty.to_str().expect("utf-8"),
-            "--llama-server-binary",
-            &binary,
-            "--ollama-models",
-            store.path().to_str().expect("utf-8"),
-        ],
-    )
-    .await;
+    let store_dir = store.path().to_str().expect("utf-8");
+    let node =
+        llama_node(tempfile::tempdir().expect("tempdir"), "gguf", &["--ollama-models", store_dir])
+            .await;
     let listing = node.get_json("/api/tags").await;
     assert_eq!(tags(&listing), ["smollm2:135m"], "{listing}");
     assert_eq!(listing["models"][0]["digest"], chat_hex.as_str(), "the digest is the blob's");

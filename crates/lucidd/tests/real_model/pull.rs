@@ -4,7 +4,7 @@
 //! the model is served once `success` arrives. A registry that serves damaged bytes, and a
 //! name it does not have, fail clearly and leave no model behind.
 
-use crate::harness::{llama_server, model_file};
+use crate::harness::{llama_node, model_file};
 use crate::nodes::Node;
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -138,27 +138,8 @@ impl Registry {
 }
 
 async fn node_pulling_from(registry: &Registry, rate: &str) -> Node {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let empty = dir.path().join("gguf");
-    std::fs::create_dir_all(&empty).expect("mkdir");
-    let binary = llama_server().to_str().expect("utf-8").to_string();
-    Node::start(
-        dir,
-        &[
-            "--worker",
-            "llama-cpp",
-            "--model-dir",
-            empty.to_str().expect("utf-8"),
-            "--llama-server-binary",
-            &binary,
-            "--no-ollama-models",
-            "--registry",
-            &registry.base,
-            "--pull-rate",
-            rate,
-        ],
-    )
-    .await
+    let extra = ["--no-ollama-models", "--registry", &registry.base, "--pull-rate", rate];
+    llama_node(tempfile::tempdir().expect("tempdir"), "gguf", &extra).await
 }
 
 /// Reads NDJSON lines from a streamed pull until `enough` says stop (or the stream ends).

@@ -3,7 +3,7 @@
 //! phase-net. The calls arrive whole, and B's receipt, which covers them, verifies and binds to
 //! B on A — and offline.
 
-use crate::harness::{llama_server, model_file, templates};
+use crate::harness::{llama_node, model_file, templates};
 use crate::nodes::{Node, peer_id};
 use serde_json::{Value, json};
 
@@ -16,20 +16,7 @@ async fn a_peers_tool_calls_arrive_whole_under_its_verified_receipt() {
     std::fs::create_dir_all(&models).expect("mkdir");
     std::os::unix::fs::symlink(model_file(), models.join("agent.gguf")).expect("link");
     std::fs::copy(templates().join("tools.jinja"), models.join("agent.jinja")).expect("copy");
-    let b = Node::start(
-        b_dir,
-        &[
-            "--worker",
-            "llama-cpp",
-            "--model-dir",
-            models.to_str().expect("utf-8"),
-            "--llama-server-binary",
-            llama_server().to_str().expect("utf-8"),
-            "--allow-signer",
-            &a_id,
-        ],
-    )
-    .await;
+    let b = llama_node(b_dir, "models", &["--allow-signer", &a_id]).await;
     let b_addr = b.tcp_addr().await;
     let a = Node::start(a_dir, &["--no-workers", "--bootstrap-peer", &b_addr]).await;
     a.wait_for_remote_model("agent:latest").await;

@@ -6,7 +6,7 @@
 //! `X-Lucid-Accept-Unverified`) the answer marked unverified with the failed check in its last
 //! line. Honest answers, greedy and sampled, pass.
 
-use crate::harness::{chat_model_file, llama_server};
+use crate::harness::chat_model_file;
 use crate::nodes::{Node, peer_id};
 use serde_json::{Value, json};
 
@@ -15,12 +15,7 @@ pub async fn chat_node(dir: tempfile::TempDir, extra: &[&str]) -> Node {
     let models = dir.path().join("models");
     std::fs::create_dir_all(&models).expect("mkdir");
     std::os::unix::fs::symlink(chat_model_file(), models.join("smollm2.gguf")).expect("link");
-    let models = models.to_str().expect("utf-8").to_string();
-    let binary = llama_server().to_str().expect("utf-8").to_string();
-    let mut args = vec!["--worker", "llama-cpp", "--model-dir", &models];
-    args.extend(["--llama-server-binary", &binary]);
-    args.extend(extra);
-    Node::start(dir, &args).await
+    crate::harness::llama_node(dir, "models", extra).await
 }
 
 /// B (lying as `lie` says, or honest) serving A, which holds the same model. `lie` is one of
