@@ -269,6 +269,10 @@ pub struct P2pArgs {
     /// Do not look for peers on the local network with mDNS.
     #[arg(long)]
     pub no_mdns: bool,
+    /// Do not let peers fetch the files of the models this node offers them (`/phase/blob/1`,
+    /// what peers pull models with); jobs are still served.
+    #[arg(long)]
+    pub no_share_models: bool,
     /// Run jobs for this signer (a PeerId, or a hex Ed25519 public key); repeatable. Nobody
     /// else's jobs run here unless --allow-any-signer is given.
     #[arg(long = "allow-signer", value_name = "PEER_OR_KEY")]

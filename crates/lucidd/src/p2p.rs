@@ -49,6 +49,21 @@ pub struct Serving {
     pub sensors: Sensors,
 }
 
+/// The model files peers may fetch by content id (`/phase/blob/1`): exactly those of the
+/// models this node offers them (its catalog under the policy), never other blobs it holds,
+/// such as uploads.
+struct OfferedModelFiles(Arc<LocalService>);
+
+impl phase_net::blob::BlobSource for OfferedModelFiles {
+    fn locate(&self, cid: &str) -> Option<(std::path::PathBuf, u64)> {
+        if !self.0.catalog().iter().any(|e| e.cid == cid) {
+            return None;
+        }
+        let cid: phase_protocol::ContentId = cid.parse().ok()?;
+        self.0.workers.file_for(&cid.sha256_hex())
+    }
+}
+
 impl JobService for LocalService {
     /// The workers' models the policy offers (not models made here, which are this node's
     /// own settings over a base model, nor blobs).
@@ -189,7 +204,7 @@ pub async fn start(
         || !policy.allowed_signers.is_empty()
         || !policy.grants.is_empty();
     let admission = PolicyAdmission::new(serving.policy.clone(), admission, serving.sensors);
-    let service: Arc<dyn JobService> = Arc::new(LocalService {
+    let local = Arc::new(LocalService {
         catalog: serving.catalog,
         workers: serving.workers,
         receipts: serving.receipts,
@@ -198,6 +213,7 @@ pub async fn start(
         grants: admission.grants(),
         grants_log: serving.receipts_dir.join("operator-grants.log"),
     });
+    let service: Arc<dyn JobService> = Arc::clone(&local) as Arc<dyn JobService>;
     let admission: Arc<dyn Admission> = Arc::new(admission);
     let network = match Network::start(
         identity,
@@ -230,6 +246,11 @@ pub async fn start(
             other => anyhow::bail!("unknown test fault {other:?}"),
         }
         tracing::warn!(fault, "TEST FAULT ON: this node misbehaves on purpose");
+    }
+    if args.no_share_models {
+        tracing::info!("p2p: not sharing model files with peers (--no-share-models)");
+    } else {
+        network.serve_blobs(Arc::new(OfferedModelFiles(local)));
     }
     for addr in network.wait_listening(Duration::from_secs(5)).await {
         tracing::info!("p2p: reach this node at {addr}");

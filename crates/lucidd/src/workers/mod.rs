@@ -139,6 +139,12 @@ pub trait ModelWorker: Worker {
         None
     }
 
+    /// The file whose SHA-256 is `sha256` (hex) and its length, when the worker serves a
+    /// model from it: what peers may fetch by content id.
+    fn file_for(&self, _sha256: &str) -> Option<(std::path::PathBuf, u64)> {
+        None
+    }
+
     /// Looks at the worker's model files again now, rather than when its watcher next wakes
     /// (a pull that just wrote a model wants it served before it says `success`). Blocking.
     fn rescan_now(&self) {}
@@ -154,6 +160,11 @@ impl LocalWorkers {
     /// The change watches of every worker whose models can change.
     pub fn changes(&self) -> Vec<tokio::sync::watch::Receiver<u64>> {
         self.workers.iter().filter_map(|w| w.changes()).collect()
+    }
+
+    /// The file of a model some worker serves, by its SHA-256 (hex).
+    pub fn file_for(&self, sha256: &str) -> Option<(std::path::PathBuf, u64)> {
+        self.workers.iter().find_map(|w| w.file_for(sha256))
     }
 
     /// Every worker looks at its model files again now (on a blocking thread).

@@ -325,3 +325,69 @@ async fn damaged_bytes_from_a_registry_are_refused_and_leave_no_model() {
     assert_eq!(tags["models"].as_array().map(Vec::len), Some(0), "{tags}");
     assert!(partial_files(&node).is_empty(), "the damaged bytes were deleted");
 }
+
+/// A phase-net node in the test process, joined to `peer`.
+async fn net_client(peer: &Node) -> (phase_net::Network, phase_net::PeerId) {
+    let identity = phase_identity::NodeIdentity::generate();
+    let config = phase_net::NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],
+        bootstrap: vec![peer.tcp_addr().await.parse().expect("multiaddr")],
+        mdns: false,
+        ..phase_net::NetConfig::default()
+    };
+    let net = phase_net::Network::start(&identity, config, None).await.expect("start");
+    (net, peer.peer_id().parse().expect("peer id"))
+}
+
+/// The files of the models a node offers are what peers pull from it, by content id, over
+/// phase-net; nothing else it holds is, and `--no-share-models` shares nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_shares_the_files_of_the_models_it_offers() {
+    use phase_net::blob::{BlobError, RangeRequest};
+    let a = crate::spot_checks::chat_node(tempfile::tempdir().expect("tempdir"), &[]).await;
+    let file = std::fs::read(crate::harness::chat_model_file()).expect("read");
+    let cid = phase_protocol::ContentId::for_bytes(&file).to_string();
+    let (net, a_id) = net_client(&a).await;
+    let first = RangeRequest { cid: cid.clone(), offset: 0, length: 1 << 20 };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let bytes = loop {
+        match net.fetch_range(a_id, &first).await {
+            Ok(bytes) => break bytes,
+            Err(e) => assert!(Instant::now() < deadline, "no range: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(bytes, file[..1 << 20]);
+    let end = file.len() as u64;
+    let last = RangeRequest { cid: cid.clone(), offset: end - 1000, length: 1000 };
+    assert_eq!(net.fetch_range(a_id, &last).await.expect("the end"), file[file.len() - 1000..]);
+    // A content id of something that is not an offered model file is refused.
+    let other = phase_protocol::ContentId::for_bytes(b"an uploaded blob").to_string();
+    let refused = net
+        .fetch_range(a_id, &RangeRequest { cid: other, offset: 0, length: 1 })
+        .await
+        .expect_err("not offered");
+    assert!(matches!(refused, BlobError::Refused(_)), "{refused}");
+
+    let closed = crate::spot_checks::chat_node(
+        tempfile::tempdir().expect("tempdir"),
+        &["--no-share-models"],
+    )
+    .await;
+    let (net, closed_id) = net_client(&closed).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Connected (its catalog answers), yet no blob protocol.
+        match net.fetch_range(closed_id, &first).await {
+            Err(BlobError::Stream(reason))
+                if net.status().peers.iter().any(|p| p.peer == closed_id && p.connected) =>
+            {
+                assert!(!reason.is_empty());
+                break;
+            }
+            Ok(_) => panic!("a node that shares nothing sent bytes"),
+            Err(e) => assert!(Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

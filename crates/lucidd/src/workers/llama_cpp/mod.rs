@@ -351,6 +351,13 @@ impl ModelWorker for LlamaCppWorker {
         self.rescan();
     }
 
+    fn file_for(&self, sha256: &str) -> Option<(PathBuf, u64)> {
+        self.files()
+            .iter()
+            .find(|f| f.sha256 == sha256 && f.metadata.is_ok())
+            .map(|f| (f.path.clone(), f.size))
+    }
+
     fn is_loaded(&self, model: &ModelName) -> Option<bool> {
         let servers = self.servers.lock();
         Some(ServerMode::ALL.iter().any(|mode| {
