@@ -259,6 +259,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_blob_larger_than_the_free_space_is_refused_before_it_starts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(super::super::pull::room_for(dir.path(), 1).is_ok());
+        let refused = super::super::pull::room_for(dir.path(), u64::MAX).expect_err("no room");
+        assert!(refused.to_string().contains("free some space"), "{refused}");
+    }
+
+    #[test]
     fn the_contiguous_start_stops_at_the_first_gap() {
         let mut parts = Parts::plan(3 * MIN_PART);
         assert_eq!(parts.contiguous(), 0);

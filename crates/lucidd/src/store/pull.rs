@@ -123,9 +123,33 @@ pub enum PullError {
         /// The error.
         source: std::io::Error,
     },
+    /// The disk has less room than the blob needs; nothing was downloaded for it.
+    #[error(
+        "{needed} more bytes are needed in {dir}, which has {available} free: free some space and pull again"
+    )]
+    NoSpace {
+        /// Bytes still to download.
+        needed: u64,
+        /// Bytes free for this user.
+        available: u64,
+        /// The store's blob directory.
+        dir: PathBuf,
+    },
     /// The same blob is being pulled by another request.
     #[error("{0} is being pulled by another request; wait for it to finish")]
     Busy(String),
+}
+
+/// Fails with [`PullError::NoSpace`] unless `dir`'s file system has `needed` bytes free for
+/// this user: a pull that cannot fit says so before it starts rather than at the end.
+pub(super) fn room_for(dir: &Path, needed: u64) -> Result<(), PullError> {
+    let stat = rustix::fs::statvfs(dir)
+        .map_err(|e| PullError::Disk { path: dir.to_path_buf(), source: e.into() })?;
+    let available = stat.f_bavail.saturating_mul(stat.f_frsize);
+    if needed > available {
+        return Err(PullError::NoSpace { needed, available, dir: dir.to_path_buf() });
+    }
+    Ok(())
 }
 
 /// Maps a write error on `path` to the pull's disk error.
@@ -271,6 +295,8 @@ impl Puller {
             .await
             .map_err(disk(&path))?;
         let parts = Parts::resume_or_plan(&partial, &parts_path, layer.size).await?;
+        let dir = path.parent().unwrap_or(&self.root);
+        room_for(dir, layer.size - parts.done())?;
         let url = format!("{repository}blobs/{}", layer.digest);
         let downloaded = Arc::new(AtomicU64::new(parts.done()));
         let parts = Arc::new(Mutex::new(parts));
