@@ -109,7 +109,12 @@ async fn run(state: &AppState, name: &ModelName, insecure: bool, tx: &mpsc::Send
         let status = match e {
             PullError::UnknownModel { .. } => StatusCode::NOT_FOUND,
             PullError::BadManifest { .. } => StatusCode::BAD_GATEWAY,
-            PullError::NoSpace { .. } | PullError::Disk { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            PullError::NoSpace { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            PullError::Disk { ref source, .. }
+                if source.kind() == std::io::ErrorKind::StorageFull =>
+            {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let _ = tx.send(Err((status, e.to_string()))).await;
