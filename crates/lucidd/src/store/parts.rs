@@ -53,6 +53,12 @@ impl Parts {
         self.0.iter().map(|p| p.done).sum()
     }
 
+    /// How far the download whose parts are saved at `saved` has come, if it is readable.
+    pub(super) async fn saved_done(saved: &Path) -> Option<u64> {
+        let bytes = tokio::fs::read(saved).await.ok()?;
+        serde_json::from_slice::<Parts>(&bytes).ok().map(|p| p.done())
+    }
+
     /// Bytes done from the start without a gap: what can be hashed already.
     pub(super) fn contiguous(&self) -> u64 {
         let mut prefix = 0;

@@ -135,9 +135,6 @@ pub enum PullError {
         /// The store's blob directory.
         dir: PathBuf,
     },
-    /// The same blob is being pulled by another request.
-    #[error("{0} is being pulled by another request; wait for it to finish")]
-    Busy(String),
 }
 
 /// Fails with [`PullError::NoSpace`] unless `dir`'s file system has `needed` bytes free for
@@ -281,16 +278,28 @@ impl Puller {
     ) -> Result<(), PullError> {
         let hex = layer.sha256_hex().unwrap_or_default().to_string();
         let path = blob_path(&self.root, &hex);
-        if std::fs::metadata(&path).is_ok_and(|m| m.len() == layer.size) {
-            let _ = progress.send(Progress::layer(layer, layer.size)).await;
-            return Ok(());
-        }
-        if !self.busy.lock().insert(hex.clone()) {
-            return Err(PullError::Busy(layer.digest.clone()));
-        }
-        let _guard = BusyGuard(self, hex.clone());
         let partial = path.with_file_name(format!("sha256-{hex}-partial"));
         let parts_path = path.with_file_name(format!("sha256-{hex}-partial.parts"));
+        // Another request may be fetching this blob (a client that hung up and asked again,
+        // before the first pull noticed): wait for it, showing its progress, rather than race.
+        let mut waited = false;
+        let _guard = loop {
+            if std::fs::metadata(&path).is_ok_and(|m| m.len() == layer.size) {
+                let _ = progress.send(Progress::layer(layer, layer.size)).await;
+                return Ok(());
+            }
+            if self.busy.lock().insert(hex.clone()) {
+                break BusyGuard(self, hex.clone());
+            }
+            if !waited {
+                tracing::info!(digest = %layer.digest, "another pull is fetching this blob; waiting for it");
+                waited = true;
+            }
+            if let Some(done) = Parts::saved_done(&parts_path).await {
+                let _ = progress.try_send(Progress::layer(layer, done));
+            }
+            tokio::time::sleep(REPORT_EVERY).await;
+        };
         tokio::fs::create_dir_all(path.parent().unwrap_or(&self.root))
             .await
             .map_err(disk(&path))?;

@@ -288,6 +288,16 @@ async fn a_model_is_pulled_from_a_registry_resumed_and_served() {
     let blob = node.dir.path().join("models/blobs").join(format!("sha256-{}", &model_digest[7..]));
     assert!(!blob.exists(), "the model's blob was removed");
 
+    // Two pulls of the same model at once: the second waits for the first's download, and
+    // both succeed.
+    let pull = || node.post("/api/pull", json!({"model": "gemma3:270m", "stream": false})).send();
+    let (first, second) = tokio::join!(pull(), pull());
+    for answer in [first, second] {
+        let answer: Value = answer.expect("pull").json().await.expect("json");
+        assert_eq!(answer["status"], "success", "{answer}");
+    }
+    assert!(blob.exists(), "pulled once more");
+
     // A name the registry does not have: a 404 that names the registry.
     let unknown = node
         .post("/api/pull", json!({"model": "nothing-here", "stream": false}))
