@@ -87,6 +87,7 @@ pub fn from_entry(entry: &CatalogEntry) -> Option<ModelInfo> {
         modified_at: OffsetDateTime::UNIX_EPOCH,
         problem: None,
         notes: Vec::new(),
+        defaults: Default::default(),
     })
 }
 

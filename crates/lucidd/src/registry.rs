@@ -58,14 +58,32 @@ impl ResolvedModel {
         self.derived.as_ref().map(|_| self.name.to_string())
     }
 
-    /// This model's settings as a derived model: its own, or empty ones on top of its base.
-    /// Copying or building on a model starts from this.
+    /// Default options: those the model file came with, under a made model's own.
+    pub fn default_parameters(&self) -> Map<String, Value> {
+        let mut merged = self.base.defaults.parameters.clone();
+        if let Some(derived) = &self.derived {
+            merged.extend(derived.parameters.clone());
+        }
+        merged
+    }
+
+    /// The system prompt used when a request has none: a made model's, else the one the model
+    /// file came with.
+    pub fn default_system(&self) -> Option<String> {
+        self.derived
+            .as_ref()
+            .and_then(|d| d.system.clone())
+            .or_else(|| self.base.defaults.system.clone())
+    }
+
+    /// This model's settings as a derived model: its own, or those its file came with on top
+    /// of its base. Copying or building on a model starts from this.
     pub fn to_derived(&self) -> DerivedModel {
         self.derived.clone().unwrap_or_else(|| DerivedModel {
             base: self.base.name.to_string(),
-            system: None,
+            system: self.base.defaults.system.clone(),
             template: None,
-            parameters: Map::new(),
+            parameters: self.base.defaults.parameters.clone(),
             messages: Vec::new(),
             license: None,
             modified_at: String::new(),

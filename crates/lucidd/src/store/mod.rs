@@ -21,6 +21,12 @@ pub mod pull;
 
 /// Media type of the layer that is the model's GGUF.
 pub const MODEL_LAYER: &str = "application/vnd.ollama.image.model";
+/// Media type of the layer of default options (a JSON object).
+pub const PARAMS_LAYER: &str = "application/vnd.ollama.image.params";
+/// Media type of the layer that is the default system prompt.
+pub const SYSTEM_LAYER: &str = "application/vnd.ollama.image.system";
+/// Largest `params` or `system` layer read.
+const MAX_SETTINGS_BYTES: u64 = 64 << 10;
 /// Media type of the layer that is a multimodal projector.
 pub const PROJECTOR_LAYER: &str = "application/vnd.ollama.image.projector";
 /// Largest manifest read: real ones are a few kB.
@@ -93,6 +99,8 @@ pub struct StoredModel {
     pub size: u64,
     /// The projector blob, for images.
     pub projector: Option<PathBuf>,
+    /// Its `params` and `system` layers.
+    pub defaults: crate::workers::ModelDefaults,
 }
 
 /// The models under `root` (none when it does not exist). A manifest that cannot be read,
@@ -152,12 +160,45 @@ fn read_model(root: &Path, name: &ModelName, path: &Path) -> Result<StoredModel,
     let model = manifest.layer(MODEL_LAYER).ok_or("it has no model layer")?;
     let gguf = blob(model)?;
     let projector = manifest.layer(PROJECTOR_LAYER).map(blob).transpose()?;
+    // Small settings layers; one that cannot be read is left out, with a warning.
+    let settings = |media_type: &str| -> Option<Vec<u8>> {
+        let layer = manifest.layer(media_type)?;
+        if layer.size > MAX_SETTINGS_BYTES {
+            tracing::warn!(%name, media_type, size = layer.size, "a settings layer is too large; left out");
+            return None;
+        }
+        let read = blob(layer).and_then(|path| std::fs::read(path).map_err(|e| e.to_string()));
+        read.map_err(|e| tracing::warn!(%name, media_type, error = %e, "a settings layer cannot be read; left out")).ok()
+    };
+    let parameters = settings(PARAMS_LAYER)
+        .and_then(|bytes| match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            // Options are scalars or lists of strings (`stop`); anything else is not one.
+            Ok(serde_json::Value::Object(map)) => Some(
+                map.into_iter()
+                    .filter(|(_, v)| match v {
+                        serde_json::Value::Array(items) => {
+                            items.iter().all(serde_json::Value::is_string)
+                        }
+                        serde_json::Value::Object(_) | serde_json::Value::Null => false,
+                        _ => true,
+                    })
+                    .take(64)
+                    .collect(),
+            ),
+            _ => {
+                tracing::warn!(%name, "the params layer is not a JSON object; left out");
+                None
+            }
+        })
+        .unwrap_or_default();
+    let system = settings(SYSTEM_LAYER).and_then(|bytes| String::from_utf8(bytes).ok());
     Ok(StoredModel {
         name: name.clone(),
         gguf,
         sha256: model.sha256_hex().unwrap_or_default().to_string(),
         size: model.size,
         projector,
+        defaults: crate::workers::ModelDefaults { parameters, system },
     })
 }
 

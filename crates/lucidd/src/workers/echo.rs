@@ -73,6 +73,7 @@ impl EchoWorker {
             modified_at: OffsetDateTime::now_utc(),
             problem: None,
             notes: Vec::new(),
+            defaults: Default::default(),
         };
         Self { identity, info }
     }

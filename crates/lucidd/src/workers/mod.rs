@@ -46,6 +46,18 @@ pub struct ModelInfo {
     /// What a person should know before using the model (e.g. that it has no chat template),
     /// shown by `/api/show` and logged at start.
     pub notes: Vec<String>,
+    /// Settings that come with the model file (an Ollama model's `params` and `system`
+    /// layers), applied where a request gives none.
+    pub defaults: ModelDefaults,
+}
+
+/// Settings a model comes with, under whatever a request or a made model sets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelDefaults {
+    /// Default options.
+    pub parameters: Map<String, Value>,
+    /// The system prompt used when a request has none.
+    pub system: Option<String>,
 }
 
 /// Something a model can do, as Ollama names it in `/api/show`.

@@ -8,9 +8,20 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
-/// Puts `gguf` in the store at `root` as model `model:tag` of the default registry.
-fn put(root: &Path, model: &str, tag: &str, gguf: &Path) -> String {
+/// Writes `bytes` as a blob of the store at `root`; its layer.
+fn put_blob(root: &Path, media_type: &str, bytes: &[u8]) -> Value {
+    let hex = hex::encode(Sha256::digest(bytes));
+    std::fs::create_dir_all(root.join("blobs")).expect("mkdir");
+    std::fs::write(root.join("blobs").join(format!("sha256-{hex}")), bytes).expect("write");
+    json!({"mediaType": media_type, "digest": format!("sha256:{hex}"), "size": bytes.len()})
+}
+
+/// Puts `gguf` in the store at `root` as model `model:tag` of the default registry, with
+/// default options `params`.
+fn put(root: &Path, model: &str, tag: &str, gguf: &Path, params: Value) -> String {
     let hex = hex::encode(Sha256::digest(std::fs::read(gguf).expect("read")));
+    let params =
+        put_blob(root, "application/vnd.ollama.image.params", params.to_string().as_bytes());
     let blobs = root.join("blobs");
     std::fs::create_dir_all(&blobs).expect("mkdir");
     let blob = blobs.join(format!("sha256-{hex}"));
@@ -24,6 +35,7 @@ fn put(root: &Path, model: &str, tag: &str, gguf: &Path) -> String {
         "layers": [
             {"mediaType": "application/vnd.ollama.image.model", "digest": format!("sha256:{hex}"), "size": size},
             {"mediaType": "application/vnd.ollama.image.license", "digest": format!("sha256:{}", "1".repeat(64)), "size": 3},
+            params,
         ],
     });
     let dir = root.join("manifests/registry.ollama.ai/library").join(model);
@@ -48,7 +60,8 @@ fn tags(listing: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ollama_store_is_served_in_place_and_watched() {
     let store = tempfile::tempdir().expect("tempdir");
-    let chat_hex = put(store.path(), "smollm2", "135m", &chat_model_file());
+    let chat_hex =
+        put(store.path(), "smollm2", "135m", &chat_model_file(), json!({"num_predict": 3}));
     let store_dir = store.path().to_str().expect("utf-8");
     let node =
         llama_node(tempfile::tempdir().expect("tempdir"), "gguf", &["--ollama-models", store_dir])
@@ -77,15 +90,31 @@ async fn an_ollama_store_is_served_in_place_and_watched() {
     let cid = phase_protocol::ContentId::from_sha256_hex(&chat_hex).expect("cid");
     assert_eq!(answer["receipt"]["body"]["served"], cid.to_string(), "{answer}");
 
+    // The options its params layer sets apply where the request sets none.
+    let short: Value = node
+        .post(
+            "/api/chat",
+            json!({"model": "smollm2:135m", "stream": false, "options": {"temperature": 0},
+                   "messages": [{"role": "user", "content": "Why is the sky blue?"}]}),
+        )
+        .send()
+        .await
+        .expect("chat")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(short["eval_count"], 3, "{short}");
+    assert_eq!(short["done_reason"], "length", "{short}");
+
     // A model Ollama adds while the node runs is served without a restart; one removed goes.
-    put(store.path(), "gemma3", "270m", &model_file());
+    put(store.path(), "gemma3", "270m", &model_file(), json!({}));
     node.wait_for_tags(&["gemma3:270m", "smollm2:135m"]).await;
     std::fs::remove_file(store.path().join("manifests/registry.ollama.ai/library/smollm2/135m"))
         .expect("remove");
     node.wait_for_tags(&["gemma3:270m"]).await;
     // The store is only read: nothing was written into it.
     let blobs = std::fs::read_dir(store.path().join("blobs")).expect("blobs").count();
-    assert_eq!(blobs, 2);
+    assert_eq!(blobs, 4, "two models and two params layers");
 }
 
 trait WaitForTags {

@@ -48,7 +48,7 @@ pub async fn chat(
     }
     let call_ids: Vec<Option<&str>> = call_ids.iter().map(Option::as_deref).collect();
     validate::name_tool_results(&mut messages, &call_ids);
-    if let Some(system) = model.derived.as_ref().and_then(|d| d.system.clone())
+    if let Some(system) = model.default_system()
         && messages.first().is_none_or(|m| m.role != "system")
     {
         messages.insert(0, ChatMessage::new("system", system));
@@ -101,7 +101,7 @@ pub async fn generate(
     if prompt.is_empty() {
         return Ok(load_only(&state, &model, keep_alive, &req.model, false));
     }
-    let system = req.system.or_else(|| model.derived.as_ref().and_then(|d| d.system.clone()));
+    let system = req.system.or_else(|| model.default_system());
     let spec = JobSpec::Inference(InferenceJob {
         model: model.base.name.to_string(),
         input: InferenceInput::Generate {

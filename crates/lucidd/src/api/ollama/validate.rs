@@ -81,7 +81,7 @@ pub fn options(
     model: &ResolvedModel,
     requested: Option<&Map<String, Value>>,
 ) -> Result<Map<String, Value>, ApiError> {
-    let mut merged = model.derived.as_ref().map(|d| d.parameters.clone()).unwrap_or_default();
+    let mut merged = model.default_parameters();
     for (key, value) in requested.into_iter().flatten() {
         if let Some((_, kind)) = KNOWN_OPTIONS.iter().find(|(k, _)| k == key) {
             let ok = match kind {

@@ -34,6 +34,8 @@ pub struct ModelFile {
     pub template: Option<TemplateOverride>,
     /// The multimodal projector (`NAME.mmproj.gguf`), for images.
     pub projector: Option<PathBuf>,
+    /// Settings that came with it (an Ollama store's `params` and `system` layers).
+    pub defaults: crate::workers::ModelDefaults,
 }
 
 impl ModelFile {
@@ -59,6 +61,8 @@ impl ModelFile {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (&self.name.to_string(), &self.sha256, &self.projector).hash(&mut hasher);
+        (self.defaults.system.as_deref(), serde_json::to_string(&self.defaults.parameters).ok())
+            .hash(&mut hasher);
         self.template.as_ref().map(|t| (&t.path, &t.text)).hash(&mut hasher);
         hasher.finish()
     }
@@ -112,6 +116,7 @@ fn from_store(stored: crate::store::StoredModel) -> ModelFile {
         metadata,
         template: None,
         projector: stored.projector,
+        defaults: stored.defaults,
     }
 }
 
@@ -174,6 +179,7 @@ fn scan_dir(dir: &Path, cache: &Path) -> std::io::Result<Vec<ModelFile>> {
             metadata,
             template,
             projector,
+            defaults: Default::default(),
         });
     }
     digests.retain(|path, _| path.exists());

@@ -402,6 +402,7 @@ fn model_info(file: &ModelFile) -> ModelInfo {
         modified_at,
         problem: file.metadata.as_ref().err().cloned(),
         notes: Vec::new(),
+        defaults: file.defaults.clone(),
     };
     if let Ok(meta) = &file.metadata {
         info.family = meta.architecture().unwrap_or("unknown").to_string();
