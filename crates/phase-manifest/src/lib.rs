@@ -29,6 +29,7 @@ pub mod canonical;
 mod content_id;
 mod hash;
 mod manifest;
+mod name_record;
 mod replay;
 
 pub use content_id::{ContentId, ContentIdError};
@@ -36,5 +37,9 @@ pub use hash::Sha256Hash;
 pub use manifest::{
     CLOCK_SKEW_MS, MANIFEST_DOMAIN, MANIFEST_VERSION, MAX_LIFETIME_MS, MAX_PAYLOAD_BYTES,
     ManifestError, ManifestTimes, NONCE_LEN, SignedManifest, VerifyLimits, unix_time_ms,
+};
+pub use name_record::{
+    DEFAULT_PIECE_SIZE, MAX_PIECE_SIZE, MAX_RECORD_BYTES, MIN_PIECE_SIZE, NAME_RECORD_DOMAIN,
+    NAME_RECORD_VERSION, NameRecord, NameRecordError, NamedFile, piece_list,
 };
 pub use replay::{ReplayError, ReplayGuard};

@@ -272,3 +272,51 @@ fn committed_vectors_verify_on_their_own() {
     let derived = NodeIdentity::from_seed(hex_field(&id, "seed").try_into().expect("32")).peer_id();
     assert_eq!(derived.to_string(), id["peer_id"].as_str().expect("str"));
 }
+
+const PUBLISHER_SEED: [u8; 32] = [0x03; 32];
+
+/// A name record over a small file of 3 pieces of 64 KiB (the last one short).
+fn name_record() -> (phase_manifest::NameRecord, Vec<u8>, Vec<u8>) {
+    let file: Vec<u8> =
+        (0..(2 * phase_manifest::MIN_PIECE_SIZE + 100) as u32).map(|i| (i % 251) as u8).collect();
+    let (list, cid, size) =
+        phase_manifest::piece_list(&file[..], phase_manifest::MIN_PIECE_SIZE).expect("read");
+    let named = phase_manifest::NamedFile {
+        cid,
+        size,
+        piece_size: phase_manifest::MIN_PIECE_SIZE,
+        pieces: ContentId::for_bytes(&list),
+        format: "gguf".into(),
+        quantization: "Q4_K_M".into(),
+        license: "gemma".into(),
+    };
+    let publisher = NodeIdentity::from_seed(PUBLISHER_SEED);
+    let record = phase_manifest::NameRecord::sign(&publisher, "gemma3:270m", 1, ISSUED_AT, named)
+        .expect("sign");
+    (record, file, list)
+}
+
+#[test]
+fn name_record_vector() {
+    let (record, file, list) = name_record();
+    check_vector(
+        "name_record.json",
+        &json!({
+            "publisher_seed": hex::encode(PUBLISHER_SEED),
+            "domain": std::str::from_utf8(phase_manifest::NAME_RECORD_DOMAIN).expect("ascii"),
+            "file_rule": "byte i of the file is i mod 251",
+            "file_size": file.len(),
+            "file_sha256": hex::encode(Sha256::digest(&file)),
+            "piece_list": hex::encode(&list),
+            "signed_bytes": hex::encode(record.signed_bytes().expect("body")),
+            "signature": hex::encode(record.signature.0),
+            "wire_cbor": hex::encode(record.to_cbor().expect("cbor")),
+            "json": serde_json::to_value(&record).expect("json"),
+        }),
+    );
+    let wire = hex_field(&load("name_record.json"), "wire_cbor");
+    let decoded =
+        phase_manifest::NameRecord::from_cbor(&wire).expect("the committed record verifies");
+    assert_eq!(decoded, record);
+    assert_eq!(decoded.piece_count(), 3);
+}
