@@ -36,7 +36,7 @@ impl Behaviour {
             peer_id,
             kad::store::MemoryStoreConfig {
                 max_records: 1024,
-                max_value_bytes: 4096,
+                max_value_bytes: crate::MAX_RECORD_VALUE_BYTES,
                 max_providers_per_key: 64,
                 max_provided_keys: 4096,
             },

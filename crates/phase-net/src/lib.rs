@@ -38,6 +38,9 @@ mod swarm;
 pub mod testing;
 pub mod wire;
 
+/// Largest value a DHT record may hold (a signed name record is a few hundred bytes).
+pub const MAX_RECORD_VALUE_BYTES: usize = 8 << 10;
+
 pub use admission::{Admission, AdmissionRequest, AdmissionTicket, SignerAllowlist};
 pub use config::{NetConfig, RelayLimits};
 pub use keys::{ModelKey, libp2p_keypair, to_libp2p_peer_id, to_phase_peer_id};

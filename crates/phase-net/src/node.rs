@@ -217,6 +217,8 @@ impl Network {
             provided: BTreeSet::new(),
             reprovide_at: None,
             lookups: HashMap::new(),
+            puts: HashMap::new(),
+            record_lookups: HashMap::new(),
             bootstrap: bootstrap_peers,
             max_frame: config.relay.max_frame_bytes,
             joined: false,
@@ -453,6 +455,48 @@ impl Network {
         };
         let _ = tokio::time::timeout(deadline, collect).await;
         providers
+    }
+
+    /// Stores `value` under `key` in the DHT (here and at the closest peers). Values are at
+    /// most [`MAX_RECORD_VALUE_BYTES`](crate::MAX_RECORD_VALUE_BYTES); whoever reads them
+    /// checks them (anyone can store anything under any key).
+    pub async fn put_record(&self, key: &[u8], value: Vec<u8>) -> Result<(), String> {
+        if value.len() > crate::MAX_RECORD_VALUE_BYTES {
+            return Err(format!(
+                "{} bytes is over the record limit of {}",
+                value.len(),
+                crate::MAX_RECORD_VALUE_BYTES
+            ));
+        }
+        let (done, rx) = tokio::sync::oneshot::channel();
+        let key = libp2p::kad::RecordKey::new(&key);
+        self.inner
+            .commands
+            .send(Command::PutRecord { key, value, done })
+            .map_err(|_| "the node has stopped".to_string())?;
+        tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .map_err(|_| "storing the record timed out".to_string())?
+            .map_err(|_| "the node has stopped".to_string())?
+    }
+
+    /// The distinct values stored under `key` in the DHT, as found within `deadline`.
+    pub async fn get_records(&self, key: &[u8], deadline: Duration) -> Vec<Vec<u8>> {
+        let (found, mut rx) = mpsc::unbounded_channel();
+        let key = libp2p::kad::RecordKey::new(&key);
+        if self.inner.commands.send(Command::GetRecords { key, found }).is_err() {
+            return Vec::new();
+        }
+        let mut values = Vec::new();
+        let collect = async {
+            while let Some(value) = rx.recv().await {
+                if !values.contains(&value) {
+                    values.push(value);
+                }
+            }
+        };
+        let _ = tokio::time::timeout(deadline, collect).await;
+        values
     }
 
     /// Connected peers whose catalog lists `model` (`name:tag`).

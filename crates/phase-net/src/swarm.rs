@@ -52,7 +52,19 @@ impl Shared {
 
 pub(crate) enum Command {
     Provide(BTreeSet<ModelKey>),
-    FindProviders { key: RecordKey, found: mpsc::UnboundedSender<PeerId> },
+    FindProviders {
+        key: RecordKey,
+        found: mpsc::UnboundedSender<PeerId>,
+    },
+    PutRecord {
+        key: RecordKey,
+        value: Vec<u8>,
+        done: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
+    GetRecords {
+        key: RecordKey,
+        found: mpsc::UnboundedSender<Vec<u8>>,
+    },
     Dial(Multiaddr),
     DialPeer(PeerId),
 }
@@ -82,6 +94,10 @@ pub(crate) struct SwarmTask {
     /// new peer), a moment later so a burst of such events announces once.
     pub reprovide_at: Option<tokio::time::Instant>,
     pub lookups: HashMap<QueryId, mpsc::UnboundedSender<PeerId>>,
+    /// Record publications waiting for their outcome.
+    pub puts: HashMap<QueryId, tokio::sync::oneshot::Sender<Result<(), String>>>,
+    /// Record lookups and where their values go.
+    pub record_lookups: HashMap<QueryId, mpsc::UnboundedSender<Vec<u8>>>,
     pub bootstrap: Vec<Multiaddr>,
     pub max_frame: usize,
     /// Whether the DHT was bootstrapped since start.
@@ -146,6 +162,27 @@ impl SwarmTask {
             Command::FindProviders { key, found } => {
                 let id = self.swarm.behaviour_mut().kad.get_providers(key);
                 self.lookups.insert(id, found);
+            }
+            Command::PutRecord { key, value, done } => {
+                let record = kad::Record::new(key, value);
+                match self.swarm.behaviour_mut().kad.put_record(record, kad::Quorum::One) {
+                    Ok(id) => {
+                        self.puts.insert(id, done);
+                    }
+                    Err(e) => {
+                        let _ = done.send(Err(format!("cannot store the record: {e:?}")));
+                    }
+                }
+            }
+            Command::GetRecords { key, found } => {
+                // This node's own copy first: a lookup asks only other nodes.
+                if let Some(record) =
+                    kad::store::RecordStore::get(self.swarm.behaviour_mut().kad.store_mut(), &key)
+                {
+                    let _ = found.send(record.value.clone());
+                }
+                let id = self.swarm.behaviour_mut().kad.get_record(key);
+                self.record_lookups.insert(id, found);
             }
             Command::Dial(addr) => self.dial(addr),
             Command::DialPeer(peer) => {
@@ -308,6 +345,38 @@ impl SwarmTask {
                 }
                 if step.last {
                     self.lookups.remove(&id);
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: QueryResult::PutRecord(result),
+                step,
+                ..
+            }) => {
+                if step.last
+                    && let Some(done) = self.puts.remove(&id)
+                {
+                    // Stored here in any case; with no peer reachable yet it spreads when
+                    // Kademlia republishes it.
+                    let _ = done.send(result.map(|_| ()).or_else(|e| match e {
+                        kad::PutRecordError::QuorumFailed { .. } => Ok(()),
+                        other => Err(format!("{other:?}")),
+                    }));
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: QueryResult::GetRecord(result),
+                step,
+                ..
+            }) => {
+                if let Ok(kad::GetRecordOk::FoundRecord(found)) = result
+                    && let Some(tx) = self.record_lookups.get(&id)
+                {
+                    let _ = tx.send(found.record.value);
+                }
+                if step.last {
+                    self.record_lookups.remove(&id);
                 }
             }
             BehaviourEvent::Kad(kad::Event::RoutingUpdated { is_new_peer: true, .. }) => {

@@ -634,3 +634,28 @@ async fn blob_ranges_arrive_exactly_and_bad_ranges_are_refused() {
     let huge = client.fetch_range(to, &ask(0, MAX_RANGE_BYTES + 1)).await.expect_err("too long");
     assert!(matches!(huge, BlobError::Refused(_)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_stored_by_one_node_are_found_by_another() {
+    let server = server(SignerAllowlist::deny_all()).await;
+    let (writer, _) = client(vec![server.addr.clone()]).await;
+    let (reader, _) = client(vec![server.addr.clone()]).await;
+    let key = b"/phase/name/test:latest/publisher";
+    // Once the writer has joined the DHT, the record reaches the others.
+    wait_for("a stored record", async || {
+        writer.put_record(key, b"signed bytes".to_vec()).await.ok()
+    })
+    .await;
+    let found = wait_for("a found record", async || {
+        let values = reader.get_records(key, Duration::from_secs(2)).await;
+        (!values.is_empty()).then_some(values)
+    })
+    .await;
+    assert_eq!(found, vec![b"signed bytes".to_vec()]);
+    assert!(
+        reader.get_records(b"/phase/name/nothing", Duration::from_millis(500)).await.is_empty()
+    );
+    let too_big = vec![0u8; phase_net::MAX_RECORD_VALUE_BYTES + 1];
+    let refused = writer.put_record(key, too_big).await.expect_err("over the limit");
+    assert!(refused.contains("limit"), "{refused}");
+}
