@@ -72,6 +72,16 @@ pub enum Command {
         #[command(flatten)]
         node: NodeArg,
     },
+    /// Publish a model name: the running node signs a record that NAME means its model file
+    /// (content id, size, and the hashes of its 4 MiB pieces) and stores it in the DHT, so
+    /// peers that trust this node's key can pull the file from anyone and check every piece.
+    Publish {
+        /// A model this node serves from a file.
+        name: String,
+        /// The node that publishes.
+        #[command(flatten)]
+        node: NodeArg,
+    },
     /// Show a running node's peers: latency, standing (from checks of their answers) and
     /// whether it still sends them jobs, and their models.
     Peers {

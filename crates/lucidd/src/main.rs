@@ -34,6 +34,7 @@ fn main() -> ExitCode {
             lucidd::node_cli::verify_proof(&file, &node.host)
         }
         Some(Command::Peers { node }) => lucidd::node_cli::peers(&node.host),
+        Some(Command::Publish { name, node }) => lucidd::node_cli::publish(&name, &node.host),
         Some(Command::Pull { name, insecure, node }) => {
             lucidd::node_cli::pull(&name, insecure, &node.host)
         }

@@ -1,5 +1,5 @@
 //! Commands that ask a running node (`OLLAMA_HOST`) over its HTTP API: `lucidd verify-proof`,
-//! `lucidd peers` and `lucidd pull`.
+//! `lucidd peers`, `lucidd pull` and `lucidd publish`.
 
 use anyhow::{Context, bail};
 use serde_json::Value;
@@ -132,6 +132,30 @@ pub fn pull(name: &str, insecure: bool, host: &str) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// `lucidd publish NAME`: the node signs a name record for its model and stores it in the DHT.
+pub fn publish(name: &str, host: &str) -> anyhow::Result<()> {
+    let body = serde_json::to_vec(&serde_json::json!({"model": name}))?;
+    let (status, answer) = ask(host, "/api/phase/publish", Some(body))?;
+    if let Some(error) = answer["error"].as_str() {
+        bail!("{error}");
+    }
+    if !(200..300).contains(&status) {
+        bail!("the node answered {status}: {answer}");
+    }
+    let record = &answer["record"];
+    let file = &record["file"];
+    println!(
+        "published {}: {} ({} bytes in pieces of {} bytes, piece list {}), signed by {}",
+        record["name"].as_str().unwrap_or("?"),
+        file["cid"].as_str().unwrap_or("?"),
+        file["size"],
+        file["piece_size"],
+        file["pieces"].as_str().unwrap_or("?"),
+        record["publisher"].as_str().unwrap_or("?"),
+    );
+    Ok(())
 }
 
 /// The peers as a table a person reads.

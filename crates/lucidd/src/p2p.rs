@@ -47,15 +47,20 @@ pub struct Serving {
     pub policy: PolicyHandle,
     /// Where power and temperature are read.
     pub sensors: Sensors,
+    /// Piece lists of the names this node published, which peers may fetch too.
+    pub piece_lists: Arc<crate::store::publish::PieceLists>,
 }
 
 /// The model files peers may fetch by content id (`/phase/blob/1`): exactly those of the
 /// models this node offers them (its catalog under the policy), never other blobs it holds,
 /// such as uploads.
-struct OfferedModelFiles(Arc<LocalService>);
+struct OfferedModelFiles(Arc<LocalService>, Arc<crate::store::publish::PieceLists>);
 
 impl phase_net::blob::BlobSource for OfferedModelFiles {
     fn locate(&self, cid: &str) -> Option<(std::path::PathBuf, u64)> {
+        if let Some(list) = self.1.locate(cid) {
+            return Some(list);
+        }
         if !self.0.catalog().iter().any(|e| e.cid == cid) {
             return None;
         }
@@ -204,6 +209,7 @@ pub async fn start(
         || !policy.allowed_signers.is_empty()
         || !policy.grants.is_empty();
     let admission = PolicyAdmission::new(serving.policy.clone(), admission, serving.sensors);
+    let serving_lists = Arc::clone(&serving.piece_lists);
     let local = Arc::new(LocalService {
         catalog: serving.catalog,
         workers: serving.workers,
@@ -250,7 +256,7 @@ pub async fn start(
     if args.no_share_models {
         tracing::info!("p2p: not sharing model files with peers (--no-share-models)");
     } else {
-        network.serve_blobs(Arc::new(OfferedModelFiles(local)));
+        network.serve_blobs(Arc::new(OfferedModelFiles(local, serving_lists)));
     }
     for addr in network.wait_listening(Duration::from_secs(5)).await {
         tracing::info!("p2p: reach this node at {addr}");

@@ -156,7 +156,9 @@ pub async fn start_with_workers(
             touched.touch();
         }
     });
+    let piece_lists = Arc::new(crate::store::publish::PieceLists::default());
     let serving = crate::p2p::Serving {
+        piece_lists: Arc::clone(&piece_lists),
         catalog: catalog.clone(),
         workers: registry.workers().clone(),
         receipts: receipts.clone(),
@@ -206,6 +208,7 @@ pub async fn start_with_workers(
     let state = Arc::new(AppState {
         checks: crate::spot_check::log::CheckLog::new(&data_dir.join("receipts")),
         puller,
+        piece_lists: Arc::clone(&piece_lists),
         spot_checker,
         proofs,
         reputation,

@@ -79,6 +79,8 @@ pub struct AppState {
     pub checks: crate::spot_check::log::CheckLog,
     /// Pulls models from registries into this node's store (with a worker that loads them).
     pub puller: Option<std::sync::Arc<crate::store::pull::Puller>>,
+    /// Piece lists of the names this node published, served to peers by CID.
+    pub piece_lists: std::sync::Arc<crate::store::publish::PieceLists>,
 }
 
 /// How a request wants its answer routed and checked.

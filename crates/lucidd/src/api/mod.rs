@@ -17,7 +17,7 @@ use axum::routing::{get, head, post};
 use std::sync::Arc;
 
 use crate::state::AppState;
-use ollama::{blobs, embed, inference, models, proofs, pull};
+use ollama::{blobs, embed, inference, models, proofs, publish, pull};
 
 /// Largest blob upload (a model file).
 pub const MAX_BLOB_BYTES: usize = 64 * 1024 * 1024 * 1024;
@@ -47,6 +47,7 @@ pub fn router(state: Arc<AppState>, guard: guard::GuardConfig) -> Router {
         .route("/api/phase/network", get(models::network))
         .route("/api/phase/policy", get(models::policy))
         .route("/api/phase/proofs/verify", post(proofs::verify))
+        .route("/api/phase/publish", post(publish::publish))
         .route("/api/show", post(models::show))
         .route("/api/copy", post(models::copy))
         .route("/api/delete", axum::routing::delete(models::delete))

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use crate::names::ModelName;
 
 mod parts;
+pub mod publish;
 pub mod pull;
 
 /// Media type of the layer that is the model's GGUF.

@@ -401,3 +401,56 @@ async fn a_node_shares_the_files_of_the_models_it_offers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `lucidd publish` signs a record that the name means the node's file and stores it in the
+/// DHT; anyone finds it under the publisher's key, it verifies, and the piece list it commits
+/// to is fetched from the node by its CID and matches the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_name_record_is_found_verified_and_its_pieces_match_the_file() {
+    use phase_net::blob::RangeRequest;
+    let a = crate::spot_checks::chat_node(tempfile::tempdir().expect("tempdir"), &[]).await;
+    let (net, a_id) = net_client(&a).await;
+    let host = a.http.trim_start_matches("http://").to_string();
+    let cli = Command::new(crate::nodes::LUCIDD)
+        .args(["publish", "smollm2", "--host", &host])
+        .output()
+        .expect("lucidd publish");
+    let shown = String::from_utf8_lossy(&cli.stdout);
+    assert!(cli.status.success(), "{shown}{}", String::from_utf8_lossy(&cli.stderr));
+    let file = std::fs::read(crate::harness::chat_model_file()).expect("read");
+    let cid = phase_protocol::ContentId::for_bytes(&file);
+    assert!(shown.contains(&cid.to_string()), "{shown}");
+
+    let publisher = phase_identity::NodeIdentity::load(&a.dir.path().join("identity.key"))
+        .map(|id| id.public_key());
+    let publisher = publisher.expect("the node's key");
+    let key = lucidd::store::publish::record_key("smollm2:latest", &publisher);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let values = loop {
+        let values = net.get_records(&key, Duration::from_secs(2)).await;
+        if !values.is_empty() {
+            break values;
+        }
+        assert!(Instant::now() < deadline, "no record found");
+    };
+    let record = phase_manifest::NameRecord::from_cbor(&values[0]).expect("a record that verifies");
+    assert_eq!(record.publisher, publisher);
+    assert_eq!(record.file.cid, cid);
+    assert_eq!(record.file.size, file.len() as u64);
+    let (list, _, _) =
+        phase_manifest::piece_list(&file[..], record.file.piece_size).expect("pieces");
+    let fetched = net
+        .fetch_range(
+            a_id,
+            &RangeRequest {
+                cid: record.file.pieces.to_string(),
+                offset: 0,
+                length: list.len() as u64,
+            },
+        )
+        .await
+        .expect("the piece list, from the node");
+    assert_eq!(phase_protocol::ContentId::for_bytes(&fetched), record.file.pieces);
+    assert_eq!(fetched, list);
+    assert_eq!(record.piece_count() as usize * 32, list.len());
+}

@@ -5,6 +5,7 @@ pub mod embed;
 pub mod inference;
 pub mod models;
 pub mod proofs;
+pub mod publish;
 pub mod pull;
 pub mod requests;
 pub mod validate;

@@ -1,0 +1,57 @@
+//! `POST /api/phase/publish` (a Phase extension): signs a name record for one of this node's
+//! models and stores it in the DHT, for `lucidd publish`. Answers the record (JSON form).
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+use super::requests::NamedRequest;
+use super::validate;
+use crate::api::body::JsonBody;
+use crate::api::error::ApiError;
+use crate::state::AppState;
+use crate::store::publish::{FileFacts, record_key, sign_record};
+
+/// Publishes the model the request names; 404 for a model this node has no file of, 503
+/// without the network.
+pub async fn publish(
+    State(state): State<Arc<AppState>>,
+    JsonBody(req): JsonBody<NamedRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let asked = req.model_name().to_string();
+    let name = validate::model_name(&asked)?;
+    let Some(network) = state.network.clone() else {
+        return Err(ApiError {
+            status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            message: "this node runs without p2p (--no-p2p): there is no DHT to publish to".into(),
+        });
+    };
+    let model = state.registry.resolve(&name).filter(|m| !m.remote && m.derived.is_none());
+    let file = model.as_ref().and_then(|m| state.registry.workers().file_for(&m.base.digest));
+    let (Some(model), Some((path, _))) = (model, file) else {
+        return Err(ApiError::model_not_found(&asked));
+    };
+    let Some(puller) = state.puller.clone() else {
+        return Err(ApiError::internal("this node has no model store to keep the piece list in"));
+    };
+    let identity = state.identity.clone();
+    let lists = Arc::clone(&state.piece_lists);
+    let shown = name.to_string();
+    let (format, quantization) = (model.base.format.clone(), model.base.quantization_level.clone());
+    let record = tokio::task::spawn_blocking(move || {
+        let facts = FileFacts { path: &path, format: &format, quantization: &quantization };
+        let now = phase_manifest::unix_time_ms();
+        sign_record(puller.root(), &lists, &identity, &shown, facts, now)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(ApiError::internal)?;
+    let wire = record.to_cbor().map_err(|e| ApiError::internal(e.to_string()))?;
+    network
+        .put_record(&record_key(&record.name, &record.publisher), wire)
+        .await
+        .map_err(|e| ApiError::internal(format!("storing the record in the DHT: {e}")))?;
+    tracing::info!(name = %record.name, cid = %record.file.cid, "published a name record");
+    Ok(Json(json!({"status": "success", "record": record})))
+}

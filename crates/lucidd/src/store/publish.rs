@@ -1,0 +1,81 @@
+//! Publishing a model name: this node signs a [`NameRecord`] that the name means one of its
+//! model files (CID, size, and the CID of its piece list), keeps the piece list as a blob so
+//! peers can fetch it by that CID, and stores the record in the DHT under
+//! `/phase/name/<name>/<publisher>` (SPEC §12).
+
+use parking_lot::Mutex;
+use phase_identity::NodeIdentity;
+use phase_manifest::{DEFAULT_PIECE_SIZE, NameRecord, NamedFile};
+use phase_protocol::ContentId;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::blob_path;
+
+/// The DHT key of `publisher`'s record for `name`.
+pub fn record_key(name: &str, publisher: &phase_identity::PublicKey) -> Vec<u8> {
+    format!("/phase/name/{name}/{}", hex::encode(publisher.to_bytes())).into_bytes()
+}
+
+/// Piece lists this node published, by their CID: peers fetch them over `/phase/blob/1`.
+#[derive(Default)]
+pub struct PieceLists(Mutex<HashMap<String, (PathBuf, u64)>>);
+
+impl PieceLists {
+    /// The file of a published piece list, by its CID.
+    pub fn locate(&self, cid: &str) -> Option<(PathBuf, u64)> {
+        self.0.lock().get(cid).cloned()
+    }
+
+    fn add(&self, cid: &ContentId, path: PathBuf, len: u64) {
+        self.0.lock().insert(cid.to_string(), (path, len));
+    }
+}
+
+/// What the model file is, for the record.
+pub struct FileFacts<'a> {
+    /// The model file.
+    pub path: &'a Path,
+    /// `gguf`.
+    pub format: &'a str,
+    /// `Q4_K_M`, or empty.
+    pub quantization: &'a str,
+}
+
+/// Reads `facts.path` once for its pieces, writes the piece list into the store at `root`,
+/// and signs `name`'s record with `identity`. Blocking (it reads the whole file).
+pub fn sign_record(
+    root: &Path,
+    lists: &PieceLists,
+    identity: &NodeIdentity,
+    name: &str,
+    facts: FileFacts<'_>,
+    now_ms: u64,
+) -> Result<NameRecord, String> {
+    let file = std::fs::File::open(facts.path)
+        .map_err(|e| format!("reading {}: {e}", facts.path.display()))?;
+    let (list, cid, size) =
+        phase_manifest::piece_list(std::io::BufReader::new(file), DEFAULT_PIECE_SIZE)
+            .map_err(|e| format!("reading {}: {e}", facts.path.display()))?;
+    let pieces = ContentId::for_bytes(&list);
+    let path = blob_path(root, &pieces.sha256_hex());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &list)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("writing the piece list {}: {e}", path.display()))?;
+    lists.add(&pieces, path, list.len() as u64);
+    let named = NamedFile {
+        cid,
+        size,
+        piece_size: DEFAULT_PIECE_SIZE,
+        pieces,
+        format: facts.format.to_string(),
+        quantization: facts.quantization.to_string(),
+        license: String::new(),
+    };
+    // The signing time orders a publisher's records for a name: a later one wins.
+    NameRecord::sign(identity, name, now_ms, now_ms, named).map_err(|e| e.to_string())
+}
