@@ -48,6 +48,7 @@ pub fn router(state: Arc<AppState>, guard: guard::GuardConfig) -> Router {
         .route("/api/phase/policy", get(models::policy))
         .route("/api/phase/proofs/verify", post(proofs::verify))
         .route("/api/phase/publish", post(publish::publish))
+        .route("/api/phase/resolve", post(publish::resolve))
         .route("/api/show", post(models::show))
         .route("/api/copy", post(models::copy))
         .route("/api/delete", axum::routing::delete(models::delete))

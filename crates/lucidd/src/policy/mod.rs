@@ -27,6 +27,10 @@ serve_models = ["*"]
 # "*" (written explicitly) means anybody. --allow-signer adds to this list.
 allowed_signers = []
 
+# Publishers whose name records this node accepts when it resolves a model name through the
+# DHT (PeerIds or hex Ed25519 public keys). This node's own key is always trusted.
+trusted_publishers = []
+
 # Stop serving others now (jobs already running finish).
 manual_pause = false
 
@@ -83,6 +87,8 @@ pub struct Policy {
     pub serve_models: Vec<Spanned<String>>,
     /// Signers allowed to send jobs (PeerIds, hex keys, or `*`).
     pub allowed_signers: Vec<Spanned<String>>,
+    /// Publishers whose name records are accepted (PeerIds or hex keys).
+    pub trusted_publishers: Vec<Spanned<String>>,
     /// Serving others is paused by hand.
     pub manual_pause: bool,
     /// This node's prompts never leave it.
@@ -169,6 +175,7 @@ impl Default for Policy {
         Self {
             serve_models: vec![Spanned::new(0..0, "*".to_string())],
             allowed_signers: Vec::new(),
+            trusted_publishers: Vec::new(),
             manual_pause: false,
             local_only: false,
             max_concurrent_remote_jobs: 2,
@@ -275,6 +282,19 @@ impl Policy {
                     .map_err(|e| at("allowed_signers", signer.span(), e))?;
             }
         }
+        for publisher in &self.trusted_publishers {
+            match parse_signer(publisher.get_ref()) {
+                Ok(peer) if peer.ed25519_public_key().is_some() => {}
+                Ok(_) => {
+                    return Err(at(
+                        "trusted_publishers",
+                        publisher.span(),
+                        format!("{:?} does not carry an Ed25519 key", publisher.get_ref()),
+                    ));
+                }
+                Err(e) => return Err(at("trusted_publishers", publisher.span(), e)),
+            }
+        }
         for grant in &self.grants {
             parse_signer(grant.signer.get_ref())
                 .map_err(|e| at("grant.signer", grant.signer.span(), e))?;
@@ -329,6 +349,14 @@ impl Policy {
                 .allowed_signers
                 .iter()
                 .any(|s| parse_signer(s.get_ref()).is_ok_and(|p| &p == signer))
+    }
+
+    /// The keys of the publishers whose name records are accepted (without this node's own).
+    pub fn trusted_publishers(&self) -> Vec<phase_identity::PublicKey> {
+        self.trusted_publishers
+            .iter()
+            .filter_map(|p| parse_signer(p.get_ref()).ok()?.ed25519_public_key())
+            .collect()
     }
 
     /// Whether others may use `model` (`name:tag`).

@@ -79,3 +79,25 @@ pub fn sign_record(
     // The signing time orders a publisher's records for a name: a later one wins.
     NameRecord::sign(identity, name, now_ms, now_ms, named).map_err(|e| e.to_string())
 }
+
+/// The name record for `name` from the trusted publisher with the highest sequence, found in
+/// the DHT within `deadline`. Every value is checked: it must decode, verify, and be the
+/// publisher's record for this name; anything else under the key is ignored.
+pub async fn resolve(
+    network: &phase_net::Network,
+    name: &str,
+    trusted: &[phase_identity::PublicKey],
+    deadline: std::time::Duration,
+) -> Option<NameRecord> {
+    let lookups = trusted.iter().map(|publisher| async move {
+        let key = record_key(name, publisher);
+        network
+            .get_records(&key, deadline)
+            .await
+            .into_iter()
+            .filter_map(|bytes| NameRecord::from_cbor(&bytes).ok())
+            .filter(|r| &r.publisher == publisher && r.name == name)
+            .collect::<Vec<_>>()
+    });
+    futures::future::join_all(lookups).await.into_iter().flatten().max_by_key(|r| r.sequence)
+}

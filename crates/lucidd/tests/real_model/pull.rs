@@ -454,3 +454,42 @@ async fn a_published_name_record_is_found_verified_and_its_pieces_match_the_file
     assert_eq!(fetched, list);
     assert_eq!(record.piece_count() as usize * 32, list.len());
 }
+
+/// A name resolves only by the records of publishers the node trusts: A's record is ignored by
+/// B until B's policy lists A, then it resolves to A's file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_resolves_only_by_a_trusted_publishers_record() {
+    let a = crate::spot_checks::chat_node(tempfile::tempdir().expect("tempdir"), &[]).await;
+    let published =
+        a.post("/api/phase/publish", json!({"model": "smollm2"})).send().await.expect("publish");
+    assert_eq!(published.status(), 200);
+    let b_dir = tempfile::tempdir().expect("tempdir");
+    let policy = b_dir.path().join("policy.toml");
+    let a_addr = a.tcp_addr().await;
+    let b = Node::start(b_dir, &["--no-workers", "--bootstrap-peer", &a_addr]).await;
+    let resolve = || b.post("/api/phase/resolve", json!({"model": "smollm2"})).send();
+    let untrusted = resolve().await.expect("resolve");
+    assert_eq!(untrusted.status(), 404);
+    let error: Value = untrusted.json().await.expect("json");
+    assert!(error["error"].as_str().expect("error").contains("trusted_publishers"), "{error}");
+
+    let text = std::fs::read_to_string(&policy).expect("B wrote its default policy");
+    let text = text
+        .replace("trusted_publishers = []", &format!("trusted_publishers = [\"{}\"]", a.peer_id()));
+    std::fs::write(&policy, text).expect("trust A");
+    let cid = phase_protocol::ContentId::for_bytes(
+        &std::fs::read(crate::harness::chat_model_file()).expect("read"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = resolve().await.expect("resolve");
+        if answer.status() == 200 {
+            let body: Value = answer.json().await.expect("json");
+            assert_eq!(body["record"]["file"]["cid"], cid.to_string(), "{body}");
+            assert_eq!(body["record"]["name"], "smollm2:latest");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never resolved once A was trusted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

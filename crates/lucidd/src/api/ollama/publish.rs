@@ -1,5 +1,7 @@
 //! `POST /api/phase/publish` (a Phase extension): signs a name record for one of this node's
 //! models and stores it in the DHT, for `lucidd publish`. Answers the record (JSON form).
+//! `POST /api/phase/resolve`: what a model name means by the records of the publishers this
+//! node trusts (its own key and the policy's `trusted_publishers`).
 
 use axum::Json;
 use axum::extract::State;
@@ -11,7 +13,7 @@ use super::validate;
 use crate::api::body::JsonBody;
 use crate::api::error::ApiError;
 use crate::state::AppState;
-use crate::store::publish::{FileFacts, record_key, sign_record};
+use crate::store::publish::{FileFacts, record_key, resolve as resolve_name, sign_record};
 
 /// Publishes the model the request names; 404 for a model this node has no file of, 503
 /// without the network.
@@ -54,4 +56,34 @@ pub async fn publish(
         .map_err(|e| ApiError::internal(format!("storing the record in the DHT: {e}")))?;
     tracing::info!(name = %record.name, cid = %record.file.cid, "published a name record");
     Ok(Json(json!({"status": "success", "record": record})))
+}
+
+/// How long a resolution waits for the DHT.
+const RESOLVE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Resolves the name the request gives; 404 when no trusted publisher has a record for it.
+pub async fn resolve(
+    State(state): State<Arc<AppState>>,
+    JsonBody(req): JsonBody<NamedRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let asked = req.model_name().to_string();
+    let name = validate::model_name(&asked)?.to_string();
+    let Some(network) = state.network.clone() else {
+        return Err(ApiError {
+            status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            message: "this node runs without p2p (--no-p2p): there is no DHT to resolve names in"
+                .into(),
+        });
+    };
+    let mut trusted = vec![state.identity.public_key()];
+    trusted.extend(state.policy.current().trusted_publishers());
+    match resolve_name(&network, &name, &trusted, RESOLVE_DEADLINE).await {
+        Some(record) => Ok(Json(json!({"record": record}))),
+        None => Err(ApiError {
+            status: axum::http::StatusCode::NOT_FOUND,
+            message: format!(
+                "no publisher this node trusts has a record for {name} (records of others are ignored: add a publisher to trusted_publishers in policy.toml)"
+            ),
+        }),
+    }
 }
