@@ -85,6 +85,9 @@ pub enum BlobError {
     /// The peer sent fewer bytes than it promised, or other bytes than asked.
     #[error("{0}")]
     Broken(String),
+    /// The stream closed before any answer (asked again by `fetch_range`).
+    #[error("the stream closed unanswered: {0}")]
+    Unanswered(String),
     /// Nothing moved for [`STALL`].
     #[error("no bytes for {} s", STALL.as_secs())]
     Stalled,
@@ -208,8 +211,33 @@ async fn send_file(
     stream.flush().await
 }
 
-/// Fetches `length` bytes at `offset` of blob `cid` from `peer`.
+/// Tries to ask before a range fails for want of an answer.
+const ASKS: u32 = 3;
+
+/// Fetches `length` bytes at `offset` of blob `cid` from `peer`. A stream that closes before
+/// any answer is asked again (a burst of streams can find the peer's acceptor queue full, and
+/// libp2p drops such a stream unanswered; or the stream's connection was a duplicate being
+/// closed), at most [`ASKS`] times.
 pub(crate) async fn fetch_range(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    request: &RangeRequest,
+) -> Result<Vec<u8>, BlobError> {
+    let mut asked = 1;
+    loop {
+        match fetch_once(control, peer, request).await {
+            Err(BlobError::Unanswered(reason)) if asked < ASKS => {
+                tracing::debug!(%peer, %reason, "a blob range went unanswered; asking again");
+                tokio::time::sleep(Duration::from_millis(20 << asked)).await;
+                asked += 1;
+            }
+            Err(BlobError::Unanswered(reason)) => return Err(BlobError::Stream(reason)),
+            other => return other,
+        }
+    }
+}
+
+async fn fetch_once(
     control: &mut libp2p_stream::Control,
     peer: PeerId,
     request: &RangeRequest,
@@ -228,12 +256,17 @@ pub(crate) async fn fetch_range(
     tokio::time::timeout(OPEN_TIMEOUT, frame::write_value(&mut stream, request, MAX_FRAME))
         .await
         .map_err(|_| stream_error("asking timed out".into()))?
-        .map_err(|e| stream_error(e.to_string()))?;
+        .map_err(|e| BlobError::Unanswered(e.to_string()))?;
     let answer: RangeAnswer =
         tokio::time::timeout(OPEN_TIMEOUT, frame::read_value(&mut stream, MAX_FRAME))
             .await
             .map_err(|_| stream_error("no answer in time".into()))?
-            .map_err(|e| stream_error(e.to_string()))?;
+            .map_err(|e| match e {
+                frame::FrameError::Closed | frame::FrameError::Io(_) => {
+                    BlobError::Unanswered(e.to_string())
+                }
+                other => stream_error(other.to_string()),
+            })?;
     let length = match answer {
         RangeAnswer::Refused { reason } => return Err(BlobError::Refused(reason)),
         RangeAnswer::Bytes { length, .. } if length != request.length => {
