@@ -229,10 +229,7 @@ pub fn piece_list(
     if in_piece > 0 {
         list.extend_from_slice(&piece.finalize());
     }
-    let digest: [u8; 32] = whole.finalize().into();
-    let cid = ContentId::from_sha256_hex(&hex::encode(digest))
-        .unwrap_or_else(|| ContentId::for_bytes(b""));
-    Ok((list, cid, size))
+    Ok((list, ContentId::from_sha256(whole.finalize().into()), size))
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ pub struct PullConfig {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Progress {
     /// `pulling manifest`, `pulling <12 hex>`, `verifying sha256 digest`, `writing manifest`,
-    /// `removing any unused layers`, `success`.
+    /// `removing any unused layers`, then the caller's `success`.
     pub status: String,
     /// The blob being pulled.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -58,7 +58,8 @@ pub struct Progress {
 }
 
 impl Progress {
-    fn status(status: impl Into<String>) -> Self {
+    /// A line with only a status.
+    pub fn status(status: impl Into<String>) -> Self {
         Self { status: status.into(), digest: None, total: None, completed: None }
     }
 
@@ -226,7 +227,7 @@ impl Puller {
         if let Some(previous) = previous {
             self.remove_unused(&previous);
         }
-        report(Progress::status("success")).await;
+        // `success` is the caller's to say, once a worker serves the model.
         Ok(())
     }
 

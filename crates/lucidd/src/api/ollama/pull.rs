@@ -93,9 +93,7 @@ async fn run(state: &AppState, name: &ModelName, insecure: bool, tx: &mpsc::Send
     let (progress_tx, mut progress_rx) = mpsc::channel::<Progress>(64);
     let forward = async {
         while let Some(p) = progress_rx.recv().await {
-            if p.status != "success" {
-                let _ = tx.send(Ok(p)).await;
-            }
+            let _ = tx.send(Ok(p)).await;
         }
     };
     let pulled = async {
@@ -134,9 +132,7 @@ async fn run(state: &AppState, name: &ModelName, insecure: bool, tx: &mpsc::Send
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tracing::info!(%name, "pulled");
-    let _ = tx
-        .send(Ok(Progress { status: "success".into(), digest: None, total: None, completed: None }))
-        .await;
+    let _ = tx.send(Ok(Progress::status("success"))).await;
 }
 
 fn render(line: &Line) -> String {
