@@ -153,7 +153,15 @@ async fn no_llama_server_outlives_a_killed_lucidd() {
         .spawn()
         .expect("spawn lucidd");
     let deadline = Instant::now() + Duration::from_secs(120);
-    while llama_server_pids("orphan-check.gguf").is_empty() {
+    // Until setpriv has become llama-server: before its exec it may not have set the death
+    // signal yet, and a parent killed in that instant leaves an orphan no supervisor can stop.
+    let execed = || {
+        llama_server_pids("orphan-check.gguf").iter().any(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "llama-server")
+        })
+    };
+    while !execed() {
         assert!(Instant::now() < deadline, "the preloaded llama-server never started");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
