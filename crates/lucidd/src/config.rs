@@ -283,6 +283,10 @@ pub struct P2pArgs {
     /// what peers pull models with); jobs are still served.
     #[arg(long)]
     pub no_share_models: bool,
+    /// Most bytes per second sent to peers fetching this node's model files (e.g. 10M, 500K;
+    /// default: no limit), over all of them.
+    #[arg(long, value_parser = parse_rate)]
+    pub share_rate: Option<u64>,
     /// Run jobs for this signer (a PeerId, or a hex Ed25519 public key); repeatable. Nobody
     /// else's jobs run here unless --allow-any-signer is given.
     #[arg(long = "allow-signer", value_name = "PEER_OR_KEY")]
@@ -291,7 +295,8 @@ pub struct P2pArgs {
     #[arg(long)]
     pub allow_any_signer: bool,
     /// Test only: misbehave on purpose (`tamper-output`: change relayed output after signing
-    /// for it). Refused by builds without test faults.
+    /// for it; `corrupt-blobs`: seed model files with a bad byte in every range; or a
+    /// worker's lie). Refused by builds without test faults.
     #[arg(long, hide = true, value_name = "FAULT")]
     pub test_fault: Option<String>,
 }

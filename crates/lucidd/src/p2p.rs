@@ -247,6 +247,7 @@ pub async fn start(
     if let Some(fault) = &args.test_fault {
         match fault.as_str() {
             "tamper-output" => network.set_tamper_output(true).map_err(anyhow::Error::msg)?,
+            "corrupt-blobs" => network.set_corrupt_blobs(true).map_err(anyhow::Error::msg)?,
             // A worker's lie, set up with the worker.
             other if Lie::parse(other).is_some() => {}
             other => anyhow::bail!("unknown test fault {other:?}"),
@@ -256,7 +257,7 @@ pub async fn start(
     if args.no_share_models {
         tracing::info!("p2p: not sharing model files with peers (--no-share-models)");
     } else {
-        network.serve_blobs(Arc::new(OfferedModelFiles(local, serving_lists)));
+        network.serve_blobs(Arc::new(OfferedModelFiles(local, serving_lists)), args.share_rate);
     }
     for addr in network.wait_listening(Duration::from_secs(5)).await {
         tracing::info!("p2p: reach this node at {addr}");

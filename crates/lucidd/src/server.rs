@@ -157,6 +157,10 @@ pub async fn start_with_workers(
         }
     });
     let piece_lists = Arc::new(crate::store::publish::PieceLists::default());
+    if let Some(puller) = &puller {
+        // The piece lists of models pulled from peers, so the next peer can pull them here.
+        crate::store::peers::serve_piece_lists(puller.root(), &piece_lists);
+    }
     let serving = crate::p2p::Serving {
         piece_lists: Arc::clone(&piece_lists),
         catalog: catalog.clone(),

@@ -127,6 +127,14 @@ impl RoutePreference {
 }
 
 impl AppState {
+    /// The publishers whose name records this node accepts: its own key and the policy's
+    /// `trusted_publishers` (read per call, so an edit applies at once).
+    pub fn trusted_publishers(&self) -> Vec<phase_identity::PublicKey> {
+        let mut trusted = vec![self.identity.public_key()];
+        trusted.extend(self.policy.current().trusted_publishers());
+        trusted
+    }
+
     /// Routing to other nodes, unless this node is local-only (`--local-only`, or
     /// `local_only = true` in the policy, read per request so an edit applies at once).
     pub fn relaying(&self) -> Option<&RemoteModels> {

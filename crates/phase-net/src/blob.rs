@@ -127,8 +127,21 @@ fn take_slot(flight: &Arc<Mutex<InFlight>>, peer: PeerId) -> Option<Slot> {
     Some(Slot(Arc::clone(flight), peer))
 }
 
+/// How the node sends what it serves.
+#[derive(Clone, Default)]
+pub(crate) struct Sending {
+    /// The operator's cap on bytes sent, over all ranges.
+    pub pacer: Option<Arc<crate::rate::BytePacer>>,
+    /// Faults a test switched on.
+    pub faults: Arc<crate::relay::Faults>,
+}
+
 /// Serves ranges of what `source` locates.
-pub(crate) async fn serve_blobs(mut control: libp2p_stream::Control, source: Arc<dyn BlobSource>) {
+pub(crate) async fn serve_blobs(
+    mut control: libp2p_stream::Control,
+    source: Arc<dyn BlobSource>,
+    sending: Sending,
+) {
     let mut incoming = match control.accept(StreamProtocol::new(BLOB_PROTOCOL)) {
         Ok(incoming) => incoming,
         Err(e) => {
@@ -140,6 +153,7 @@ pub(crate) async fn serve_blobs(mut control: libp2p_stream::Control, source: Arc
     while let Some((from, mut stream)) = incoming.next().await {
         let slot = take_slot(&flight, from);
         let source = Arc::clone(&source);
+        let sending = sending.clone();
         tokio::spawn(async move {
             let request: RangeRequest =
                 match tokio::time::timeout(OPEN_TIMEOUT, frame::read_value(&mut stream, MAX_FRAME))
@@ -176,8 +190,8 @@ pub(crate) async fn serve_blobs(mut control: libp2p_stream::Control, source: Arc
             if frame::write_value(&mut stream, &answer, MAX_FRAME).await.is_err() {
                 return;
             }
-            if let (RangeAnswer::Bytes { length, .. }, Some((path, _))) = (&answer, located)
-                && let Err(e) = send_file(&mut stream, path, request.offset, *length).await
+            if let (RangeAnswer::Bytes { .. }, Some((path, _))) = (&answer, located)
+                && let Err(e) = send_file(&mut stream, path, &request, &sending).await
             {
                 tracing::debug!(%from, cid = %request.cid, error = %e, "a blob range was cut off");
             }
@@ -186,22 +200,29 @@ pub(crate) async fn serve_blobs(mut control: libp2p_stream::Control, source: Arc
     }
 }
 
-/// Writes `length` bytes of `path` from `offset` to `stream`.
+/// Writes the bytes `request` asks for of `path` to `stream`, at the pacer's rate.
 async fn send_file(
     stream: &mut libp2p::Stream,
     path: PathBuf,
-    offset: u64,
-    length: u64,
+    request: &RangeRequest,
+    sending: &Sending,
 ) -> std::io::Result<()> {
     let mut file = tokio::fs::File::open(&path).await?;
-    file.seek(std::io::SeekFrom::Start(offset)).await?;
-    let mut left = length;
+    file.seek(std::io::SeekFrom::Start(request.offset)).await?;
+    let mut left = request.length;
     let mut buf = vec![0u8; CHUNK];
+    let mut first = true;
     while left > 0 {
         let want = buf.len().min(left as usize);
         let n = file.read(&mut buf[..want]).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if std::mem::take(&mut first) {
+            sending.faults.corrupt_range(&mut buf[..n]);
+        }
+        if let Some(pacer) = &sending.pacer {
+            pacer.take(n as u64).await;
         }
         tokio::time::timeout(STALL, stream.write_all(&buf[..n]))
             .await

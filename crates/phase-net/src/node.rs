@@ -350,14 +350,19 @@ impl Network {
     }
 
     /// Serves ranges of the blobs `source` locates to any peer (`/phase/blob/1`), until the
-    /// node stops. Call once.
-    pub fn serve_blobs(&self, source: Arc<dyn crate::blob::BlobSource>) {
+    /// node stops, sending at most `rate` bytes a second over all of them (`None`: no cap).
+    /// Call once.
+    pub fn serve_blobs(&self, source: Arc<dyn crate::blob::BlobSource>, rate: Option<u64>) {
         let control = self.inner.control.clone();
         let stop = self.inner.stopped.clone();
+        let sending = crate::blob::Sending {
+            pacer: rate.map(|r| Arc::new(crate::rate::BytePacer::new(r))),
+            faults: Arc::clone(&self.inner.faults),
+        };
         tokio::spawn(async move {
             tokio::select! {
                 () = stop.cancelled() => {}
-                () = crate::blob::serve_blobs(control, source) => {}
+                () = crate::blob::serve_blobs(control, source, sending) => {}
             }
         });
     }
@@ -562,6 +567,18 @@ impl Network {
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// Makes this node flip a byte at the start of every blob range it serves, so each piece
+    /// it seeds fails its hash. Only for tests of pulls; fails unless built with the
+    /// `test-faults` feature.
+    pub fn set_corrupt_blobs(&self, on: bool) -> Result<(), &'static str> {
+        if cfg!(feature = "test-faults") {
+            self.inner.faults.corrupt_blobs.store(on, Ordering::Relaxed);
+            Ok(())
+        } else {
+            Err("this build has no test faults (build phase-net with the test-faults feature)")
         }
     }
 

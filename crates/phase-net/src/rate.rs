@@ -1,5 +1,6 @@
-//! The one rate limiter of Phase: a token bucket per key (a peer, a signer, a client address),
-//! with a bounded number of keys so a flood of new keys cannot grow memory.
+//! The rate limiters of Phase: a token bucket per key (a peer, a signer, a client address),
+//! with a bounded number of keys so a flood of new keys cannot grow memory; and a byte pacer
+//! ([`BytePacer`]) for transfers (pulls, shared model files) an operator caps.
 //!
 //! It lives here, the lowest crate that needs one (the job relay limits each peer); the node
 //! core re-exports it and the daemons use it for signers and HTTP clients. The rate is given
@@ -72,9 +73,46 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     }
 }
 
+/// A shared byte rate: each taker waits its turn after the bytes taken before it, so any
+/// number of transfers together stay under the rate (no burst: a pull that is capped at
+/// 10 MB/s never sends 100 MB in its first second).
+pub struct BytePacer {
+    rate: f64,
+    next: Mutex<Instant>,
+}
+
+impl BytePacer {
+    /// Paces to `bytes_per_second` (at least 1).
+    pub fn new(bytes_per_second: u64) -> Self {
+        Self { rate: bytes_per_second.max(1) as f64, next: Mutex::new(Instant::now()) }
+    }
+
+    /// Waits until `bytes` more may go.
+    pub async fn take(&self, bytes: u64) {
+        let start = {
+            let mut next = self.next.lock();
+            let start = (*next).max(Instant::now());
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.rate);
+            start
+        };
+        tokio::time::sleep_until(start.into()).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_pacer_spaces_takers_by_their_bytes() {
+        let pacer = BytePacer::new(1000);
+        let start = Instant::now();
+        pacer.take(0).await;
+        pacer.take(100).await;
+        pacer.take(100).await;
+        // Two takes of 100 bytes at 1000 B/s: the next taker's turn is 0.2 s after the first.
+        assert!(*pacer.next.lock() >= start + Duration::from_millis(200));
+    }
 
     #[test]
     fn a_key_gets_its_burst_then_waits_and_others_are_not_affected() {

@@ -75,6 +75,20 @@ pub struct RelayStats {
 #[derive(Debug, Default)]
 pub(crate) struct Faults {
     pub tamper_output: AtomicBool,
+    pub corrupt_blobs: AtomicBool,
+}
+
+impl Faults {
+    /// Flips a byte at the start of a blob range this node sends, when the test asked it to
+    /// seed bad pieces.
+    pub(crate) fn corrupt_range(&self, bytes: &mut [u8]) {
+        if cfg!(feature = "test-faults")
+            && self.corrupt_blobs.load(Ordering::Relaxed)
+            && let Some(first) = bytes.first_mut()
+        {
+            *first ^= 0xff;
+        }
+    }
 }
 
 /// The serving side.

@@ -602,11 +602,8 @@ async fn blob_ranges_arrive_exactly_and_bad_ranges_are_refused() {
     let bytes: Vec<u8> = (0..5u32 << 20).map(|i| (i % 251) as u8 ^ (i >> 16) as u8).collect();
     std::fs::write(&path, &bytes).expect("write");
     let server = server(SignerAllowlist::deny_all()).await;
-    server.net.serve_blobs(std::sync::Arc::new(OneBlob {
-        cid: "bafy-test".into(),
-        path,
-        len: bytes.len() as u64,
-    }));
+    let blob = OneBlob { cid: "bafy-test".into(), path, len: bytes.len() as u64 };
+    server.net.serve_blobs(std::sync::Arc::new(blob), None);
     let (client, _) = client(vec![server.addr.clone()]).await;
     let to = server.net.peer_id();
     let ask = |offset: u64, length: u64| RangeRequest { cid: "bafy-test".into(), offset, length };

@@ -1,6 +1,7 @@
 //! Standing per peer, from what this node has seen it do: answers whose receipts bound, spot
-//! checks passed and failed, receipts that did not bind, fraud proofs against it, and proofs it
-//! sent that did not reproduce. Evidence fades with a half-life, so a peer is judged by what it
+//! checks passed and failed, receipts that did not bind, fraud proofs against it, proofs it
+//! sent that did not reproduce, and pieces of model files it sent that were not what they
+//! should be. Evidence fades with a half-life, so a peer is judged by what it
 //! did lately; the standing is kept in the data directory across restarts.
 //!
 //! The score is `(good + 1) / (good + 1 + BAD_WEIGHT × bad + 1)`: a new peer stands at ½, one
@@ -48,6 +49,8 @@ pub enum Evidence {
     ProofReproduced,
     /// It sent a fraud proof that did not reproduce here (slander).
     FalseProof,
+    /// It sent a piece of a model file whose hash is not the one its signed piece list gives.
+    BadPiece,
 }
 
 impl Evidence {
@@ -56,9 +59,11 @@ impl Evidence {
         match self {
             Self::Bound => (0.1, 0.0),
             Self::CheckPassed => (1.0, 0.0),
-            Self::CheckFailed | Self::BindFailed | Self::ProofReproduced | Self::FalseProof => {
-                (0.0, 1.0)
-            }
+            Self::CheckFailed
+            | Self::BindFailed
+            | Self::ProofReproduced
+            | Self::FalseProof
+            | Self::BadPiece => (0.0, 1.0),
         }
     }
 }

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use crate::names::ModelName;
 
 mod parts;
+pub mod peers;
 pub mod publish;
 pub mod pull;
 

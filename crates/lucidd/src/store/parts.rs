@@ -1,6 +1,6 @@
 //! One blob's download in ranged parts: the plan (Ollama's part sizes), each part's progress
 //! saved beside the partial file so a pull resumes, each part's requests with their retries
-//! and stall detection, and a shared byte rate.
+//! and stall detection.
 
 use futures::StreamExt;
 use parking_lot::Mutex;
@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use super::pull::{PullError, disk};
@@ -118,7 +118,7 @@ pub(super) struct Fetch {
     pub(super) parts: Arc<Mutex<Parts>>,
     pub(super) index: usize,
     pub(super) downloaded: Arc<AtomicU64>,
-    pub(super) limiter: Option<Arc<Limiter>>,
+    pub(super) limiter: Option<Arc<phase_net::rate::BytePacer>>,
 }
 
 impl Fetch {
@@ -205,28 +205,6 @@ enum Attempt {
     Disk(std::io::Error),
 }
 
-/// A shared byte rate: each taker waits its turn after the bytes taken before it.
-pub(super) struct Limiter {
-    rate: f64,
-    next: Mutex<Instant>,
-}
-
-impl Limiter {
-    pub(super) fn new(rate: u64) -> Self {
-        Self { rate: rate.max(1) as f64, next: Mutex::new(Instant::now()) }
-    }
-
-    pub(super) async fn take(&self, bytes: u64) {
-        let start = {
-            let mut next = self.next.lock();
-            let start = (*next).max(Instant::now());
-            *next = start + Duration::from_secs_f64(bytes as f64 / self.rate);
-            start
-        };
-        tokio::time::sleep_until(start.into()).await;
-    }
-}
-
 /// Hashes `path` from its start as far as `ready` says bytes have been written, until all
 /// `total` are hashed: the digest is ready soon after the last byte arrives. Ends with an
 /// error when `ready`'s sender goes before that (the download failed).
@@ -297,16 +275,5 @@ mod tests {
         let sixteen = Parts::plan(16 * (200 << 20));
         assert_eq!(sixteen.0.len(), 16);
         assert_eq!(Parts::plan(0).0, vec![]);
-    }
-
-    #[tokio::test]
-    async fn the_limiter_spaces_takers_by_their_bytes() {
-        let limiter = Limiter::new(1000);
-        let start = Instant::now();
-        limiter.take(0).await;
-        limiter.take(100).await;
-        limiter.take(100).await;
-        // Two takes of 100 bytes at 1000 B/s: the next taker's turn is 0.2 s after the first.
-        assert!(*limiter.next.lock() >= start + Duration::from_millis(200));
     }
 }

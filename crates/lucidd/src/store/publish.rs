@@ -27,7 +27,7 @@ impl PieceLists {
         self.0.lock().get(cid).cloned()
     }
 
-    fn add(&self, cid: &ContentId, path: PathBuf, len: u64) {
+    pub(super) fn add(&self, cid: &ContentId, path: PathBuf, len: u64) {
         self.0.lock().insert(cid.to_string(), (path, len));
     }
 }

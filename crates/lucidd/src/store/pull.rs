@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-use super::parts::{Fetch, FetchError, Limiter, Parts, RETRIES, spawn_hasher};
+use super::parts::{Fetch, FetchError, Parts, RETRIES, spawn_hasher};
 use super::{Layer, MAX_MANIFEST_BYTES, MODEL_LAYER, Manifest, blob_path, read_manifest};
 use crate::names::ModelName;
 
@@ -63,7 +63,7 @@ impl Progress {
         Self { status: status.into(), digest: None, total: None, completed: None }
     }
 
-    fn layer(layer: &Layer, completed: u64) -> Self {
+    pub(super) fn layer(layer: &Layer, completed: u64) -> Self {
         let hex = layer.sha256_hex().unwrap_or_default();
         Self {
             status: format!("pulling {}", &hex[..12.min(hex.len())]),
@@ -124,6 +124,16 @@ pub enum PullError {
         /// The error.
         source: std::io::Error,
     },
+    /// No peer provides the file a trusted record names, or every one failed.
+    #[error(
+        "no peer could give {name}: its file {cid} (check that a node serving it is connected, or pull it from a registry)"
+    )]
+    NoProvider {
+        /// The model asked for.
+        name: String,
+        /// The file the record names, and what went wrong.
+        cid: String,
+    },
     /// The disk has less room than the blob needs; nothing was downloaded for it.
     #[error(
         "{needed} more bytes are needed in {dir}, which has {available} free: free some space and pull again"
@@ -165,7 +175,7 @@ pub struct Puller {
 }
 
 /// Frees a blob's busy mark when its download ends, however it ends.
-struct BusyGuard<'a>(&'a Puller, String);
+pub(super) struct BusyGuard<'a>(&'a Puller, String);
 
 impl Drop for BusyGuard<'_> {
     fn drop(&mut self) {
@@ -218,15 +228,7 @@ impl Puller {
         for layer in manifest.blobs() {
             self.blob(&repository, layer, progress).await?;
         }
-        report(Progress::status("writing manifest")).await;
-        let path = self.root.join("manifests").join(name.manifest_path());
-        let previous = read_manifest(&path).ok();
-        let bytes = serde_json::to_vec(&manifest).unwrap_or_default();
-        write_atomically(&path, &bytes).await?;
-        report(Progress::status("removing any unused layers")).await;
-        if let Some(previous) = previous {
-            self.remove_unused(&previous);
-        }
+        self.write_manifest(name, &manifest, progress).await?;
         // `success` is the caller's to say, once a worker serves the model.
         Ok(())
     }
@@ -270,6 +272,63 @@ impl Puller {
         Ok(manifest)
     }
 
+    /// Marks the blob `hex` as being fetched here, waiting (and showing its progress) while
+    /// another request fetches it; `None` when the blob is in the store already.
+    pub(super) async fn claim(
+        &self,
+        hex: &str,
+        layer: &Layer,
+        progress: &mpsc::Sender<Progress>,
+    ) -> Option<BusyGuard<'_>> {
+        let path = blob_path(&self.root, hex);
+        let parts_path = path.with_file_name(format!("sha256-{hex}-partial.parts"));
+        // Another request may be fetching this blob (a client that hung up and asked again,
+        // before the first pull noticed): wait for it, showing its progress, rather than race.
+        let mut waited = false;
+        loop {
+            if std::fs::metadata(&path).is_ok_and(|m| m.len() == layer.size) {
+                let _ = progress.send(Progress::layer(layer, layer.size)).await;
+                return None;
+            }
+            if self.busy.lock().insert(hex.to_string()) {
+                return Some(BusyGuard(self, hex.to_string()));
+            }
+            if !waited {
+                tracing::info!(digest = %layer.digest, "another pull is fetching this blob; waiting for it");
+                waited = true;
+            }
+            if let Some(done) = Parts::saved_done(&parts_path).await {
+                let _ = progress.try_send(Progress::layer(layer, done));
+            }
+            tokio::time::sleep(REPORT_EVERY).await;
+        }
+    }
+
+    /// The pacer of `--pull-rate`, shared by one pull's transfers.
+    pub(super) fn pacer(&self) -> Option<Arc<phase_net::rate::BytePacer>> {
+        self.config.rate.map(|rate| Arc::new(phase_net::rate::BytePacer::new(rate)))
+    }
+
+    /// Writes `name`'s manifest (last: the model appears only now) and removes the blobs
+    /// of the manifest it replaces that nothing uses any more.
+    pub(super) async fn write_manifest(
+        &self,
+        name: &ModelName,
+        manifest: &Manifest,
+        progress: &mpsc::Sender<Progress>,
+    ) -> Result<(), PullError> {
+        let _ = progress.send(Progress::status("writing manifest")).await;
+        let path = self.root.join("manifests").join(name.manifest_path());
+        let previous = read_manifest(&path).ok();
+        let bytes = serde_json::to_vec(manifest).unwrap_or_default();
+        write_atomically(&path, &bytes).await?;
+        let _ = progress.send(Progress::status("removing any unused layers")).await;
+        if let Some(previous) = previous {
+            self.remove_unused(&previous);
+        }
+        Ok(())
+    }
+
     /// Fetches one blob into the store, unless it is there already.
     async fn blob(
         &self,
@@ -281,26 +340,7 @@ impl Puller {
         let path = blob_path(&self.root, &hex);
         let partial = path.with_file_name(format!("sha256-{hex}-partial"));
         let parts_path = path.with_file_name(format!("sha256-{hex}-partial.parts"));
-        // Another request may be fetching this blob (a client that hung up and asked again,
-        // before the first pull noticed): wait for it, showing its progress, rather than race.
-        let mut waited = false;
-        let _guard = loop {
-            if std::fs::metadata(&path).is_ok_and(|m| m.len() == layer.size) {
-                let _ = progress.send(Progress::layer(layer, layer.size)).await;
-                return Ok(());
-            }
-            if self.busy.lock().insert(hex.clone()) {
-                break BusyGuard(self, hex.clone());
-            }
-            if !waited {
-                tracing::info!(digest = %layer.digest, "another pull is fetching this blob; waiting for it");
-                waited = true;
-            }
-            if let Some(done) = Parts::saved_done(&parts_path).await {
-                let _ = progress.try_send(Progress::layer(layer, done));
-            }
-            tokio::time::sleep(REPORT_EVERY).await;
-        };
+        let Some(_guard) = self.claim(&hex, layer, progress).await else { return Ok(()) };
         tokio::fs::create_dir_all(path.parent().unwrap_or(&self.root))
             .await
             .map_err(disk(&path))?;
@@ -310,7 +350,7 @@ impl Puller {
         let url = format!("{repository}blobs/{}", layer.digest);
         let downloaded = Arc::new(AtomicU64::new(parts.done()));
         let parts = Arc::new(Mutex::new(parts));
-        let limiter = self.config.rate.map(|rate| Arc::new(Limiter::new(rate)));
+        let limiter = self.pacer();
         let fetches = (0..parts.lock().0.len()).map(|index| {
             let part = Fetch {
                 http: self.http.clone(),
@@ -413,7 +453,7 @@ async fn read_bounded(response: reqwest::Response, limit: u64) -> Result<Vec<u8>
     Ok(bytes)
 }
 
-async fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PullError> {
+pub(super) async fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PullError> {
     if let Some(dir) = path.parent() {
         tokio::fs::create_dir_all(dir).await.map_err(disk(dir))?;
     }

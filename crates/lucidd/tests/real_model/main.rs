@@ -18,6 +18,7 @@ mod lifecycle;
 #[path = "../it/nodes.rs"]
 mod nodes;
 mod ollama_store;
+mod peer_pull;
 mod proofs;
 mod pull;
 mod relayed;

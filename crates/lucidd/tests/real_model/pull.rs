@@ -143,7 +143,10 @@ async fn node_pulling_from(registry: &Registry, rate: &str) -> Node {
 }
 
 /// Reads NDJSON lines from a streamed pull until `enough` says stop (or the stream ends).
-async fn read_lines(response: reqwest::Response, enough: impl Fn(&Value) -> bool) -> Vec<Value> {
+pub async fn read_lines(
+    response: reqwest::Response,
+    enough: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
     let mut body = response.bytes_stream();
     let mut text = String::new();
     let mut lines = Vec::new();
@@ -337,7 +340,7 @@ async fn damaged_bytes_from_a_registry_are_refused_and_leave_no_model() {
 }
 
 /// A phase-net node in the test process, joined to `peer`.
-async fn net_client(peer: &Node) -> (phase_net::Network, phase_net::PeerId) {
+pub async fn net_client(peer: &Node) -> (phase_net::Network, phase_net::PeerId) {
     let identity = phase_identity::NodeIdentity::generate();
     let config = phase_net::NetConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("addr")],

@@ -59,7 +59,7 @@ pub async fn publish(
 }
 
 /// How long a resolution waits for the DHT.
-const RESOLVE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
+pub(crate) const RESOLVE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Resolves the name the request gives; 404 when no trusted publisher has a record for it.
 pub async fn resolve(
@@ -75,9 +75,7 @@ pub async fn resolve(
                 .into(),
         });
     };
-    let mut trusted = vec![state.identity.public_key()];
-    trusted.extend(state.policy.current().trusted_publishers());
-    match resolve_name(&network, &name, &trusted, RESOLVE_DEADLINE).await {
+    match resolve_name(&network, &name, &state.trusted_publishers(), RESOLVE_DEADLINE).await {
         Some(record) => Ok(Json(json!({"record": record}))),
         None => Err(ApiError {
             status: axum::http::StatusCode::NOT_FOUND,

@@ -15,13 +15,16 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::models::progress;
+use super::publish::RESOLVE_DEADLINE;
 use super::requests::NamedRequest;
 use super::validate;
 use crate::api::body::JsonBody;
 use crate::api::error::ApiError;
 use crate::names::ModelName;
 use crate::state::AppState;
-use crate::store::pull::{Progress, PullError};
+use crate::store::peers::PeerPull;
+use crate::store::publish::resolve;
+use crate::store::pull::{Progress, PullError, Puller};
 
 /// Longest a pulled model may take to be served after its manifest is written.
 const SERVED_WITHIN: Duration = Duration::from_secs(30);
@@ -97,7 +100,7 @@ async fn run(state: &AppState, name: &ModelName, insecure: bool, tx: &mpsc::Send
         }
     };
     let pulled = async {
-        let result = puller.pull(name, insecure, &progress_tx).await;
+        let result = pull_from_anywhere(state, puller, name, insecure, &progress_tx).await;
         drop(progress_tx);
         result
     };
@@ -108,6 +111,7 @@ async fn run(state: &AppState, name: &ModelName, insecure: bool, tx: &mpsc::Send
             PullError::UnknownModel { .. } => StatusCode::NOT_FOUND,
             PullError::BadManifest { .. } => StatusCode::BAD_GATEWAY,
             PullError::NoSpace { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            PullError::NoProvider { .. } => StatusCode::SERVICE_UNAVAILABLE,
             PullError::Disk { ref source, .. }
                 if source.kind() == std::io::ErrorKind::StorageFull =>
             {
@@ -133,6 +137,38 @@ async fn run(state: &AppState, name: &ModelName, insecure: bool, tx: &mpsc::Send
     }
     tracing::info!(%name, "pulled");
     let _ = tx.send(Ok(Progress::status("success"))).await;
+}
+
+/// From peers, when a publisher this node trusts has a record for the name; else (or when no
+/// peer can give it) from the name's registry.
+async fn pull_from_anywhere(
+    state: &AppState,
+    puller: &Puller,
+    name: &ModelName,
+    insecure: bool,
+    progress: &mpsc::Sender<Progress>,
+) -> Result<(), PullError> {
+    let Some(network) = &state.network else { return puller.pull(name, insecure, progress).await };
+    let _ = progress.send(Progress::status("pulling manifest")).await;
+    let shown = name.to_string();
+    let trusted = state.trusted_publishers();
+    let Some(record) = resolve(network, &shown, &trusted, RESOLVE_DEADLINE).await else {
+        return puller.pull(name, insecure, progress).await;
+    };
+    tracing::info!(%name, cid = %record.file.cid, publisher = %record.publisher, "pulling from peers by a trusted name record");
+    let peers = PeerPull { network, reputation: &state.reputation, lists: &state.piece_lists };
+    match puller.pull_from_peers(name, &record, peers, progress).await {
+        Ok(_) => Ok(()),
+        Err(from_peers @ PullError::NoProvider { .. }) => {
+            tracing::info!(%name, error = %from_peers, "no peer gave it; trying the registry");
+            // The peers' failure says more than a registry that does not know the name.
+            puller.pull(name, insecure, progress).await.map_err(|e| match e {
+                PullError::UnknownModel { .. } | PullError::Registry(_) => from_peers,
+                other => other,
+            })
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn render(line: &Line) -> String {
