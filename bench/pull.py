@@ -1,4 +1,5 @@
-"""Driver of bench/pull: lucidd's registry pull against curl, from one registry on loopback.
+"""Driver of bench/pull: lucidd's registry pull against curl, from one registry on loopback;
+then pulls from peers (one seeder against curl; three rate-capped seeders against one).
 Standard library only. Reports ratios of throughput, never absolute times as results."""
 
 import hashlib
@@ -81,6 +82,81 @@ def start_lucidd(work, registry):
     return proc, f"http://{addr}"
 
 
+def start_node(work, name, extra, seed=False):
+    """A lucidd with p2p on loopback; `seed` puts the model in its model directory."""
+    data = os.path.join(work, name)
+    gguf = os.path.join(data, "gguf")
+    os.makedirs(gguf, exist_ok=True)
+    if seed:
+        os.symlink(MODEL, os.path.join(gguf, "gemma3.gguf"))
+    addr_file = os.path.join(data, "addr")
+    log = os.path.join(data, "log")
+    proc = subprocess.Popen(
+        [LUCIDD, "--listen", "127.0.0.1:0", "--no-mdns", "--p2p-listen", "/ip4/127.0.0.1/tcp/0",
+         "--data-dir", data, "--addr-file", addr_file, "--worker", "llama-cpp", "--model-dir", gguf,
+         "--no-ollama-models", "--llama-server-binary", LLAMA, *extra],
+        stdout=subprocess.DEVNULL, stderr=open(log, "w"), env={**os.environ, "RUST_LOG": "info", "NO_COLOR": "1"})
+    http = "http://" + wait_for(name, lambda: os.path.exists(addr_file) and open(addr_file).read().strip())
+    network = lambda: json.load(request("GET", f"{http}/api/phase/network"))
+    addrs = wait_for(f"{name}'s p2p listener", lambda: [a for a in network().get("listen_addrs", []) if "/tcp/" in a])
+    peer_id = subprocess.run([LUCIDD, "id", "--data-dir", data], check=True, capture_output=True, text=True).stdout.strip()
+    return {"proc": proc, "http": http, "addr": addrs[0], "peer_id": peer_id, "log": log, "data": data}
+
+
+def post(http, path, body):
+    return json.load(request("POST", f"{http}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"}))
+
+
+def peer_pull(node):
+    """Pulls gemma3 from peers, then deletes it; the number of sources the log names."""
+    answer = post(node["http"], "/api/pull", {"model": "gemma3", "stream": False})
+    assert answer.get("status") == "success", answer
+    request("DELETE", f"{node['http']}/api/delete", json.dumps({"model": "gemma3"}).encode(),
+            {"Content-Type": "application/json"})
+    lines = [l for l in open(node["log"]) if "pulled a model file from peers" in l]
+    found = re.findall(r"sources=(\d+)", lines[-1]) if lines else []
+    return int(found[0]) if found else 0
+
+
+def bench_peers(work, share_rate):
+    """Seconds of the best pull from one seeder, and from three, each capped at `share_rate`
+    (None: no cap); and how many sources the three-seeder pulls used."""
+    cap = ["--share-rate", share_rate] if share_rate else []
+    nodes = []
+    try:
+        a = start_node(work, "seed-a", cap, seed=True)
+        nodes.append(a)
+        published = post(a["http"], "/api/phase/publish", {"model": "gemma3"})
+        assert "error" not in published, published
+        with open(os.path.join(work, "trust.toml"), "w") as f:
+            f.write(f'trusted_publishers = ["{a["peer_id"]}"]\n')
+
+        def puller(name):
+            os.makedirs(os.path.join(work, name), exist_ok=True)
+            shutil.copy(os.path.join(work, "trust.toml"), os.path.join(work, name, "policy.toml"))
+            node = start_node(work, name, ["--bootstrap-peer", a["addr"]])
+            nodes.append(node)
+            return node
+
+        one = puller(f"pull-one-{share_rate}")
+        peer_pull(one)  # warm: the DHT lookup, the page cache
+        alone = [timed(lambda: peer_pull(one)) for _ in range(RUNS)]
+        for name in ("seed-b", "seed-c"):
+            nodes.append(start_node(work, f"{name}-{share_rate}", cap + ["--bootstrap-peer", a["addr"]], seed=True))
+        three = puller(f"pull-three-{share_rate}")
+        # Until the pull finds all three seeders (each announces its file once it is up).
+        wait_for("a pull from three seeders", lambda: peer_pull(three) >= 3, timeout=120)
+        sources = []
+        together = []
+        for _ in range(RUNS):
+            together.append(timed(lambda: sources.append(peer_pull(three))))
+        return min(alone), min(together), sources
+    finally:
+        for node in nodes:
+            node["proc"].terminate()
+            node["proc"].wait()
+
+
 def timed(fn):
     start = time.perf_counter()
     fn()
@@ -128,6 +204,18 @@ def main():
             print(f"| {name} | {best['curl'] / t:.2f} |")
         print(f"\nlucidd pull / (curl + sha256sum): {best['curl + sha256sum'] / best['lucidd pull']:.2f}")
         print("(lucidd pull includes the manifest, the digest check, the manifest write and waiting until the model is served)")
+
+        # From peers: one seeder unlimited against curl; then seeders capped at a third of
+        # a rate, one against three.
+        alone, _, _ = bench_peers(work, None)
+        print(f"\n## bench/pull from peers (/phase/blob/1 over TCP on loopback, 4 MiB pieces each checked; best of {RUNS})\n")
+        print("| download | ratio | goal |")
+        print("|---|---|---|")
+        print(f"| one peer, throughput vs curl | {best['curl'] / alone:.2f} | >= 0.9 |")
+        rate = os.environ.get("PULL_SHARE_RATE", "32M")
+        one, three, sources = bench_peers(work, rate)
+        print(f"| three seeders at {rate}/s each vs one at {rate}/s | {one / three:.2f} | >= 2.5 |")
+        print(f"\nsources used by the three-seeder pulls: {sources}")
     finally:
         for proc in (lucidd, registry):
             if proc:

@@ -19,6 +19,24 @@ export PATH="$PHASE_TOOLS_DIR/bin:$HOME/.cargo/bin:$PATH"
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# Free space, in MiB, on the filesystem that holds $1.
+free_mib() { df -Pm "$1" 2>/dev/null | awk 'NR == 2 { print $4 }'; }
+
+# Makes sure DIR's filesystem has MIB free. When it has not, the build's incremental caches
+# (rebuilt on demand) go first; if that is still not enough, it stops here with what to do,
+# rather than letting a test fail half-way on a full disk.
+# usage: need_free_space DIR MIB WHAT
+need_free_space() {
+  local dir="$1" want="$2" what="$3" have
+  have="$(free_mib "$dir")"
+  [ -n "$have" ] && [ "$have" -ge "$want" ] && return 0
+  step "only ${have:-?} MiB free in $dir; removing the build's incremental caches"
+  rm -rf "$CARGO_TARGET_DIR"/*/incremental
+  have="$(free_mib "$dir")"
+  [ -n "$have" ] && [ "$have" -ge "$want" ] ||
+    die "$what need ${want} MiB free in $dir and there are ${have:-none}: free some space (the build cache is $CARGO_TARGET_DIR) and run again"
+}
+
 # Debian packages, installed only when a command is missing.
 # usage: need_debian_package COMMAND PACKAGE
 need_debian_package() {

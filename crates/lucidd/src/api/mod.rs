@@ -17,7 +17,7 @@ use axum::routing::{get, head, post};
 use std::sync::Arc;
 
 use crate::state::AppState;
-use ollama::{blobs, embed, inference, models, proofs, publish, pull};
+use ollama::{blobs, create, embed, inference, models, proofs, publish, pull};
 
 /// Largest blob upload (a model file).
 pub const MAX_BLOB_BYTES: usize = 64 * 1024 * 1024 * 1024;
@@ -50,9 +50,9 @@ pub fn router(state: Arc<AppState>, guard: guard::GuardConfig) -> Router {
         .route("/api/phase/publish", post(publish::publish))
         .route("/api/phase/resolve", post(publish::resolve))
         .route("/api/show", post(models::show))
-        .route("/api/copy", post(models::copy))
+        .route("/api/copy", post(create::copy))
         .route("/api/delete", axum::routing::delete(models::delete))
-        .route("/api/create", post(models::create))
+        .route("/api/create", post(create::create))
         .route("/api/pull", post(pull::pull))
         .route("/api/push", post(models::push))
         .route("/api/chat", post(inference::chat))

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use crate::names::ModelName;
 
+pub mod create;
 mod parts;
 pub mod peers;
 pub mod publish;

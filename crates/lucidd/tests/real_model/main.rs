@@ -11,6 +11,7 @@ mod answers;
 mod capabilities;
 mod context;
 mod conversation;
+mod create;
 mod first_run;
 // The multi-process node helpers of the `it` binary, shared as source.
 mod lifecycle;

@@ -1,6 +1,7 @@
 //! The native Ollama API.
 
 pub mod blobs;
+pub mod create;
 pub mod embed;
 pub mod inference;
 pub mod models;

@@ -82,6 +82,15 @@ pub fn options(
     requested: Option<&Map<String, Value>>,
 ) -> Result<Map<String, Value>, ApiError> {
     let mut merged = model.default_parameters();
+    merged.extend(checked_options(requested)?);
+    Ok(merged)
+}
+
+/// Checks the type of each known option in `requested`; the options given, nulls left out.
+pub fn checked_options(
+    requested: Option<&Map<String, Value>>,
+) -> Result<Map<String, Value>, ApiError> {
+    let mut checked = Map::new();
     for (key, value) in requested.into_iter().flatten() {
         if let Some((_, kind)) = KNOWN_OPTIONS.iter().find(|(k, _)| k == key) {
             let ok = match kind {
@@ -111,10 +120,10 @@ pub fn options(
             }
         }
         if !value.is_null() {
-            merged.insert(key.clone(), value.clone());
+            checked.insert(key.clone(), value.clone());
         }
     }
-    Ok(merged)
+    Ok(checked)
 }
 
 /// Checks `think` against the model.
