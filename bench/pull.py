@@ -114,8 +114,8 @@ def peer_pull(node):
     request("DELETE", f"{node['http']}/api/delete", json.dumps({"model": "gemma3"}).encode(),
             {"Content-Type": "application/json"})
     lines = [l for l in open(node["log"]) if "pulled a model file from peers" in l]
-    found = re.findall(r"sources=(\d+)", lines[-1]) if lines else []
-    return int(found[0]) if found else 0
+    # `sources={PeerId("12D3…"): bytes, …}`: one entry per peer that sent bytes.
+    return lines[-1].split("sources=", 1)[-1].count("12D3") if lines else 0
 
 
 def bench_peers(work, share_rate):

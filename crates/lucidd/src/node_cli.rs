@@ -65,11 +65,11 @@ pub fn peers(host: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `lucidd pull NAME`: the node pulls the model (from its registry) and this shows the
-/// progress: a bar per blob with bytes, rate and time left, and each step as it happens.
+/// `lucidd pull NAME`: the node pulls the model (from peers or its registry) and this shows the
+/// progress: a bar per blob with bytes, rate and time left (and per peer that sends it), and
+/// each step as it happens.
 pub fn pull(name: &str, insecure: bool, host: &str) -> anyhow::Result<()> {
     use futures::StreamExt;
-    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
     let (url, runtime) = node(host, "/api/pull")?;
     runtime.block_on(async {
         let body = serde_json::json!({"model": name, "insecure": insecure, "stream": true});
@@ -89,13 +89,7 @@ pub fn pull(name: &str, insecure: bool, host: &str) -> anyhow::Result<()> {
                     .map_or_else(|| format!("the node answered {status}"), str::to_string)
             );
         }
-        let style = ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}, {eta} left",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
-        let bars = MultiProgress::new();
-        let mut by_digest: std::collections::HashMap<String, ProgressBar> = Default::default();
+        let mut bars = PullBars::default();
         let mut body = response.bytes_stream();
         let mut text = String::new();
         while let Some(bytes) = body.next().await {
@@ -104,34 +98,75 @@ pub fn pull(name: &str, insecure: bool, host: &str) -> anyhow::Result<()> {
                 let line: Value = serde_json::from_str(&text[..end]).unwrap_or_default();
                 text.drain(..=end);
                 if let Some(error) = line["error"].as_str() {
-                    by_digest.values().for_each(ProgressBar::abandon);
+                    bars.abandon();
                     bail!("{error}");
                 }
-                let status = line["status"].as_str().unwrap_or_default();
-                match (line["digest"].as_str(), line["total"].as_u64()) {
-                    (Some(digest), Some(total)) => {
-                        let bar = by_digest.entry(digest.to_string()).or_insert_with(|| {
-                            let bar = bars.add(ProgressBar::new(total).with_style(style.clone()));
-                            bar.set_message(status.to_string());
-                            bar
-                        });
-                        bar.set_position(line["completed"].as_u64().unwrap_or(0));
-                    }
-                    _ => {
-                        by_digest
-                            .values()
-                            .filter(|b| b.position() >= b.length().unwrap_or(0))
-                            .for_each(ProgressBar::finish);
-                        let _ = bars.println(status);
-                        if bars.is_hidden() {
-                            println!("{status}");
-                        }
-                    }
-                }
+                bars.show(&line);
             }
         }
         Ok(())
     })
+}
+
+/// The bars of `lucidd pull`: one per blob (bytes, rate, time left), and under a blob pulled
+/// from peers one per peer with what it has sent.
+#[derive(Default)]
+struct PullBars {
+    bars: indicatif::MultiProgress,
+    layers: std::collections::HashMap<String, indicatif::ProgressBar>,
+    sources: std::collections::HashMap<(String, String), indicatif::ProgressBar>,
+}
+
+impl PullBars {
+    fn style(template: &str) -> indicatif::ProgressStyle {
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ")
+    }
+
+    /// Shows one progress line of `/api/pull`.
+    fn show(&mut self, line: &Value) {
+        use indicatif::ProgressBar;
+        let status = line["status"].as_str().unwrap_or_default();
+        let (Some(digest), Some(total)) = (line["digest"].as_str(), line["total"].as_u64()) else {
+            // A step after the bytes: what each peer sent is final.
+            let done = self.layers.values().filter(|b| b.position() >= b.length().unwrap_or(0));
+            done.chain(self.sources.values()).for_each(ProgressBar::finish);
+            let _ = self.bars.println(status);
+            if self.bars.is_hidden() {
+                println!("{status}");
+            }
+            return;
+        };
+        let layer = self.layers.entry(digest.to_string()).or_insert_with(|| {
+            let style =
+                Self::style("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}, {eta} left");
+            let bar = self.bars.add(ProgressBar::new(total).with_style(style));
+            bar.set_message(status.to_string());
+            bar
+        });
+        layer.set_position(line["completed"].as_u64().unwrap_or(0));
+        let layer = layer.clone();
+        for (peer, sent) in line["sources"].as_object().into_iter().flatten() {
+            let key = (digest.to_string(), peer.clone());
+            let bar = self.sources.entry(key).or_insert_with(|| {
+                let style = Self::style("  from {msg} [{bar:20}] {bytes} {bytes_per_sec}");
+                let bar = self.bars.insert_after(&layer, ProgressBar::new(total).with_style(style));
+                // The end of a PeerId tells peers apart; all of them start alike.
+                bar.set_message(format!("…{}", &peer[peer.len().saturating_sub(8)..]));
+                bar
+            });
+            bar.set_position(sent.as_u64().unwrap_or(0));
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &indicatif::ProgressBar> {
+        self.layers.values().chain(self.sources.values())
+    }
+
+    fn abandon(&self) {
+        self.all().for_each(indicatif::ProgressBar::abandon);
+    }
 }
 
 /// `lucidd publish NAME`: the node signs a name record for its model and stores it in the DHT.

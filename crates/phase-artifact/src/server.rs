@@ -31,6 +31,16 @@ pub fn router(store: BlobStore) -> Router {
         .with_state(store)
 }
 
+/// The routes that only read (`GET`/`HEAD /artifacts/{cid}`, `GET /artifacts`): for a daemon
+/// that shares the blobs it keeps but takes uploads another way (lucidd, by `/api/blobs`).
+/// Its state is given, so it merges into a router of any state.
+pub fn read_only_router<S: Clone + Send + Sync + 'static>(store: BlobStore) -> Router<S> {
+    Router::new()
+        .route("/artifacts", get(list))
+        .route("/artifacts/{cid}", get(download).head(download))
+        .with_state(store)
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }

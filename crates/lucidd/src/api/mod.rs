@@ -68,7 +68,10 @@ pub fn router(state: Arc<AppState>, guard: guard::GuardConfig) -> Router {
     let blobs = Router::new()
         .route("/api/blobs/{digest}", head(blobs::head).post(blobs::upload))
         .layer(DefaultBodyLimit::max(MAX_BLOB_BYTES));
+    // The store's blobs by CID, with ranges, for peers and tools that fetch over HTTP.
+    let artifacts = phase_artifact::server::read_only_router(state.blobs.clone());
     api.merge(blobs)
+        .merge(artifacts)
         .fallback(|| async { (StatusCode::NOT_FOUND, "404 page not found") })
         .method_not_allowed_fallback(|| async {
             (StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed")

@@ -55,12 +55,16 @@ pub struct Progress {
     /// Bytes of it verified or downloaded so far (never goes back).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub completed: Option<u64>,
+    /// Not in Ollama's lines: in a pull from peers, the verified bytes each peer (PeerId)
+    /// has sent so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sources: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Progress {
     /// A line with only a status.
     pub fn status(status: impl Into<String>) -> Self {
-        Self { status: status.into(), digest: None, total: None, completed: None }
+        Self { status: status.into(), digest: None, total: None, completed: None, sources: None }
     }
 
     pub(super) fn layer(layer: &Layer, completed: u64) -> Self {
@@ -70,6 +74,7 @@ impl Progress {
             digest: Some(layer.digest.clone()),
             total: Some(layer.size),
             completed: Some(completed),
+            sources: None,
         }
     }
 }

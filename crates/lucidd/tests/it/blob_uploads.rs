@@ -118,3 +118,38 @@ async fn a_stored_blob_that_no_longer_matches_is_not_present() {
         "it can be uploaded again"
     );
 }
+
+#[tokio::test]
+async fn stored_blobs_are_served_by_cid_with_ranges_and_only_read() {
+    let d = Daemon::start().await;
+    let data = b"model bytes, served again by their CID".to_vec();
+    let upload = d.client.post(d.url(&format!("/api/blobs/{}", blob(&data)))).body(data.clone());
+    assert_eq!(upload.send().await.expect("POST").status(), 201);
+    let cid = phase_protocol::ContentId::for_bytes(&data);
+    let url = d.url(&format!("/artifacts/{cid}"));
+
+    let whole = d.client.get(&url).send().await.expect("GET");
+    assert_eq!(whole.status(), 200);
+    assert_eq!(whole.headers()["etag"], format!("\"{cid}\"").as_str());
+    assert_eq!(whole.bytes().await.expect("body"), data);
+    let part = d.client.get(&url).header("range", "bytes=6-10").send().await.expect("GET");
+    assert_eq!(part.status(), 206);
+    let len = data.len();
+    assert_eq!(part.headers()["content-range"], format!("bytes 6-10/{len}").as_str());
+    assert_eq!(part.bytes().await.expect("body"), data[6..=10]);
+    let head = d.client.head(&url).send().await.expect("HEAD");
+    assert_eq!(head.headers()["content-length"], len.to_string().as_str());
+    let listing: serde_json::Value =
+        d.client.get(d.url("/artifacts")).send().await.expect("GET").json().await.expect("json");
+    let listed = listing["artifacts"].as_array().expect("artifacts");
+    assert!(listed.iter().any(|a| a["cid"] == cid.to_string().as_str()), "{listing}");
+
+    // Uploads go through /api/blobs only; an unknown CID is a 404, a bad one a 400.
+    let put = d.client.put(&url).body(data.clone()).send().await.expect("PUT");
+    assert_eq!(put.status(), 405);
+    let unknown = phase_protocol::ContentId::for_bytes(b"not here");
+    let missing = d.client.get(d.url(&format!("/artifacts/{unknown}"))).send().await;
+    assert_eq!(missing.expect("GET").status(), 404);
+    let bad = d.client.get(d.url("/artifacts/not-a-cid")).send().await.expect("GET");
+    assert_eq!(bad.status(), 400);
+}

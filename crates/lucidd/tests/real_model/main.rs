@@ -12,6 +12,7 @@ mod capabilities;
 mod context;
 mod conversation;
 mod create;
+mod disk_full;
 mod first_run;
 // The multi-process node helpers of the `it` binary, shared as source.
 mod lifecycle;

@@ -116,6 +116,11 @@ async fn a_pull_from_peers_catches_a_corrupting_seeder_resumes_and_serves() {
     }
     let completed: Vec<u64> = lines.iter().filter_map(|l| l["completed"].as_u64()).collect();
     assert!(completed.windows(2).all(|w| w[0] <= w[1]), "progress never goes back: {completed:?}");
+    // The lines say what each peer sent: A all of it, C nothing that verified.
+    let by_peer =
+        lines.iter().rev().find_map(|l| l["sources"].as_object()).expect("per-peer bytes");
+    assert!(by_peer.get(&a_id).and_then(Value::as_u64).is_some_and(|b| b > 0), "{by_peer:?}");
+    assert!(!by_peer.contains_key(&c_id), "{by_peer:?}");
     let b_log = log_of(&b.dir);
     let resumed = field_of(&b_log, "pulled a model file from peers", "resumed_pieces");
     assert_eq!(resumed, Some(verified as u64), "{b_log}");

@@ -14,9 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A registry process on a free loopback port, with its storage in a temporary directory.
-struct Registry {
+pub struct Registry {
     child: Child,
-    base: String,
+    pub base: String,
     storage: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -35,7 +35,7 @@ fn registry_binary() -> PathBuf {
 }
 
 impl Registry {
-    fn start() -> Self {
+    pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = dir.path().join("data");
         let config = dir.path().join("config.yml");
@@ -97,7 +97,7 @@ impl Registry {
     }
 
     /// Pushes `gguf` as Ollama model `repository:tag` (config, model and params layers).
-    async fn push_model(&self, repository: &str, tag: &str, gguf: &Path) -> Value {
+    pub async fn push_model(&self, repository: &str, tag: &str, gguf: &Path) -> Value {
         let http = reqwest::Client::new();
         let model = std::fs::read(gguf).expect("read model");
         let model_size = model.len();
@@ -145,7 +145,7 @@ async fn node_pulling_from(registry: &Registry, rate: &str) -> Node {
 /// Reads NDJSON lines from a streamed pull until `enough` says stop (or the stream ends).
 pub async fn read_lines(
     response: reqwest::Response,
-    enough: impl Fn(&Value) -> bool,
+    mut enough: impl FnMut(&Value) -> bool,
 ) -> Vec<Value> {
     let mut body = response.bytes_stream();
     let mut text = String::new();
@@ -165,7 +165,7 @@ pub async fn read_lines(
     lines
 }
 
-fn partial_files(node: &Node) -> Vec<String> {
+pub fn partial_files(node: &Node) -> Vec<String> {
     std::fs::read_dir(node.dir.path().join("models/blobs"))
         .map(|entries| {
             entries

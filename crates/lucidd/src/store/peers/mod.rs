@@ -192,7 +192,8 @@ impl Puller {
                 outcome = &mut all => break outcome,
                 _ = tick.tick() => {
                     // Dropped when the reader lags: the next one says more.
-                    let _ = progress.try_send(Progress::layer(layer, shared.done()));
+                    let line = Progress { sources: Some(shared.sources()), ..Progress::layer(layer, shared.done()) };
+                    let _ = progress.try_send(line);
                 }
             }
         };
@@ -213,7 +214,9 @@ impl Puller {
                 ),
             });
         }
-        let _ = progress.send(Progress::layer(layer, done)).await;
+        let sources = state.bytes_from.iter().map(|(peer, bytes)| (peer.to_string(), *bytes));
+        let line = Progress { sources: Some(sources.collect()), ..Progress::layer(layer, done) };
+        let _ = progress.send(line).await;
         let _ = progress.send(Progress::status("verifying sha256 digest")).await;
         ready.send_replace(size);
         let got = hasher

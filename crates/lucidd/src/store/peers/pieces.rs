@@ -119,6 +119,12 @@ impl Shared {
         (self.state.lock().prefix as u64 * self.piece_size).min(self.size)
     }
 
+    /// Verified bytes per peer that sent some, by PeerId.
+    pub(super) fn sources(&self) -> std::collections::BTreeMap<String, u64> {
+        let state = self.state.lock();
+        state.bytes_from.iter().map(|(peer, bytes)| (peer.to_string(), *bytes)).collect()
+    }
+
     /// Bytes verified.
     pub(super) fn done(&self) -> u64 {
         let state = self.state.lock();
