@@ -92,6 +92,16 @@ pub enum PullError {
         /// Where it was looked for.
         registry: String,
     },
+    /// Neither the registry nor a publisher this node trusts knows the name.
+    #[error(
+        "pull model manifest: {name} is not in the registry at {registry}, and no publisher this node trusts has a name record for it (records by others are ignored: add a publisher's PeerId to trusted_publishers in policy.toml to trust its names)"
+    )]
+    Nowhere {
+        /// The model asked for.
+        name: String,
+        /// Where it was looked for.
+        registry: String,
+    },
     /// The registry could not be reached or answered badly.
     #[error("pull model manifest: {0}")]
     Registry(String),

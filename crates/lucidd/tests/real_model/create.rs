@@ -5,19 +5,9 @@
 //! are refused with what to do, leaving no model.
 
 use crate::harness::{chat_model_file, llama_node};
+use crate::ollama_store::tags as names;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-
-fn names(listing: &Value) -> Vec<String> {
-    let mut names: Vec<String> = listing["models"]
-        .as_array()
-        .expect("models")
-        .iter()
-        .map(|m| m["name"].as_str().expect("name").to_string())
-        .collect();
-    names.sort();
-    names
-}
 
 /// Asks `model` a question with `options` (greedy).
 async fn chat(node: &crate::nodes::Node, model: &str, question: &str, options: Value) -> Value {

@@ -46,7 +46,8 @@ fn put(root: &Path, model: &str, tag: &str, gguf: &Path, params: Value) -> Strin
     hex
 }
 
-fn tags(listing: &Value) -> Vec<String> {
+/// The names `/api/tags` lists, sorted.
+pub fn tags(listing: &Value) -> Vec<String> {
     let mut names: Vec<String> = listing["models"]
         .as_array()
         .expect("models")

@@ -301,7 +301,7 @@ async fn a_model_is_pulled_from_a_registry_resumed_and_served() {
     }
     assert!(blob.exists(), "pulled once more");
 
-    // A name the registry does not have: a 404 that names the registry.
+    // A name the registry does not have, nor a trusted publisher: a 404 that names both.
     let unknown = node
         .post("/api/pull", json!({"model": "nothing-here", "stream": false}))
         .send()
@@ -311,6 +311,7 @@ async fn a_model_is_pulled_from_a_registry_resumed_and_served() {
     let unknown: Value = unknown.json().await.expect("json");
     let error = unknown["error"].as_str().expect("error");
     assert!(error.contains("not in the registry") && error.contains(&registry.base), "{error}");
+    assert!(error.contains("no publisher this node trusts"), "peers were asked too: {error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

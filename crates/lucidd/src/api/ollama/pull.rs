@@ -108,7 +108,7 @@ async fn run(state: &AppState, name: &ModelName, insecure: bool, tx: &mpsc::Send
     if let Err(e) = result {
         tracing::warn!(%name, error = %e, "pull failed");
         let status = match e {
-            PullError::UnknownModel { .. } => StatusCode::NOT_FOUND,
+            PullError::UnknownModel { .. } | PullError::Nowhere { .. } => StatusCode::NOT_FOUND,
             PullError::BadManifest { .. } => StatusCode::BAD_GATEWAY,
             PullError::NoSpace { .. } => StatusCode::INSUFFICIENT_STORAGE,
             PullError::NoProvider { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -153,7 +153,11 @@ async fn pull_from_anywhere(
     let shown = name.to_string();
     let trusted = state.trusted_publishers();
     let Some(record) = resolve(network, &shown, &trusted, RESOLVE_DEADLINE).await else {
-        return puller.pull(name, insecure, progress).await;
+        // Say both places were asked: a record by an untrusted publisher is why, often.
+        return puller.pull(name, insecure, progress).await.map_err(|e| match e {
+            PullError::UnknownModel { name, registry } => PullError::Nowhere { name, registry },
+            other => other,
+        });
     };
     tracing::info!(%name, cid = %record.file.cid, publisher = %record.publisher, "pulling from peers by a trusted name record");
     let peers = PeerPull { network, reputation: &state.reputation, lists: &state.piece_lists };
