@@ -161,6 +161,11 @@ pub async fn start_with_workers(
         // The piece lists of models pulled from peers, so the next peer can pull them here.
         crate::store::peers::serve_piece_lists(puller.root(), &piece_lists);
     }
+    // The names this node published, with their piece lists, survive its restart.
+    let published = puller.as_ref().map_or_else(Vec::new, |puller| {
+        let own = identity.public_key();
+        crate::store::publish::restore_published(puller.root(), &own, &piece_lists)
+    });
     let serving = crate::p2p::Serving {
         piece_lists: Arc::clone(&piece_lists),
         catalog: catalog.clone(),
@@ -176,6 +181,7 @@ pub async fn start_with_workers(
     // --local-only: this node may still serve others, but never sends a prompt away.
     if let Some(network) = &network {
         events.follow(network);
+        tokio::spawn(crate::store::publish::republish(network.clone(), published));
     }
     let reputation = phase_node::Reputation::open(&data_dir.join("reputation.json"));
     let remote = network.clone().filter(|_| !args.local_only).map(|network| {

@@ -80,6 +80,94 @@ pub fn sign_record(
     NameRecord::sign(identity, name, now_ms, now_ms, named).map_err(|e| e.to_string())
 }
 
+/// Where the records this node published are kept: the DHT forgets a record when its time is
+/// up, and this node's own copy with a restart, so they are stored again from here.
+fn published_dir(root: &Path) -> PathBuf {
+    root.join("published")
+}
+
+/// Largest kept record read back.
+const MAX_KEPT_RECORD_BYTES: u64 = 64 << 10;
+
+/// Keeps `record`, replacing the one kept before for its name.
+pub fn keep_published(root: &Path, record: &NameRecord) -> Result<(), String> {
+    let dir = published_dir(root);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(record.name.as_bytes());
+    let path = dir.join(format!("{}.cbor", hex::encode(digest)));
+    let bytes = record.to_cbor().map_err(|e| e.to_string())?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// The records `publisher` (this node) published and kept under `root` that still verify and
+/// whose piece list is still in the store; their piece lists are served again.
+pub fn restore_published(
+    root: &Path,
+    publisher: &phase_identity::PublicKey,
+    lists: &PieceLists,
+) -> Vec<NameRecord> {
+    let Ok(entries) = std::fs::read_dir(published_dir(root)) else { return Vec::new() };
+    let mut restored = Vec::new();
+    for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+        if path.extension().is_none_or(|e| e != "cbor") {
+            continue;
+        }
+        let read = std::fs::metadata(&path)
+            .ok()
+            .filter(|m| m.len() <= MAX_KEPT_RECORD_BYTES)
+            .and_then(|_| std::fs::read(&path).ok());
+        let record = read.and_then(|bytes| NameRecord::from_cbor(&bytes).ok());
+        let Some(record) = record.filter(|r| r.verify().is_ok() && &r.publisher == publisher)
+        else {
+            tracing::warn!(path = %path.display(), "a kept name record does not verify; left out");
+            continue;
+        };
+        let list = blob_path(root, &record.file.pieces.sha256_hex());
+        let len = record.piece_count() * 32;
+        if std::fs::metadata(&list).is_ok_and(|m| m.len() == len) {
+            lists.add(&record.file.pieces, list, len);
+            restored.push(record);
+        } else {
+            tracing::warn!(name = %record.name, "the piece list of a kept name record is gone; publish the name again");
+        }
+    }
+    restored
+}
+
+/// How often this node stores its published records in the DHT again: well inside the time
+/// other nodes keep a record.
+pub const REPUBLISH_EVERY: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// Stores `records` in the DHT now (asking again with backoff while no peer takes them; this
+/// node's own copy is kept at once) and again every [`REPUBLISH_EVERY`].
+pub async fn republish(network: phase_net::Network, records: Vec<NameRecord>) {
+    if records.is_empty() {
+        return;
+    }
+    loop {
+        for record in &records {
+            let Ok(wire) = record.to_cbor() else { continue };
+            let key = record_key(&record.name, &record.publisher);
+            let mut wait = std::time::Duration::from_secs(1);
+            for _ in 0..8 {
+                match network.put_record(&key, wire.clone()).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::debug!(name = %record.name, error = %e, "storing a name record again; will retry");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(std::time::Duration::from_secs(60));
+                    }
+                }
+            }
+        }
+        tracing::info!(records = records.len(), "stored this node's name records in the DHT again");
+        tokio::time::sleep(REPUBLISH_EVERY).await;
+    }
+}
+
 /// The name record for `name` from the trusted publisher with the highest sequence, found in
 /// the DHT within `deadline`. Every value is checked: it must decode, verify, and be the
 /// publisher's record for this name; anything else under the key is ignored.

@@ -457,6 +457,30 @@ async fn a_published_name_record_is_found_verified_and_its_pieces_match_the_file
     assert_eq!(phase_protocol::ContentId::for_bytes(&fetched), record.file.pieces);
     assert_eq!(fetched, list);
     assert_eq!(record.piece_count() as usize * 32, list.len());
+
+    // Restarted, A has forgotten the DHT and nobody else kept the record; it stores its
+    // record again and serves the piece list, to a peer that has seen neither.
+    drop(net);
+    let mut a = a;
+    let a_dir = std::mem::replace(&mut a.dir, tempfile::tempdir().expect("tempdir"));
+    drop(a);
+    std::fs::remove_file(a_dir.path().join("addr")).expect("the first run's address");
+    let a = crate::harness::llama_node(a_dir, "models", &[]).await;
+    let (net, a_id) = net_client(&a).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let again = loop {
+        let values = net.get_records(&key, Duration::from_secs(2)).await;
+        if !values.is_empty() {
+            break values;
+        }
+        assert!(Instant::now() < deadline, "the record did not outlive the restart");
+    };
+    let restored = phase_manifest::NameRecord::from_cbor(&again[0]).expect("it verifies");
+    assert_eq!(restored, record);
+    let request =
+        RangeRequest { cid: record.file.pieces.to_string(), offset: 0, length: list.len() as u64 };
+    let fetched = net.fetch_range(a_id, &request).await.expect("the piece list, after a restart");
+    assert_eq!(fetched, list);
 }
 
 /// A name resolves only by the records of publishers the node trusts: A's record is ignored by

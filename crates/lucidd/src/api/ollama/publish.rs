@@ -13,7 +13,9 @@ use super::validate;
 use crate::api::body::JsonBody;
 use crate::api::error::ApiError;
 use crate::state::AppState;
-use crate::store::publish::{FileFacts, record_key, resolve as resolve_name, sign_record};
+use crate::store::publish::{
+    FileFacts, keep_published, record_key, resolve as resolve_name, sign_record,
+};
 
 /// Publishes the model the request names; 404 for a model this node has no file of, 503
 /// without the network.
@@ -38,6 +40,7 @@ pub async fn publish(
         return Err(ApiError::internal("this node has no model store to keep the piece list in"));
     };
     let identity = state.identity.clone();
+    let puller_root = puller.root().to_path_buf();
     let lists = Arc::clone(&state.piece_lists);
     let shown = name.to_string();
     let (format, quantization) = (model.base.format.clone(), model.base.quantization_level.clone());
@@ -54,6 +57,10 @@ pub async fn publish(
         .put_record(&record_key(&record.name, &record.publisher), wire)
         .await
         .map_err(|e| ApiError::internal(format!("storing the record in the DHT: {e}")))?;
+    // Kept, so a restart serves its piece list and stores it in the DHT again.
+    if let Err(e) = keep_published(puller_root.as_path(), &record) {
+        tracing::warn!(name = %record.name, error = %e, "the name record is published but not kept: publish it again after a restart");
+    }
     tracing::info!(name = %record.name, cid = %record.file.cid, "published a name record");
     Ok(Json(json!({"status": "success", "record": record})))
 }
