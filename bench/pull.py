@@ -157,6 +157,31 @@ def bench_peers(work, share_rate):
             node["proc"].wait()
 
 
+def bench_slow_peer(work):
+    """Seconds of the best pull from a fast seeder beside one that sends 512 KiB/s: at the end
+    of a pull an idle peer races the slow one's pieces, so it should cost next to nothing."""
+    nodes = []
+    try:
+        a = start_node(work, "fast", [], seed=True)
+        nodes.append(a)
+        post(a["http"], "/api/phase/publish", {"model": "gemma3"})
+        slow = start_node(work, "slow", ["--share-rate", "512K", "--bootstrap-peer", a["addr"]], seed=True)
+        nodes.append(slow)
+        os.makedirs(os.path.join(work, "pull-slow"), exist_ok=True)
+        with open(os.path.join(work, "pull-slow", "policy.toml"), "w") as f:
+            f.write(f'trusted_publishers = ["{a["peer_id"]}"]\n')
+        b = start_node(work, "pull-slow", ["--bootstrap-peer", a["addr"]])
+        nodes.append(b)
+        # Until a pull meets the slow seeder (then B is connected to it).
+        network = lambda: json.dumps(json.load(request("GET", f"{b['http']}/api/phase/network")))
+        wait_for("a pull that meets the slow seeder", lambda: peer_pull(b) >= 1 and slow["peer_id"] in network(), timeout=120)
+        return min(timed(lambda: peer_pull(b)) for _ in range(RUNS))
+    finally:
+        for node in nodes:
+            node["proc"].terminate()
+            node["proc"].wait()
+
+
 def timed(fn):
     start = time.perf_counter()
     fn()
@@ -218,6 +243,8 @@ def main():
         rate = os.environ.get("PULL_SHARE_RATE", "32M")
         one, three, sources = bench_peers(work, rate)
         print(f"| three seeders at {rate}/s each vs one at {rate}/s | {one / three:.2f} | >= 2.5 |")
+        slow = bench_slow_peer(work)
+        print(f"| a seeder beside one at 512K/s vs that seeder alone | {alone / slow:.2f} | about 1 |")
         print(f"\nsources used by the three-seeder pulls: {sources}")
     finally:
         for proc in (lucidd, registry):

@@ -184,12 +184,14 @@ impl Puller {
             .iter()
             .flat_map(|peer| std::iter::repeat_n(*peer, RANGES_PER_PEER))
             .map(|peer| job.worker(peer));
-        let all = futures::future::join_all(workers);
-        tokio::pin!(all);
+        let mut all = Box::pin(futures::future::join_all(workers));
         let mut tick = tokio::time::interval(REPORT_EVERY);
         let outcome = loop {
             tokio::select! {
                 outcome = &mut all => break outcome,
+                // Every write is done then; the losers of a race for the last pieces are
+                // dropped below, which cancels their fetches.
+                () = shared.all_verified() => break Vec::new(),
                 _ = tick.tick() => {
                     // Dropped when the reader lags: the next one says more.
                     let line = Progress { sources: Some(shared.sources()), ..Progress::layer(layer, shared.done()) };
@@ -197,6 +199,7 @@ impl Puller {
                 }
             }
         };
+        drop(all);
         let done = shared.done();
         if let Some(e) = outcome.into_iter().find_map(Result::err) {
             return Err(PullError::Disk { path: partial, source: e });
@@ -380,19 +383,24 @@ impl Job<'_> {
                 pacer.take(length).await;
             }
             let expected = self.list[index];
-            let (file, log) = (Arc::clone(&self.file), Arc::clone(&self.log));
-            let checked = tokio::task::spawn_blocking(move || {
-                if Sha256::digest(&bytes).as_slice() != expected {
-                    return Ok(false);
-                }
-                file.write_all_at(&bytes, offset)?;
-                // Logged only once written: what the log names is on disk.
-                std::io::Write::write_all(&mut *log.lock(), &(index as u32).to_le_bytes())?;
-                Ok::<_, std::io::Error>(true)
+            let (good, bytes) = tokio::task::spawn_blocking(move || {
+                (Sha256::digest(&bytes).as_slice() == expected, bytes)
             })
             .await
-            .map_err(std::io::Error::other)??;
-            if checked {
+            .map_err(std::io::Error::other)?;
+            if good {
+                // In the endgame another peer may have sent this piece first.
+                if !self.shared.claim(index, peer) {
+                    continue;
+                }
+                let (file, log) = (Arc::clone(&self.file), Arc::clone(&self.log));
+                tokio::task::spawn_blocking(move || {
+                    file.write_all_at(&bytes, offset)?;
+                    // Logged only once written: what the log names is on disk.
+                    std::io::Write::write_all(&mut *log.lock(), &(index as u32).to_le_bytes())
+                })
+                .await
+                .map_err(std::io::Error::other)??;
                 let prefix = self.shared.verified(index, peer, length);
                 self.ready.send_replace(prefix);
             } else {

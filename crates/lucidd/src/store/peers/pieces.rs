@@ -11,6 +11,10 @@ use crate::store::pull::{PullError, disk};
 
 /// Failed ranges (not bad pieces) after which a peer is left out of the pull.
 const PEER_FAILURES: u32 = 3;
+/// Most peers asked for one piece at once. Once nothing is queued, an idle peer also asks for
+/// a piece in flight elsewhere and the first good copy wins: a slow peer no longer holds up
+/// the end of a pull (the stall Ollama users see near 100%).
+const HOLDERS: usize = 2;
 
 /// Length of piece `index` of a file of `size` bytes.
 pub(super) fn piece_len(index: usize, piece_size: u64, size: u64) -> u64 {
@@ -80,6 +84,10 @@ pub(super) struct State {
     pub(super) bytes_from: HashMap<PeerId, u64>,
     pub(super) bad_pieces: u64,
     pub(super) last_error: Option<String>,
+    /// Who is fetching each piece in flight.
+    holders: HashMap<usize, Vec<PeerId>>,
+    /// Pieces a holder has won (verified, being written or written).
+    claimed: HashSet<usize>,
 }
 
 impl Shared {
@@ -95,6 +103,8 @@ impl Shared {
             bytes_from: HashMap::new(),
             bad_pieces: 0,
             last_error: None,
+            holders: HashMap::new(),
+            claimed: HashSet::new(),
         };
         state.advance_prefix();
         Self { state: Mutex::new(state), changed: Notify::new(), piece_size, size }
@@ -110,6 +120,8 @@ impl Shared {
             failures: std::mem::take(&mut state.failures),
             bytes_from: std::mem::take(&mut state.bytes_from),
             last_error: state.last_error.take(),
+            holders: HashMap::new(),
+            claimed: HashSet::new(),
             ..*state
         }
     }
@@ -146,7 +158,8 @@ impl Shared {
                 if state.dropped.contains(&peer) || state.remaining == 0 {
                     return None;
                 }
-                if let Some(index) = state.queue.pop_front() {
+                if let Some(index) = state.queue.pop_front().or_else(|| state.endgame(peer)) {
+                    state.holders.entry(index).or_default().push(peer);
                     return Some(index);
                 }
             }
@@ -154,10 +167,37 @@ impl Shared {
         }
     }
 
-    /// Gives `index` back to the queue after `peer` failed it.
+    /// Whether `peer`'s good copy of `index` is the one to write: false when another holder's
+    /// won first (then `peer` lets it go).
+    pub(super) fn claim(&self, index: usize, peer: PeerId) -> bool {
+        let mut state = self.state.lock();
+        if state.claimed.insert(index) {
+            return true;
+        }
+        state.let_go(index, peer);
+        false
+    }
+
+    /// Resolves once every piece is verified: the pull is done then, though a peer that lost
+    /// the race for a last piece may still be sending it.
+    pub(super) async fn all_verified(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.state.lock().remaining == 0 {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Gives `index` back to the queue after `peer` failed it (unless another peer holds it).
     pub(super) fn give_back(&self, index: usize, peer: PeerId, reason: String, bad: bool) {
         let mut state = self.state.lock();
-        state.queue.push_front(index);
+        if state.let_go(index, peer) && !state.claimed.contains(&index) {
+            state.queue.push_front(index);
+        }
         state.last_error = Some(format!("{peer}: {reason}"));
         let failures = state.failures.entry(peer).or_default();
         *failures += 1;
@@ -176,6 +216,7 @@ impl Shared {
         let mut state = self.state.lock();
         state.marks[index] = true;
         state.remaining -= 1;
+        state.holders.remove(&index);
         *state.bytes_from.entry(peer).or_default() += bytes;
         state.advance_prefix();
         let prefix = (state.prefix as u64 * self.piece_size).min(self.size);
@@ -186,6 +227,26 @@ impl Shared {
 }
 
 impl State {
+    /// In the endgame (nothing queued): the first piece in flight that `peer` does not hold,
+    /// that no holder has won, and that fewer than [`HOLDERS`] peers are fetching.
+    fn endgame(&self, peer: PeerId) -> Option<usize> {
+        let open = self.holders.iter().filter(|(index, holders)| {
+            !self.claimed.contains(index) && holders.len() < HOLDERS && !holders.contains(&peer)
+        });
+        open.map(|(index, _)| *index).min()
+    }
+
+    /// Takes `peer` off `index`'s holders; true when nobody holds it any more.
+    fn let_go(&mut self, index: usize, peer: PeerId) -> bool {
+        let Some(holders) = self.holders.get_mut(&index) else { return true };
+        holders.retain(|p| *p != peer);
+        let free = holders.is_empty();
+        if free {
+            self.holders.remove(&index);
+        }
+        free
+    }
+
     fn advance_prefix(&mut self) {
         while self.prefix < self.marks.len() && self.marks[self.prefix] {
             self.prefix += 1;
@@ -258,6 +319,37 @@ mod tests {
         assert_eq!(std::fs::metadata(&log_path).expect("log").len(), 12, "the torn index is cut");
         let (marks, _) = resume_or_start(&partial, &log_path, 25, 20, 2).await.expect("other");
         assert_eq!(marks, vec![false; 2], "a log of another piece size is not trusted");
+    }
+
+    #[tokio::test]
+    async fn at_the_end_an_idle_peer_races_a_slow_one_and_the_first_good_copy_wins() {
+        let shared = Shared::new(vec![false, false], 10, 20);
+        let (fast, slow, third) = (PeerId::random(), PeerId::random(), PeerId::random());
+        assert_eq!(shared.next(fast).await, Some(0));
+        assert_eq!(shared.next(slow).await, Some(1));
+        assert!(shared.claim(0, fast));
+        shared.verified(0, fast, 10);
+        assert_eq!(shared.next(fast).await, Some(1), "nothing queued: fast asks for slow's piece");
+        assert_eq!(shared.state.lock().endgame(third), None, "two peers per piece at most");
+        assert!(shared.claim(1, fast), "fast's copy arrives first");
+        assert!(!shared.claim(1, slow), "slow's copy is let go");
+        shared.verified(1, fast, 10);
+        assert_eq!(shared.next(slow).await, None, "nothing is left");
+        let state = shared.state.lock();
+        assert_eq!(state.bytes_from.get(&slow), None, "only the winner's bytes count");
+        assert!(state.queue.is_empty() && state.holders.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_raced_piece_that_one_holder_fails_stays_with_the_other() {
+        let shared = Shared::new(vec![false], 10, 10);
+        let (a, b) = (PeerId::random(), PeerId::random());
+        assert_eq!(shared.next(a).await, Some(0));
+        assert_eq!(shared.next(b).await, Some(0));
+        shared.give_back(0, a, "stalled".into(), false);
+        assert!(shared.state.lock().queue.is_empty(), "b still fetches it");
+        shared.give_back(0, b, "stalled".into(), false);
+        assert_eq!(shared.state.lock().queue, [0], "nobody holds it: queued again");
     }
 
     #[test]
