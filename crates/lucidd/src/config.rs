@@ -265,6 +265,15 @@ pub struct P2pArgs {
     /// (`/ip4/203.0.113.7/tcp/11435`); repeatable.
     #[arg(long = "external-addr", value_name = "MULTIADDR")]
     pub external_addrs: Vec<String>,
+    /// A relay to be reachable through when nobody can dial this node (behind a NAT), with
+    /// its PeerId (`/ip4/198.51.100.2/tcp/11435/p2p/12D3KooW…`): the node holds a reservation
+    /// there and is reached at `<relay>/p2p-circuit/p2p/<this node>`; repeatable.
+    #[arg(long = "relay", value_name = "MULTIADDR")]
+    pub relays: Vec<String>,
+    /// Serve circuit relay v2 for peers that cannot be reached (run this on a node others can
+    /// dial), with limits sized for answers and model pieces: 1 h and 4 GiB a circuit.
+    #[arg(long)]
+    pub relay_server: bool,
     /// A node to join the network through, with its PeerId, which is pinned
     /// (`/ip4/198.51.100.2/tcp/11435/p2p/12D3KooW…`); repeatable.
     #[arg(long = "bootstrap-peer", value_name = "MULTIADDR")]

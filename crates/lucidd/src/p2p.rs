@@ -198,6 +198,8 @@ pub async fn start(
         bootstrap_dns: args.bootstrap_dns.clone(),
         dns_server: args.dns_server,
         mdns: !args.no_mdns,
+        relays: parse("--relay", &args.relays)?,
+        circuit_relay: args.relay_server.then(phase_net::CircuitRelayLimits::default),
         ..NetConfig::default()
     };
     if explicit_listen {

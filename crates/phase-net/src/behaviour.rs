@@ -3,7 +3,7 @@
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{StreamProtocol, connection_limits, identify, kad, mdns, ping};
+use libp2p::{StreamProtocol, connection_limits, identify, kad, mdns, ping, relay};
 use std::time::Duration;
 
 use crate::config::NetConfig;
@@ -18,10 +18,18 @@ pub(crate) struct Behaviour {
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub stream: libp2p_stream::Behaviour,
+    /// Circuits for others, on a relay node.
+    pub relay: Toggle<relay::Behaviour>,
+    /// Reservations on relays, and dials through them.
+    pub relay_client: relay::client::Behaviour,
 }
 
 impl Behaviour {
-    pub(crate) fn new(key: &Keypair, config: &NetConfig) -> std::io::Result<Self> {
+    pub(crate) fn new(
+        key: &Keypair,
+        config: &NetConfig,
+        relay_client: relay::client::Behaviour,
+    ) -> std::io::Result<Self> {
         let peer_id = key.public().to_peer_id();
         let limits = connection_limits::ConnectionLimits::default()
             .with_max_established(Some(config.max_connections))
@@ -50,7 +58,22 @@ impl Behaviour {
         } else {
             None
         };
+        let relay = config.circuit_relay.map(|limits| {
+            let relay_config = relay::Config {
+                max_reservations: limits.max_reservations,
+                max_reservations_per_peer: limits.max_reservations_per_peer,
+                reservation_duration: limits.reservation_duration,
+                max_circuits: limits.max_circuits,
+                max_circuits_per_peer: limits.max_circuits_per_peer,
+                max_circuit_duration: limits.max_circuit_duration,
+                max_circuit_bytes: limits.max_circuit_bytes,
+                ..relay::Config::default()
+            };
+            relay::Behaviour::new(peer_id, relay_config)
+        });
         Ok(Self {
+            relay: relay.into(),
+            relay_client,
             limits: connection_limits::Behaviour::new(limits),
             identify: identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())

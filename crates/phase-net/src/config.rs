@@ -46,6 +46,46 @@ pub struct NetConfig {
     pub provide_interval: Duration,
     /// The relay's limits.
     pub relay: RelayLimits,
+    /// Serve circuit relay v2 (a relay node, for peers that cannot be reached), with these
+    /// limits; `None` serves no circuits.
+    pub circuit_relay: Option<CircuitRelayLimits>,
+    /// Relays to reserve a slot on, each with its `/p2p/<PeerId>`: this node is then reachable
+    /// at `<relay>/p2p-circuit/p2p/<this node>` even when nobody can dial it.
+    pub relays: Vec<Multiaddr>,
+}
+
+/// What a relay node gives the peers it relays for. libp2p's defaults (2 minutes and 128 KiB
+/// a circuit) end inference streams and model pieces half-way, so these are sized for them.
+#[derive(Debug, Clone, Copy)]
+pub struct CircuitRelayLimits {
+    /// Reservations held at once, in all.
+    pub max_reservations: usize,
+    /// Reservations held at once by one peer.
+    pub max_reservations_per_peer: usize,
+    /// How long a reservation lasts before the peer renews it.
+    pub reservation_duration: Duration,
+    /// Circuits open at once, in all.
+    pub max_circuits: usize,
+    /// Circuits open at once to or from one peer.
+    pub max_circuits_per_peer: usize,
+    /// How long one circuit may stay open.
+    pub max_circuit_duration: Duration,
+    /// Most bytes one circuit may carry (each way).
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for CircuitRelayLimits {
+    fn default() -> Self {
+        Self {
+            max_reservations: 256,
+            max_reservations_per_peer: 4,
+            reservation_duration: Duration::from_secs(3600),
+            max_circuits: 64,
+            max_circuits_per_peer: 8,
+            max_circuit_duration: Duration::from_secs(3600),
+            max_circuit_bytes: 4 << 30,
+        }
+    }
 }
 
 impl Default for NetConfig {
@@ -62,6 +102,8 @@ impl Default for NetConfig {
             max_pending_incoming: 64,
             provide_interval: Duration::from_secs(600),
             relay: RelayLimits::default(),
+            circuit_relay: None,
+            relays: Vec::new(),
         }
     }
 }

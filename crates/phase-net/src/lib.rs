@@ -42,7 +42,7 @@ pub mod wire;
 pub const MAX_RECORD_VALUE_BYTES: usize = 8 << 10;
 
 pub use admission::{Admission, AdmissionRequest, AdmissionTicket, SignerAllowlist};
-pub use config::{NetConfig, RelayLimits};
+pub use config::{CircuitRelayLimits, NetConfig, RelayLimits};
 pub use keys::{ModelKey, libp2p_keypair, to_libp2p_peer_id, to_phase_peer_id};
 pub use libp2p::{Multiaddr, PeerId};
 pub use node::{MAX_STREAMS_PER_CONNECTION, NetError, NetStatus, Network, PeerStatus};

@@ -165,8 +165,14 @@ impl Network {
                 quic.keep_alive_interval = Duration::from_secs(1);
                 quic
             })
-            .with_behaviour(|key| {
-                Behaviour::new(key, &config)
+            .with_relay_client(noise::Config::new, || {
+                let mut yamux = yamux::Config::default();
+                yamux.set_max_num_streams(MAX_STREAMS_PER_CONNECTION as usize);
+                yamux
+            })
+            .map_err(|e| NetError::Transport("circuit relay", e.to_string()))?
+            .with_behaviour(|key, relay_client| {
+                Behaviour::new(key, &config, relay_client)
                     .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
             })
             .map_err(|e| NetError::Transport("mDNS", e.to_string()))?
@@ -190,11 +196,23 @@ impl Network {
         for addr in &config.external {
             swarm.add_external_address(addr.clone());
         }
+
         let mut bootstrap_peers = Vec::new();
         for addr in &config.bootstrap {
             bootstrap::peer_of(addr)
                 .map_err(|reason| NetError::Bootstrap { addr: addr.to_string(), reason })?;
             bootstrap_peers.push(addr.clone());
+        }
+        // Relays are dialed (and redialed) like bootstrap peers; the reservation is asked for
+        // on the connection once it is up, so the two never race to open a second one.
+        let mut relays = HashMap::new();
+        for relay in &config.relays {
+            let peer = bootstrap::peer_of(relay)
+                .map_err(|reason| NetError::Bootstrap { addr: relay.to_string(), reason })?;
+            relays.insert(peer, relay.clone());
+            if !bootstrap_peers.contains(relay) {
+                bootstrap_peers.push(relay.clone());
+            }
         }
         let control = swarm.behaviour().stream.new_control();
         let shared = Arc::new(Mutex::new(Shared {
@@ -220,6 +238,8 @@ impl Network {
             puts: HashMap::new(),
             record_lookups: HashMap::new(),
             bootstrap: bootstrap_peers,
+            relays,
+            relay_listeners: HashMap::new(),
             max_frame: config.relay.max_frame_bytes,
             joined: false,
         };

@@ -99,6 +99,10 @@ pub(crate) struct SwarmTask {
     /// Record lookups and where their values go.
     pub record_lookups: HashMap<QueryId, mpsc::UnboundedSender<Vec<u8>>>,
     pub bootstrap: Vec<Multiaddr>,
+    /// Relays to hold a reservation on, by PeerId.
+    pub relays: HashMap<PeerId, Multiaddr>,
+    /// The circuit listener of each relay reservation.
+    pub relay_listeners: HashMap<libp2p::core::transport::ListenerId, PeerId>,
     pub max_frame: usize,
     /// Whether the DHT was bootstrapped since start.
     pub joined: bool,
@@ -206,8 +210,9 @@ impl SwarmTask {
         if peer == *self.swarm.local_peer_id() {
             return;
         }
-        let transport_addr: Multiaddr =
-            addr.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect();
+        // Only the final `/p2p/<peer>` goes: a circuit address keeps its relay's PeerId.
+        let mut transport_addr = addr.clone();
+        transport_addr.pop();
         self.swarm.behaviour_mut().kad.add_address(&peer, transport_addr.clone());
         if !self.bootstrap.contains(&addr) {
             self.bootstrap.push(addr.clone());
@@ -239,10 +244,23 @@ impl SwarmTask {
     fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
-                let full = address.with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
+                let full =
+                    address.clone().with_p2p(*self.swarm.local_peer_id()).unwrap_or_else(|a| a);
                 tracing::debug!("listening on {full}");
+                // A relay node is reachable where it listens, by definition; a reservation
+                // names these addresses, and one without any is refused by the client.
+                let circuit = address.iter().any(|p| matches!(p, Protocol::P2pCircuit));
+                if self.swarm.behaviour().relay.is_enabled() && !circuit {
+                    self.swarm.add_external_address(full.clone());
+                }
                 self.shared.lock().listen_addrs.push(full.clone());
                 let _ = self.events.send(NetEvent::Listening(full));
+            }
+            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                // Asked for again when the relay is next connected.
+                if let Some(relay) = self.relay_listeners.remove(&listener_id) {
+                    tracing::info!(%relay, ?reason, "the reservation on a relay ended");
+                }
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 let mut shared = self.shared.lock();
@@ -252,6 +270,7 @@ impl SwarmTask {
                 if num_established.get() == 1 {
                     let _ = self.events.send(NetEvent::PeerConnected(peer_id));
                 }
+                self.reserve_on(peer_id);
                 {
                     let mut shared = self.shared.lock();
                     let status = shared.peer(peer_id);
@@ -290,6 +309,24 @@ impl SwarmTask {
             }
             SwarmEvent::Behaviour(event) => self.behaviour_event(event),
             _ => {}
+        }
+    }
+
+    /// Asks `peer`, if it is one of this node's relays, for a reservation (once per
+    /// connection's worth: not while one is held or being asked for).
+    fn reserve_on(&mut self, peer: PeerId) {
+        let Some(addr) = self.relays.get(&peer) else { return };
+        if self.relay_listeners.values().any(|p| *p == peer) {
+            return;
+        }
+        let circuit = addr.clone().with(Protocol::P2pCircuit);
+        match self.swarm.listen_on(circuit.clone()) {
+            Ok(id) => {
+                self.relay_listeners.insert(id, peer);
+            }
+            Err(e) => {
+                tracing::warn!(%circuit, error = %e, "cannot ask this relay for a reservation")
+            }
         }
     }
 
@@ -381,6 +418,25 @@ impl SwarmTask {
             }
             BehaviourEvent::Kad(kad::Event::RoutingUpdated { is_new_peer: true, .. }) => {
                 self.want_reprovide();
+            }
+            BehaviourEvent::RelayClient(libp2p::relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal: false,
+                ..
+            }) => {
+                tracing::info!(relay = %relay_peer_id, "reachable through a relay (reservation accepted)");
+            }
+            BehaviourEvent::Relay(libp2p::relay::Event::ReservationReqAccepted {
+                src_peer_id,
+                renewed: false,
+            }) => {
+                tracing::info!(peer = %src_peer_id, "relaying for a peer (reservation accepted)");
+            }
+            BehaviourEvent::Relay(libp2p::relay::Event::CircuitReqAccepted {
+                src_peer_id,
+                dst_peer_id,
+            }) => {
+                tracing::debug!(from = %src_peer_id, to = %dst_peer_id, "relaying a circuit");
             }
             _ => {}
         }
