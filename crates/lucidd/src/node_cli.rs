@@ -196,8 +196,8 @@ pub fn publish(name: &str, host: &str) -> anyhow::Result<()> {
 /// The peers as a table a person reads.
 fn table(peers: &[Value]) -> String {
     let mut out = vec![format!(
-        "{:<52}  {:>9}  {:>8}  {:>9}  {}",
-        "PEER", "RTT", "STANDING", "USED", "MODELS"
+        "{:<52}  {:>7}  {:>9}  {:>8}  {:>9}  {}",
+        "PEER", "VIA", "RTT", "STANDING", "USED", "MODELS"
     )];
     for peer in peers {
         let rtt =
@@ -214,8 +214,9 @@ fn table(peers: &[Value]) -> String {
             .map(|m| m.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
         out.push(format!(
-            "{:<52}  {:>9}  {:>8}  {:>9}  {}",
+            "{:<52}  {:>7}  {:>9}  {:>8}  {:>9}  {}",
             peer["peer_id"].as_str().unwrap_or("?"),
+            peer["connection"].as_str().unwrap_or("-"),
             rtt,
             score,
             used,

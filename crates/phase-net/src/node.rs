@@ -61,6 +61,8 @@ pub struct PeerStatus {
     pub peer: PeerId,
     /// Whether a connection is open now.
     pub connected: bool,
+    /// Whether it goes through a relay (a `/p2p-circuit` address) rather than direct.
+    pub relayed: bool,
     /// Last measured round-trip time.
     pub rtt: Option<Duration>,
     /// Addresses it was reached at.

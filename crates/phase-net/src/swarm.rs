@@ -34,6 +34,7 @@ impl Shared {
         self.peers.entry(peer).or_insert_with(|| PeerStatus {
             peer,
             connected: false,
+            relayed: false,
             rtt: None,
             addrs: Vec::new(),
             agent: None,
@@ -274,8 +275,12 @@ impl SwarmTask {
                 {
                     let mut shared = self.shared.lock();
                     let status = shared.peer(peer_id);
-                    status.connected = true;
                     let addr = endpoint.get_remote_address().clone();
+                    // Relayed only while no direct connection is open beside it.
+                    let through_relay = addr.iter().any(|p| matches!(p, Protocol::P2pCircuit));
+                    status.relayed =
+                        through_relay && (num_established.get() == 1 || status.relayed);
+                    status.connected = true;
                     if !status.addrs.contains(&addr) {
                         status.addrs.push(addr);
                     }

@@ -96,4 +96,8 @@ async fn a_node_nobody_can_dial_is_reached_through_a_relay() {
         "the only way to A is the relay: {:?}",
         peer.addrs
     );
+    assert!(peer.connected && peer.relayed, "B's status says the connection is relayed");
+    let seen_by_relay = relay.status();
+    let a_at_relay = seen_by_relay.peers.iter().find(|p| p.peer == to).expect("R knows A");
+    assert!(a_at_relay.connected && !a_at_relay.relayed, "A's own link to R is direct");
 }

@@ -142,6 +142,7 @@ pub async fn network(State(state): State<Arc<AppState>>) -> Json<Value> {
                     "z": standing.z().map(|z| (z * 100.0).round() / 100.0),
                 },
                 "connected": p.connected,
+                "connection": p.connected.then_some(if p.relayed { "relayed" } else { "direct" }),
                 "rtt_ms": p.rtt.map(|d| d.as_secs_f64() * 1000.0),
                 "addrs": p.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "agent": p.agent,
