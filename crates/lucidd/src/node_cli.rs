@@ -153,7 +153,9 @@ impl PullBars {
                 let style = Self::style("  from {msg} [{bar:20}] {bytes} {bytes_per_sec}");
                 let bar = self.bars.insert_after(&layer, ProgressBar::new(total).with_style(style));
                 // The end of a PeerId tells peers apart; all of them start alike.
-                bar.set_message(format!("…{}", &peer[peer.len().saturating_sub(8)..]));
+                let tail: String =
+                    peer.chars().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
+                bar.set_message(format!("…{tail}"));
                 bar
             });
             bar.set_position(sent.as_u64().unwrap_or(0));

@@ -9,7 +9,9 @@
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use super::pull::{PullError, Puller, write_atomically};
+use phase_artifact::BlobStore;
+
+use super::pull::{PullError, Puller};
 use super::{
     Layer, MODEL_LAYER, Manifest, PARAMS_LAYER, PROJECTOR_LAYER, SYSTEM_LAYER, blob_path,
     read_manifest,
@@ -74,6 +76,9 @@ pub enum CreateError {
     /// The store could not be written.
     #[error(transparent)]
     Store(#[from] PullError),
+    /// A settings layer could not be stored.
+    #[error("storing a settings layer: {0}")]
+    Blob(#[from] phase_artifact::StoreError),
 }
 
 /// What one uploaded file is.
@@ -90,9 +95,15 @@ fn classify(path: &std::path::Path, file: &str) -> Result<Part, CreateError> {
 }
 
 impl Puller {
-    /// Makes `name` from `recipe`: its files must be in the store's blobs already. The
-    /// manifest is written last, so a failure leaves no model.
-    pub async fn create(&self, name: &ModelName, recipe: Recipe) -> Result<Manifest, CreateError> {
+    /// Makes `name` from `recipe`: its files must be in the store's blobs already (`blobs`,
+    /// which also takes the settings layers). The manifest is written last, so a failure
+    /// leaves no model.
+    pub async fn create(
+        &self,
+        name: &ModelName,
+        recipe: Recipe,
+        blobs: &BlobStore,
+    ) -> Result<Manifest, CreateError> {
         if recipe.files.len() > MAX_FILES {
             return Err(CreateError::Files(format!(
                 "{} files are more than the {MAX_FILES} one model may be made of",
@@ -151,12 +162,12 @@ impl Puller {
         ];
         for (media_type, bytes) in settings {
             if let Some(bytes) = bytes {
-                layers.push(self.small_blob(media_type, &bytes).await?);
+                layers.push(small_blob(blobs, media_type, &bytes).await?);
             }
         }
         let config = serde_json::json!({"model_format": "gguf", "rootfs": {"type": "layers",
             "diff_ids": layers.iter().map(|l| l.digest.clone()).collect::<Vec<_>>()}});
-        let config = self.small_blob(CONFIG_TYPE, &json(&config)).await?;
+        let config = small_blob(blobs, CONFIG_TYPE, &json(&config)).await?;
         let manifest = Manifest {
             schema_version: 2,
             media_type: Some("application/vnd.docker.distribution.manifest.v2+json".into()),
@@ -179,20 +190,20 @@ impl Puller {
         self.write_manifest(destination, &manifest, &quiet()).await?;
         Ok(true)
     }
+}
 
-    /// Stores `bytes` as a blob (if it is not there yet) and returns its layer.
-    async fn small_blob(&self, media_type: &str, bytes: &[u8]) -> Result<Layer, PullError> {
-        let hex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
-        let path = blob_path(self.root(), &hex);
-        if std::fs::metadata(&path).ok().map(|m| m.len()) != Some(bytes.len() as u64) {
-            write_atomically(&path, bytes).await?;
-        }
-        Ok(Layer {
-            media_type: media_type.into(),
-            digest: format!("sha256:{hex}"),
-            size: bytes.len() as u64,
-        })
-    }
+/// Stores `bytes` in `blobs` (the store's blob directory) and returns its layer.
+async fn small_blob(
+    blobs: &BlobStore,
+    media_type: &str,
+    bytes: &[u8],
+) -> Result<Layer, CreateError> {
+    let cid = blobs.put(bytes).await?;
+    Ok(Layer {
+        media_type: media_type.into(),
+        digest: format!("sha256:{}", cid.sha256_hex()),
+        size: bytes.len() as u64,
+    })
 }
 
 /// A progress channel nobody reads: making a model from blobs that are here is quick.

@@ -62,9 +62,7 @@ pub fn sign_record(
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, &list)
-        .and_then(|()| std::fs::rename(&tmp, &path))
+    replace_file(&path, &list)
         .map_err(|e| format!("writing the piece list {}: {e}", path.display()))?;
     lists.add(&pieces, path, list.len() as u64);
     let named = NamedFile {
@@ -96,10 +94,15 @@ pub fn keep_published(root: &Path, record: &NameRecord) -> Result<(), String> {
     let digest = <sha2::Sha256 as sha2::Digest>::digest(record.name.as_bytes());
     let path = dir.join(format!("{}.cbor", hex::encode(digest)));
     let bytes = record.to_cbor().map_err(|e| e.to_string())?;
+    replace_file(&path, &bytes).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// Writes `bytes` beside `path` and renames them over it: a reader sees the old file or the
+/// new one, never half of one.
+fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| format!("writing {}: {e}", path.display()))
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// The records `publisher` (this node) published and kept under `root` that still verify and

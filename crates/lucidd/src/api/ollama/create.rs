@@ -25,18 +25,27 @@ use crate::store::create::{CreateError, Recipe};
 /// How long a worker may take to serve a model its store just gained or lost.
 const SEEN_WITHIN: Duration = Duration::from_secs(30);
 
-/// Has the workers look at their stores, then waits until `name` is served with the model
-/// file `digest` (or, for `None`, until it is no longer served). False if that did not happen
-/// in time.
-pub async fn rescan_until(state: &AppState, name: &ModelName, digest: Option<&str>) -> bool {
+/// What a change to the store should lead to, as the workers see it.
+pub enum Seen<'a> {
+    /// The name is served from a model file (any).
+    Served,
+    /// The name is served from the model file of this SHA-256 (hex).
+    ServedAs(&'a str),
+    /// The name is no longer served from a model file.
+    Gone,
+}
+
+/// Has the workers look at their stores, then waits until `name` is as `want` says. False if
+/// that did not happen in time.
+pub async fn rescan_until(state: &AppState, name: &ModelName, want: Seen<'_>) -> bool {
     state.registry.workers().rescan_now().await;
     let deadline = tokio::time::Instant::now() + SEEN_WITHIN;
     loop {
         let served = state.registry.resolve(name).filter(|m| m.derived.is_none());
-        let done = match (digest, served) {
-            (Some(want), Some(model)) => model.base.digest == want,
-            (None, found) => found.is_none(),
-            (Some(_), None) => false,
+        let done = match (&want, served) {
+            (Seen::Served, found) => found.is_some(),
+            (Seen::ServedAs(digest), found) => found.is_some_and(|m| m.base.digest == *digest),
+            (Seen::Gone, found) => found.is_none(),
         };
         if done {
             return true;
@@ -139,14 +148,14 @@ async fn from_files(
             "creating a model from files needs a worker that loads model files; this node serves only built-in models (start lucidd with --worker llama-cpp)",
         ));
     };
-    let manifest = puller.create(&name, recipe).await.map_err(|e| match e {
-        CreateError::Store(e) => ApiError::internal(e.to_string()),
+    let manifest = puller.create(&name, recipe, &state.blobs).await.map_err(|e| match e {
+        e @ (CreateError::Store(_) | CreateError::Blob(_)) => ApiError::internal(e.to_string()),
         other => ApiError::bad_request(other.to_string()),
     })?;
     // A made model of the same name gives way to the stored one.
     let _ = state.registry.delete(&name);
     let digest = manifest.layers[0].sha256_hex().unwrap_or_default();
-    if !rescan_until(state, &name, Some(digest)).await {
+    if !rescan_until(state, &name, Seen::ServedAs(digest)).await {
         let _ = puller.remove(&name);
         return Err(ApiError::bad_request(format!(
             "{name} was made, but the worker could not load its model file: see the daemon's log for why"
@@ -185,7 +194,7 @@ pub async fn copy(
             .map_err(|e| ApiError::internal(format!("copying {source} to {destination}: {e}")))?;
         if copied {
             let _ = state.registry.delete(&destination);
-            if !rescan_until(&state, &destination, Some(&found.base.digest)).await {
+            if !rescan_until(&state, &destination, Seen::ServedAs(&found.base.digest)).await {
                 return Err(ApiError::internal(format!(
                     "{source} was copied to {destination}, but no worker serves the copy yet: see the daemon's log"
                 )));

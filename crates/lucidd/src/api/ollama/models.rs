@@ -260,7 +260,7 @@ pub async fn delete(
         None => false,
     };
     if pulled {
-        super::create::rescan_until(&state, &name, None).await;
+        super::create::rescan_until(&state, &name, super::create::Seen::Gone).await;
         return Ok(StatusCode::OK);
     }
     match state.registry.delete(&name) {

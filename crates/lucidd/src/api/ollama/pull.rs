@@ -11,7 +11,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::models::progress;
@@ -25,9 +24,6 @@ use crate::state::AppState;
 use crate::store::peers::PeerPull;
 use crate::store::publish::resolve;
 use crate::store::pull::{Progress, PullError, Puller};
-
-/// Longest a pulled model may take to be served after its manifest is written.
-const SERVED_WITHIN: Duration = Duration::from_secs(30);
 
 /// One line of the answer: progress, or the error that ended the pull.
 type Line = Result<Progress, (StatusCode, String)>;
@@ -122,18 +118,13 @@ async fn run(state: &AppState, name: &ModelName, insecure: bool, tx: &mpsc::Send
         let _ = tx.send(Err((status, e.to_string()))).await;
         return;
     }
-    state.registry.workers().rescan_now().await;
-    let deadline = tokio::time::Instant::now() + SERVED_WITHIN;
-    while state.registry.resolve(name).is_none() {
-        if tokio::time::Instant::now() > deadline {
-            let message = format!(
-                "{name} was pulled into {}, but no worker serves it: see the daemon's log for why",
-                puller.root().display()
-            );
-            let _ = tx.send(Err((StatusCode::INTERNAL_SERVER_ERROR, message))).await;
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    if !super::create::rescan_until(state, name, super::create::Seen::Served).await {
+        let message = format!(
+            "{name} was pulled into {}, but no worker serves it: see the daemon's log for why",
+            puller.root().display()
+        );
+        let _ = tx.send(Err((StatusCode::INTERNAL_SERVER_ERROR, message))).await;
+        return;
     }
     tracing::info!(%name, "pulled");
     let _ = tx.send(Ok(Progress::status("success"))).await;
